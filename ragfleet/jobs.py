@@ -1,0 +1,189 @@
+"""The job record in Redis: the one place a producer polls for status, stage timings and result.
+
+A job is a Redis hash `<prefix>:job:<id>` with a TTL. Scalar fields are stored as strings and
+nested ones as JSON, so a producer without our code can read it with HGETALL. Status moves forward
+only: once a job is terminal (done, failed, cancelled) a late or redelivered task cannot reopen it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from typing import Any
+
+import redis
+
+from ragfleet.schemas import (
+    TERMINAL,
+    ErrorCode,
+    JobError,
+    JobRecord,
+    JobStatus,
+    StageTiming,
+)
+from ragfleet.settings import Settings
+
+# Update fields only while the job is not terminal; returns 1 if applied, 0 if the job was terminal,
+# -1 if it does not exist (expired or never created).
+_UPDATE_IF_OPEN = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local st = redis.call('HGET', KEYS[1], 'status')
+if st == 'done' or st == 'failed' or st == 'cancelled' then return 0 end
+for i = 1, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i+1]) end
+return 1
+"""
+
+_TERMINAL_VALUES = {s.value for s in TERMINAL}
+
+
+class JobStore:
+    def __init__(self, client: redis.Redis, settings: Settings) -> None:
+        self._r = client
+        self._s = settings
+        self._update = client.register_script(_UPDATE_IF_OPEN)
+
+    def key(self, job_id: str) -> str:
+        return self._s.key("job", job_id)
+
+    def create(
+        self,
+        job_id: str,
+        kind: str,
+        *,
+        tenant: str = "default",
+        request_id: str | None = None,
+        extra: dict[str, str] | None = None,
+    ) -> None:
+        """Idempotent: a redelivered task re-creating its job keeps the existing record."""
+        now = time.time()
+        key = self.key(job_id)
+        fields: dict[str, str] = {
+            "job_id": job_id,
+            "kind": kind,
+            "status": JobStatus.QUEUED.value,
+            "tenant": tenant,
+            "created_at": repr(now),
+            "updated_at": repr(now),
+            "attempts": "0",
+        }
+        if request_id:
+            fields["request_id"] = request_id
+        if extra:
+            fields.update(extra)
+        pipe = self._r.pipeline()
+        for field, value in fields.items():
+            pipe.hsetnx(key, field, value)
+        pipe.expire(key, self._s.job_ttl_s)
+        pipe.execute()
+
+    def _apply(self, job_id: str, fields: dict[str, str]) -> int:
+        fields = {**fields, "updated_at": repr(time.time())}
+        argv: list[str] = []
+        for k, v in fields.items():
+            argv += [k, v]
+        return int(self._update(keys=[self.key(job_id)], args=argv))
+
+    def set_status(self, job_id: str, status: JobStatus) -> bool:
+        return self._apply(job_id, {"status": status.value}) == 1
+
+    def stage_start(self, job_id: str, stage: str, queue: str, status: JobStatus) -> float:
+        started = time.time()
+        timing = StageTiming(
+            worker=socket.gethostname() if not _HOSTNAME else _HOSTNAME,
+            queue=queue,
+            pid=os.getpid(),
+            started_at=started,
+        )
+        self._apply(
+            job_id,
+            {"status": status.value, f"stage:{stage}": timing.model_dump_json()},
+        )
+        self._r.hincrby(self.key(job_id), f"attempts:{stage}", 1)
+        return started
+
+    def stage_end(self, job_id: str, stage: str, started: float) -> float:
+        ms = (time.time() - started) * 1000.0
+        raw = self._r.hget(self.key(job_id), f"stage:{stage}")
+        if raw:
+            timing = StageTiming.model_validate_json(raw)
+            timing.ms = ms
+            self._apply(job_id, {f"stage:{stage}": timing.model_dump_json()})
+        return ms
+
+    def finish(self, job_id: str, result: dict[str, Any]) -> bool:
+        return (
+            self._apply(job_id, {"status": JobStatus.DONE.value, "result": json.dumps(result)}) == 1
+        )
+
+    def fail(
+        self, job_id: str, code: ErrorCode, message: str, *, retry_after: float | None = None
+    ) -> bool:
+        err = JobError(code=code, message=message[:2_000], retry_after=retry_after)
+        return (
+            self._apply(job_id, {"status": JobStatus.FAILED.value, "error": err.model_dump_json()})
+            == 1
+        )
+
+    def cancel(self, job_id: str) -> bool:
+        return self._apply(job_id, {"status": JobStatus.CANCELLED.value}) == 1
+
+    def set_progress(self, job_id: str, **counts: int) -> None:
+        self._apply(job_id, {f"progress:{k}": str(v) for k, v in counts.items()})
+
+    def incr_progress(self, job_id: str, field: str, amount: int = 1) -> int:
+        return int(self._r.hincrby(self.key(job_id), f"progress:{field}", amount))
+
+    def set_field(self, job_id: str, field: str, value: Any) -> None:
+        self._apply(job_id, {field: json.dumps(value)})
+
+    def get_field(self, job_id: str, field: str) -> Any:
+        raw = self._r.hget(self.key(job_id), field)
+        return None if raw is None else json.loads(raw)
+
+    def status(self, job_id: str) -> JobStatus | None:
+        raw = self._r.hget(self.key(job_id), "status")
+        return None if raw is None else JobStatus(raw)
+
+    def is_terminal(self, job_id: str) -> bool:
+        return self._r.hget(self.key(job_id), "status") in _TERMINAL_VALUES
+
+    def get(self, job_id: str) -> JobRecord | None:
+        raw: dict[str, str] = self._r.hgetall(self.key(job_id))  # type: ignore[assignment]
+        if not raw:
+            return None
+        return parse_record(raw)
+
+
+def parse_record(raw: dict[str, str]) -> JobRecord:
+    stages = {
+        k.split(":", 1)[1]: StageTiming.model_validate_json(v)
+        for k, v in raw.items()
+        if k.startswith("stage:")
+    }
+    progress = {k.split(":", 1)[1]: int(v) for k, v in raw.items() if k.startswith("progress:")}
+    attempts = sum(int(v) for k, v in raw.items() if k.startswith("attempts:"))
+    return JobRecord(
+        job_id=raw["job_id"],
+        kind=raw["kind"],  # type: ignore[arg-type]
+        status=JobStatus(raw["status"]),
+        tenant=raw.get("tenant", "default"),
+        request_id=raw.get("request_id"),
+        created_at=float(raw["created_at"]),
+        updated_at=float(raw["updated_at"]),
+        stages=stages,
+        progress=progress,
+        result=json.loads(raw["result"]) if raw.get("result") else None,
+        error=JobError.model_validate_json(raw["error"]) if raw.get("error") else None,
+        attempts=attempts,
+    )
+
+
+_HOSTNAME: str | None = None
+
+
+def set_worker_hostname(name: str) -> None:
+    """Celery's node name (e.g. `retrieval@host`) identifies the pool in stage timings."""
+    global _HOSTNAME
+    _HOSTNAME = name

@@ -1,0 +1,77 @@
+"""Enqueue tasks by name through a client-only Celery app.
+
+The API and the Python client use this; it imports no task code and no heavy dependency, exactly
+like another team's service would. Every enqueue carries an `expires` (a query nobody waits for any
+more must not burn a worker) and a priority.
+"""
+
+from __future__ import annotations
+
+import uuid
+from functools import lru_cache
+from typing import Any
+
+from celery import Celery
+
+from ragfleet.names import TASK_QUEUES, Priority, TaskName
+from ragfleet.settings import Settings, get_settings
+
+
+@lru_cache(maxsize=4)
+def _client_app(broker: str, backend: str, visibility_timeout: int, key_prefix: str) -> Celery:
+    app = Celery("ragfleet-client", broker=broker, backend=backend, set_as_current=False)
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        broker_transport_options={
+            "visibility_timeout": visibility_timeout,
+            "queue_order_strategy": "priority",
+            "priority_steps": list(range(10)),
+            **({"global_keyprefix": key_prefix} if key_prefix else {}),
+        },
+        broker_connection_retry_on_startup=False,
+        broker_connection_timeout=2.0,
+        broker_connection_max_retries=1,
+        task_publish_retry_policy={"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2},
+    )
+    return app
+
+
+def client_app(settings: Settings | None = None) -> Celery:
+    s = settings or get_settings()
+    return _client_app(s.broker, s.backend, s.visibility_timeout_s, s.broker_key_prefix)
+
+
+def default_expires(task: TaskName, settings: Settings) -> int:
+    if task in (TaskName.QUERY, TaskName.GENERATE):
+        return settings.query_expires_s
+    if task in (TaskName.FEEDBACK_RECORD, TaskName.FEEDBACK_AGGREGATE):
+        return settings.feedback_expires_s
+    return settings.index_expires_s
+
+
+def enqueue(
+    task: TaskName,
+    payload: dict[str, Any],
+    *,
+    settings: Settings | None = None,
+    job_id: str | None = None,
+    priority: Priority = Priority.DEFAULT,
+    expires: float | None = None,
+    headers: dict[str, Any] | None = None,
+) -> str:
+    """Send `task` with `kwargs={"payload": payload}`; the Celery task id is the job id."""
+    s = settings or get_settings()
+    task_id = job_id or payload.get("job_id") or uuid.uuid4().hex
+    payload = {**payload, "job_id": task_id}
+    client_app(s).send_task(
+        task.value,
+        kwargs={"payload": payload},
+        task_id=task_id,
+        queue=TASK_QUEUES[task].value,
+        priority=int(priority),
+        expires=expires if expires is not None else default_expires(task, s),
+        headers=headers or {},
+    )
+    return task_id

