@@ -1,0 +1,148 @@
+"""Shared fixtures: a real Redis (started here if none answers), an isolated key prefix per test
+session, and real `celery worker` subprocesses.
+
+Isolation: every test session uses Redis database 9 (override with RAGFLEET_TEST_REDIS_DB) and a
+unique key prefix for job records, cache and locks, plus a unique kombu `global_keyprefix` for the
+broker queues, so several suites (or a running fleet) can share one Redis. Cleanup deletes only keys
+under our prefixes. Locally a missing service skips; in CI (`CI=true`) it fails.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from ragfleet.settings import Settings  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+TEST_DB = int(os.environ.get("RAGFLEET_TEST_REDIS_DB", "9"))
+
+
+def need(condition: bool, reason: str) -> None:
+    """Skip locally, fail in CI: a CI run that silently skips a service test proves nothing."""
+    if condition:
+        return
+    if IN_CI:
+        pytest.fail(f"required in CI: {reason}")
+    pytest.skip(reason)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _pings(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+class RedisServer:
+    """A private redis-server on a free port: for tests that stop, kill or restart Redis."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        binary = shutil.which("redis-server")
+        need(binary is not None, "redis-server binary not installed (apt-get install redis-server)")
+        self.proc = subprocess.Popen(
+            [str(binary), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if _pings(self.url):
+                return self
+            time.sleep(0.05)
+        raise RuntimeError("private redis-server did not start")
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    stop = kill
+
+
+@pytest.fixture(scope="session")
+def redis_base_url() -> Iterator[str]:
+    url = os.environ.get("RAGFLEET_TEST_REDIS_URL", f"redis://127.0.0.1:6379/{TEST_DB}")
+    if _pings(url):
+        yield url
+        return
+    server = RedisServer().start()  # none answers: start our own
+    try:
+        yield server.url.rsplit("/", 1)[0] + f"/{TEST_DB}"
+    finally:
+        server.kill()
+
+
+@pytest.fixture(scope="session")
+def session_prefix() -> str:
+    return f"rftest-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="session")
+def base_settings(redis_base_url: str, session_prefix: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    data = tmp_path_factory.mktemp("data")
+    return Settings(
+        redis_url=redis_base_url,
+        key_prefix=session_prefix,
+        broker_key_prefix=f"{session_prefix}:q:",
+        data_dir=data,
+        feedback_db_url=f"sqlite:///{data / 'feedback.db'}",
+    )
+
+
+@pytest.fixture(scope="session")
+def redis_client(redis_base_url: str, session_prefix: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_base_url, decode_responses=True)
+    yield client
+    for key in client.scan_iter(f"{session_prefix}*", count=1000):
+        client.delete(key)
+    for key in client.scan_iter(f"celery-task-meta-*{session_prefix}*", count=1000):
+        client.delete(key)
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that makes a subprocess build exactly `settings`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAGFLEET_")}
+    for name, value in settings.model_dump(exclude={"extra"}).items():
+        if value is None:
+            continue
+        if hasattr(value, "get_secret_value"):
+            value = value.get_secret_value()
+        env[f"RAGFLEET_{name.upper()}"] = str(value)
+    env["PYTHONPATH"] = str(REPO)
+    env["HF_HUB_OFFLINE"] = "1"
+    env["OPENBLAS_NUM_THREADS"] = "1"
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+PYTHON = sys.executable
