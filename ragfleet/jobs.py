@@ -91,7 +91,7 @@ class JobStore:
     def stage_start(self, job_id: str, stage: str, queue: str, status: JobStatus) -> float:
         started = time.time()
         timing = StageTiming(
-            worker=socket.gethostname() if not _HOSTNAME else _HOSTNAME,
+            worker=_HOSTNAME or socket.gethostname(),
             queue=queue,
             pid=os.getpid(),
             started_at=started,
@@ -113,18 +113,11 @@ class JobStore:
         return ms
 
     def finish(self, job_id: str, result: dict[str, Any]) -> bool:
-        return (
-            self._apply(job_id, {"status": JobStatus.DONE.value, "result": json.dumps(result)}) == 1
-        )
+        return self._apply(job_id, {"status": JobStatus.DONE.value, "result": json.dumps(result)}) == 1
 
-    def fail(
-        self, job_id: str, code: ErrorCode, message: str, *, retry_after: float | None = None
-    ) -> bool:
+    def fail(self, job_id: str, code: ErrorCode, message: str, *, retry_after: float | None = None) -> bool:
         err = JobError(code=code, message=message[:2_000], retry_after=retry_after)
-        return (
-            self._apply(job_id, {"status": JobStatus.FAILED.value, "error": err.model_dump_json()})
-            == 1
-        )
+        return self._apply(job_id, {"status": JobStatus.FAILED.value, "error": err.model_dump_json()}) == 1
 
     def cancel(self, job_id: str) -> bool:
         return self._apply(job_id, {"status": JobStatus.CANCELLED.value}) == 1

@@ -70,7 +70,17 @@ class RedisServer:
         binary = shutil.which("redis-server")
         need(binary is not None, "redis-server binary not installed (apt-get install redis-server)")
         self.proc = subprocess.Popen(
-            [str(binary), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            [
+                str(binary),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -108,7 +118,9 @@ def session_prefix() -> str:
 
 
 @pytest.fixture(scope="session")
-def base_settings(redis_base_url: str, session_prefix: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+def base_settings(
+    redis_base_url: str, session_prefix: str, tmp_path_factory: pytest.TempPathFactory
+) -> Settings:
     data = tmp_path_factory.mktemp("data")
     return Settings(
         redis_url=redis_base_url,

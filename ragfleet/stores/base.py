@@ -111,4 +111,3 @@ class VectorStore(Protocol):
         """Delete the whole collection."""
 
     def close(self) -> None: ...
-

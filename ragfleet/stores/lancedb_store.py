@@ -1,0 +1,377 @@
+"""The embedded default store: LanceDB on local disk, no server.
+
+Several worker processes open the same directory. LanceDB keeps a table handle on its snapshot, so
+readers call `refresh()` (checkout_latest) when the fleet's index version moves; writers use
+`merge_insert` so a document's replacement is one atomic commit, and retry on commit conflicts
+between concurrent writer processes.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from ragfleet.schemas import MetadataValue, SearchMode
+from ragfleet.stores.base import ChunkRecord, SearchHit, tags_for
+
+_HIT_COLUMNS = ["chunk_id", "doc_id", "chunk_index", "text", "title", "start", "end", "metadata"]
+ANN_MIN_ROWS = 100_000  # below this, exact search is fast enough (~16 ms at 20k) and exact
+
+
+def _lit(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _in_list(values: list[str]) -> str:
+    return "(" + ", ".join(_lit(v) for v in values) + ")"
+
+
+def _schema(dim: int) -> pa.Schema:
+    return pa.schema(
+        [
+            pa.field("chunk_id", pa.string(), nullable=False),
+            pa.field("doc_id", pa.string(), nullable=False),
+            pa.field("tenant", pa.string(), nullable=False),
+            pa.field("chunk_index", pa.int32(), nullable=False),
+            pa.field("text", pa.string(), nullable=False),
+            pa.field("title", pa.string()),
+            pa.field("start", pa.int32()),
+            pa.field("end", pa.int32()),
+            pa.field("content_hash", pa.string()),
+            pa.field("embedding_model", pa.string()),
+            pa.field("tags", pa.list_(pa.string())),
+            pa.field("metadata", pa.string()),
+            pa.field("vector", pa.list_(pa.float32(), dim)),
+        ]
+    )
+
+
+def _minmax(scores: dict[str, float]) -> dict[str, float]:
+    if not scores:
+        return {}
+    lo, hi = min(scores.values()), max(scores.values())
+    if hi - lo < 1e-12:
+        return {k: 1.0 for k in scores}
+    return {k: (v - lo) / (hi - lo) for k, v in scores.items()}
+
+
+class LanceDBStore:
+    stems = True  # native FTS with an English stemmer
+
+    def __init__(self, root: Path, name: str, *, dim: int) -> None:
+        self.root = Path(root)
+        self.name = name
+        self.dim = dim
+        self._db: Any = None
+        self._table: Any = None
+        self._lock = threading.RLock()
+        self._fts_ready = False
+
+    # -- connection ------------------------------------------------------------------------------
+    def _connect(self) -> Any:
+        if self._db is None:
+            import lancedb
+
+            self.root.mkdir(parents=True, exist_ok=True)
+            self._db = lancedb.connect(str(self.root))
+        return self._db
+
+    def _tbl(self) -> Any:
+        if self._table is None:
+            with self._lock:
+                if self._table is None:
+                    self.ensure()
+        return self._table
+
+    def ensure(self) -> None:
+        with self._lock:
+            db = self._connect()
+            self._table = db.create_table(self.name, schema=_schema(self.dim), exist_ok=True)
+
+    def exists(self) -> bool:
+        return self.name in self._connect().table_names()
+
+    def refresh(self) -> None:
+        if self._table is not None:
+            self._table.checkout_latest()
+
+    def close(self) -> None:
+        self._table = None
+        self._db = None
+
+    # -- writes ----------------------------------------------------------------------------------
+    def _rows(self, records: list[ChunkRecord]) -> pa.Table:
+        return pa.Table.from_pylist(
+            [
+                {
+                    "chunk_id": r.chunk_id,
+                    "doc_id": r.doc_id,
+                    "tenant": r.tenant,
+                    "chunk_index": r.chunk_index,
+                    "text": r.text,
+                    "title": r.title,
+                    "start": r.start,
+                    "end": r.end,
+                    "content_hash": r.content_hash,
+                    "embedding_model": r.embedding_model,
+                    "tags": tags_for(r.metadata),
+                    "metadata": json.dumps(r.metadata, sort_keys=True),
+                    "vector": r.vector,
+                }
+                for r in records
+            ],
+            schema=_schema(self.dim),
+        )
+
+    def _retry(self, fn: Any) -> Any:
+        """Concurrent writer processes can lose a commit race; the write is idempotent, so redo it."""
+        delay = 0.05
+        for attempt in range(8):
+            try:
+                return fn()
+            except Exception as exc:  # lance raises plain RuntimeError/OSError on conflicts
+                msg = str(exc).lower()
+                if attempt == 7 or not any(w in msg for w in ("conflict", "retry", "concurrent")):
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                self.refresh()
+        raise AssertionError("unreachable")
+
+    def replace_documents(self, tenant: str, docs: dict[str, list[ChunkRecord]]) -> int:
+        if not docs:
+            return 0
+        tbl = self._tbl()
+        records = [r for rows in docs.values() for r in rows]
+        scope = f"tenant = {_lit(tenant)} AND doc_id IN {_in_list(list(docs))}"
+        if not records:
+            self._retry(lambda: tbl.delete(scope))
+            return 0
+
+        def write() -> None:
+            (
+                tbl.merge_insert("chunk_id")
+                .when_matched_update_all()
+                .when_not_matched_insert_all()
+                .when_not_matched_by_source_delete(scope)
+                .execute(self._rows(records))
+            )
+
+        self._retry(write)
+        self._ensure_fts()
+        return len(records)
+
+    def _ensure_fts(self) -> None:
+        """FTS needs an index to exist at all; rows added later are searched flat until optimize()."""
+        if self._fts_ready:
+            return
+        tbl = self._tbl()
+        if not any(ix.index_type in ("FTS", "INVERTED") for ix in tbl.list_indices()):
+            from lancedb.index import FTS
+
+            try:
+                tbl.create_index(
+                    "text", config=FTS(stem=True, language="English", remove_stop_words=True), replace=False
+                )
+            except Exception as exc:  # another process created it first
+                if "exist" not in str(exc).lower():
+                    raise
+        self._fts_ready = True
+
+    def delete_document(self, tenant: str, doc_id: str) -> int:
+        tbl = self._tbl()
+        self.refresh()
+        where = f"tenant = {_lit(tenant)} AND doc_id = {_lit(doc_id)}"
+        n = int(tbl.count_rows(where))
+        if n:
+            self._retry(lambda: tbl.delete(where))
+        return n
+
+    def drop(self) -> None:
+        with self._lock:
+            db = self._connect()
+            if self.name in db.table_names():
+                db.drop_table(self.name)
+            self._table = None
+            self._fts_ready = False
+
+    # -- reads -----------------------------------------------------------------------------------
+    def _scan(self, where: str, columns: list[str]) -> pa.Table:
+        return self._tbl().search().where(where).select(columns).limit(None).to_arrow()
+
+    def document_hashes(self, tenant: str, doc_ids: list[str]) -> dict[str, dict[int, str]]:
+        out: dict[str, dict[int, str]] = {}
+        if not doc_ids:
+            return out
+        for i in range(0, len(doc_ids), 500):
+            part = doc_ids[i : i + 500]
+            tbl = self._scan(
+                f"tenant = {_lit(tenant)} AND doc_id IN {_in_list(part)}",
+                ["doc_id", "chunk_index", "content_hash"],
+            )
+            for d, idx, h in zip(
+                tbl["doc_id"].to_pylist(),
+                tbl["chunk_index"].to_pylist(),
+                tbl["content_hash"].to_pylist(),
+                strict=True,
+            ):
+                out.setdefault(d, {})[int(idx)] = h
+        return out
+
+    def vectors_by_hash(self, hashes: list[str], embedding_model: str) -> dict[str, list[float]]:
+        out: dict[str, list[float]] = {}
+        uniq = sorted(set(hashes))
+        for i in range(0, len(uniq), 500):
+            part = uniq[i : i + 500]
+            tbl = self._scan(
+                f"embedding_model = {_lit(embedding_model)} AND content_hash IN {_in_list(part)}",
+                ["content_hash", "vector"],
+            )
+            for h, v in zip(tbl["content_hash"].to_pylist(), tbl["vector"].to_pylist(), strict=True):
+                out.setdefault(h, v)
+        return out
+
+    def count(self, tenant: str | None = None) -> int:
+        tbl = self._tbl()
+        return int(tbl.count_rows(f"tenant = {_lit(tenant)}") if tenant else tbl.count_rows())
+
+    def iter_chunks(self, batch_size: int = 1_000) -> Iterator[list[ChunkRecord]]:
+        reader = self._tbl().search().limit(None).to_batches(batch_size)
+        for batch in reader:
+            rows = batch.to_pylist()
+            if rows:
+                yield [_record(r) for r in rows]
+
+    def _where(self, tenant: str, filters: dict[str, MetadataValue] | None) -> str:
+        where = f"tenant = {_lit(tenant)}"
+        tags = tags_for(filters or {})
+        if tags:
+            where += f" AND array_has_all(tags, [{', '.join(_lit(t) for t in tags)}])"
+        return where
+
+    def _hits(
+        self, rows: list[dict[str, Any]], key: str, *, distance: bool
+    ) -> dict[str, tuple[float, dict[str, Any]]]:
+        out: dict[str, tuple[float, dict[str, Any]]] = {}
+        for r in rows:
+            score = 1.0 - float(r["_distance"]) if distance else float(r[key])
+            out[r["chunk_id"]] = (score, r)
+        return out
+
+    def search(
+        self,
+        tenant: str,
+        *,
+        vector: list[float] | None,
+        text: str | None,
+        mode: SearchMode,
+        top_k: int,
+        filters: dict[str, MetadataValue] | None = None,
+        dense_weight: float = 0.5,
+        candidates: int = 50,
+    ) -> list[SearchHit]:
+        tbl = self._tbl()
+        where = self._where(tenant, filters)
+        n = max(top_k, candidates) if mode == "hybrid" else top_k
+        dense: dict[str, tuple[float, dict[str, Any]]] = {}
+        sparse: dict[str, tuple[float, dict[str, Any]]] = {}
+        if mode in ("vector", "hybrid"):
+            if vector is None:
+                raise ValueError(f"{mode} search needs a query vector")
+            rows = (
+                tbl.search(vector, vector_column_name="vector")
+                .distance_type("cosine")
+                .where(where, prefilter=True)
+                .select(_HIT_COLUMNS)
+                .limit(n)
+                .to_list()
+            )
+            dense = self._hits(rows, "_distance", distance=True)
+        if mode in ("fts", "hybrid") and text and text.strip():
+            try:
+                rows = (
+                    tbl.search(text, query_type="fts", fts_columns="text")
+                    .where(where, prefilter=True)
+                    .select(_HIT_COLUMNS)
+                    .limit(n)
+                    .to_list()
+                )
+            except ValueError:
+                rows = []  # no FTS index yet (empty table)
+            sparse = self._hits(rows, "_score", distance=False)
+        if mode == "vector":
+            ranked = {k: v[0] for k, v in dense.items()}
+        elif mode == "fts":
+            ranked = {k: v[0] for k, v in sparse.items()}
+        else:
+            d = _minmax({k: v[0] for k, v in dense.items()})
+            s = _minmax({k: v[0] for k, v in sparse.items()})
+            ranked = {
+                k: dense_weight * d.get(k, 0.0) + (1.0 - dense_weight) * s.get(k, 0.0)
+                for k in d.keys() | s.keys()
+            }
+        rows_by_id = {k: v[1] for k, v in {**sparse, **dense}.items()}
+        best = sorted(ranked.items(), key=lambda kv: kv[1], reverse=True)[:top_k]
+        return [_hit(rows_by_id[cid], score) for cid, score in best]
+
+    # -- maintenance -----------------------------------------------------------------------------
+    def optimize(self) -> None:
+        """Fold appends into the indexes (FTS, and IVF-PQ past ANN_MIN_ROWS) and compact versions."""
+        tbl = self._tbl()
+        rows = int(tbl.count_rows())
+        if rows == 0:
+            return
+        self._ensure_fts()
+        names = {ix.index_type: ix for ix in tbl.list_indices()}
+        if rows >= ANN_MIN_ROWS and not any(t.startswith("IVF") for t in names):
+            self.build_vector_index()
+        tbl.optimize()
+
+    def build_vector_index(self) -> None:
+        from lancedb.index import IvfPq
+
+        tbl = self._tbl()
+        rows = int(tbl.count_rows())
+        partitions = max(16, min(4096, int(rows**0.5)))
+        tbl.create_index(
+            "vector",
+            config=IvfPq(distance_type="cosine", num_partitions=partitions, num_sub_vectors=self.dim // 8),
+            replace=True,
+        )
+
+
+def _hit(row: dict[str, Any], score: float) -> SearchHit:
+    return SearchHit(
+        chunk_id=row["chunk_id"],
+        doc_id=row["doc_id"],
+        chunk_index=int(row["chunk_index"]),
+        text=row["text"],
+        title=row.get("title"),
+        start=int(row.get("start") or 0),
+        end=int(row.get("end") or 0),
+        score=float(score),
+        metadata=json.loads(row["metadata"]) if row.get("metadata") else {},
+    )
+
+
+def _record(row: dict[str, Any]) -> ChunkRecord:
+    return ChunkRecord(
+        chunk_id=row["chunk_id"],
+        doc_id=row["doc_id"],
+        tenant=row["tenant"],
+        chunk_index=int(row["chunk_index"]),
+        text=row["text"],
+        title=row.get("title"),
+        start=int(row.get("start") or 0),
+        end=int(row.get("end") or 0),
+        content_hash=row.get("content_hash") or "",
+        embedding_model=row.get("embedding_model") or "",
+        vector=list(row["vector"]),
+        metadata=json.loads(row["metadata"]) if row.get("metadata") else {},
+    )
