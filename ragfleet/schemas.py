@@ -240,3 +240,16 @@ class ReindexPayload(_Strict):
     reason: str = "scheduled"
     job_id: str | None = None
     request_id: str | None = None
+
+
+class GeneratePayload(_Strict):
+    """Internal hand-off from the retrieval pool to the generation pool (`ragfleet.generate`)."""
+
+    job_id: str
+    question: str
+    sources: list[Source]
+    index_version: int
+    cache_key: str | None = None
+    tenant: str = "default"
+    request_id: str | None = None
+    stream: bool = False

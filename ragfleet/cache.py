@@ -1,0 +1,123 @@
+"""Two-layer answer cache (in-process LRU + Redis) and the query-embedding cache.
+
+Keys include the fleet's index version, so a write to the index makes every older entry
+unreachable at once (no scan, no invalidation race): stale answers simply stop being looked up and
+expire by TTL. Light module on purpose: the API process uses it too, answering repeated questions
+without a round trip through the queues.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import unicodedata
+from typing import Any, Literal
+
+import numpy as np
+import redis
+from cachetools import TTLCache
+
+from ragfleet.settings import Settings
+
+Layer = Literal["l1", "l2"]
+
+
+def normalize_question(question: str) -> str:
+    """Case, Unicode form and whitespace do not change the answer; punctuation can, so it stays."""
+    return " ".join(unicodedata.normalize("NFKC", question).casefold().split())
+
+
+def answer_key(
+    *,
+    question: str,
+    tenant: str,
+    top_k: int,
+    mode: str,
+    filters: dict[str, Any],
+    index_version: int,
+    generator: str,
+) -> str:
+    blob = json.dumps(
+        [normalize_question(question), tenant, top_k, mode, filters, index_version, generator],
+        sort_keys=True,
+        ensure_ascii=False,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+class AnswerCache:
+    def __init__(self, client: redis.Redis, settings: Settings) -> None:
+        self._r = client
+        self._s = settings
+        self._l1: TTLCache[str, dict[str, Any]] = TTLCache(
+            maxsize=settings.cache_l1_size, ttl=settings.cache_l1_ttl_s
+        )
+        self._lock = threading.Lock()
+
+    def _rkey(self, key: str) -> str:
+        return self._s.key("cache", "answer", key)
+
+    def get(self, key: str) -> tuple[dict[str, Any], Layer] | None:
+        if not self._s.cache_enabled:
+            return None
+        with self._lock:
+            hit = self._l1.get(key)
+        if hit is not None:
+            return hit, "l1"
+        raw = self._r.get(self._rkey(key))
+        if raw is None:
+            return None
+        value: dict[str, Any] = json.loads(raw)
+        with self._lock:
+            self._l1[key] = value
+        return value, "l2"
+
+    def put(self, key: str, value: dict[str, Any]) -> None:
+        if not self._s.cache_enabled:
+            return
+        self._r.set(self._rkey(key), json.dumps(value), ex=self._s.cache_l2_ttl_s)
+        with self._lock:
+            self._l1[key] = value
+
+    def clear_local(self) -> None:
+        with self._lock:
+            self._l1.clear()
+
+
+class EmbeddingCache:
+    """Query vectors by (model, normalized question): the second-hottest thing after answers."""
+
+    def __init__(self, client: redis.Redis, settings: Settings, model_id: str) -> None:
+        self._r = client
+        self._s = settings
+        self._model = model_id
+        self._l1: TTLCache[str, np.ndarray[Any, np.dtype[np.float32]]] = TTLCache(
+            maxsize=settings.cache_l1_size * 4, ttl=settings.cache_l2_ttl_s
+        )
+        self._lock = threading.Lock()
+
+    def _key(self, question: str) -> str:
+        digest = hashlib.sha256(f"{self._model}\0{normalize_question(question)}".encode()).hexdigest()
+        return self._s.key("cache", "qvec", digest)
+
+    def get(self, question: str) -> tuple[np.ndarray[Any, np.dtype[np.float32]], Layer] | None:
+        key = self._key(question)
+        with self._lock:
+            vec = self._l1.get(key)
+        if vec is not None:
+            return vec, "l1"
+        raw = self._r.get(key)
+        if raw is None:
+            return None
+        arr = np.frombuffer(bytes.fromhex(raw) if isinstance(raw, str) else raw, dtype=np.float32)
+        with self._lock:
+            self._l1[key] = arr
+        return arr, "l2"
+
+    def put(self, question: str, vec: np.ndarray[Any, np.dtype[np.float32]]) -> None:
+        key = self._key(question)
+        arr = np.asarray(vec, dtype=np.float32)
+        self._r.set(key, arr.tobytes().hex(), ex=self._s.cache_l2_ttl_s)
+        with self._lock:
+            self._l1[key] = arr

@@ -1,0 +1,177 @@
+"""Indexing service: validate, chunk, embed what is new, replace atomically per document.
+
+Idempotent by construction, which is what makes late-ack redelivery after a crash safe: chunk ids
+are `(tenant, doc_id, chunk_index)`, rows are replaced with one merge per batch, and a chunk whose
+content hash is already stored (in any document, any collection handed in as `vector_source`) is
+not embedded again. One bad document becomes an entry in `IndexResult.errors`; the others are
+indexed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from pydantic import ValidationError
+
+from ragfleet.chunking import chunk_text
+from ragfleet.resources import Resources
+from ragfleet.schemas import DocumentError, DocumentIn, ErrorCode, IndexResult
+from ragfleet.stores.base import ChunkRecord, VectorStore, chunk_id_for
+
+ProgressFn = Callable[[int, int], None]  # (documents done, documents total)
+WRITE_BATCH_DOCS = 256
+
+
+def row_hash(text: str, metadata: dict[str, Any]) -> str:
+    """Covers everything a row stores besides its vector: a metadata-only change is a change."""
+    blob = text + "\0" + json.dumps(metadata, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:32]
+
+
+def _reason(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:3]:
+        loc = ".".join(str(p) for p in err.get("loc", ())) or "document"
+        parts.append(f"{loc}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts)
+
+
+def validate_documents(
+    raw_docs: Iterable[Any], default_tenant: str, result: IndexResult
+) -> dict[str, dict[str, DocumentIn]]:
+    """Group valid documents by tenant (last one wins for a repeated id); record the bad ones."""
+    by_tenant: dict[str, dict[str, DocumentIn]] = {}
+    for i, raw in enumerate(raw_docs):
+        doc_id = raw.get("id") if isinstance(raw, dict) else None
+        try:
+            doc = DocumentIn.model_validate(raw)
+        except ValidationError as exc:
+            result.errors.append(
+                DocumentError(
+                    index=i, doc_id=str(doc_id) if doc_id is not None else None, message=_reason(exc)
+                )
+            )
+            continue
+        by_tenant.setdefault(doc.tenant or default_tenant, {})[doc.id] = doc
+    return by_tenant
+
+
+def index_documents(
+    res: Resources,
+    raw_docs: list[Any],
+    *,
+    tenant: str,
+    store: VectorStore | None = None,
+    vector_source: VectorStore | None = None,
+    progress: ProgressFn | None = None,
+    bump_version: bool = True,
+) -> IndexResult:
+    s = res.settings
+    target = store or res.live_store()[0]
+    result = IndexResult(documents_received=len(raw_docs))
+    by_tenant = validate_documents(raw_docs, tenant, result)
+    total = sum(len(d) for d in by_tenant.values())
+    done = 0
+    wrote = False
+    model = s.embedding_model
+    for ten, docs in by_tenant.items():
+        ids = list(docs)
+        for start in range(0, len(ids), WRITE_BATCH_DOCS):
+            part = ids[start : start + WRITE_BATCH_DOCS]
+            existing = target.document_hashes(ten, part)
+            pending: dict[str, list[ChunkRecord]] = {}
+            for doc_id in part:
+                doc = docs[doc_id]
+                try:
+                    chunks = chunk_text(
+                        doc.text, size=s.chunk_size_words, overlap=s.chunk_overlap_words, title=doc.title
+                    )
+                except ValueError as exc:
+                    result.errors.append(
+                        DocumentError(
+                            index=-1, doc_id=doc_id, code=ErrorCode.INVALID_DOCUMENT, message=str(exc)
+                        )
+                    )
+                    continue
+                records = [
+                    ChunkRecord(
+                        chunk_id=chunk_id_for(ten, doc_id, c.index),
+                        doc_id=doc_id,
+                        tenant=ten,
+                        chunk_index=c.index,
+                        text=c.text,
+                        title=doc.title,
+                        start=c.start,
+                        end=c.end,
+                        content_hash=row_hash(c.text, doc.metadata),
+                        embedding_model=model,
+                        vector=[],
+                        metadata=dict(doc.metadata),
+                    )
+                    for c in chunks
+                ]
+                if existing.get(doc_id) == {r.chunk_index: r.content_hash for r in records}:
+                    result.documents_unchanged += 1
+                    result.chunks_skipped += len(records)
+                    continue
+                pending[doc_id] = records
+            if pending:
+                _fill_vectors(res, pending, target, vector_source, result)
+                result.chunks_written += target.replace_documents(ten, pending)
+                result.documents_indexed += len(pending)
+                wrote = True
+            done += len(part)
+            if progress:
+                progress(done, total)
+    if wrote and bump_version:
+        result.index_version = res.index_state.bump()
+    else:
+        result.index_version = res.index_state.version()
+    return result
+
+
+def _fill_vectors(
+    res: Resources,
+    pending: dict[str, list[ChunkRecord]],
+    target: VectorStore,
+    vector_source: VectorStore | None,
+    result: IndexResult,
+) -> None:
+    model = res.settings.embedding_model
+    records = [r for rows in pending.values() for r in rows]
+    hashes = [r.content_hash for r in records]
+    known = target.vectors_by_hash(hashes, model)
+    if vector_source is not None:
+        missing = [h for h in hashes if h not in known]
+        if missing:
+            known.update(vector_source.vectors_by_hash(missing, model))
+    to_embed: dict[str, str] = {}
+    for r in records:
+        if r.content_hash in known:
+            r.vector = known[r.content_hash]
+            result.chunks_skipped += 1
+        else:
+            to_embed.setdefault(r.content_hash, r.text)
+    if to_embed:
+        keys = list(to_embed)
+        vecs = res.embedder.encode([to_embed[k] for k in keys])
+        fresh = {k: v.tolist() for k, v in zip(keys, vecs, strict=True)}
+        result.chunks_embedded += len(fresh)
+        for r in records:
+            if not r.vector:
+                r.vector = fresh[r.content_hash]
+
+
+def delete_document(res: Resources, *, tenant: str, doc_id: str) -> IndexResult:
+    store, _ = res.live_store()
+    removed = store.delete_document(tenant, doc_id)
+    result = IndexResult(documents_received=1, documents_deleted=1 if removed else 0)
+    result.index_version = res.index_state.bump() if removed else res.index_state.version()
+    if not removed:
+        result.errors.append(
+            DocumentError(index=0, doc_id=doc_id, code=ErrorCode.NOT_FOUND, message="document not found")
+        )
+    return result

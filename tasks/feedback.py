@@ -1,0 +1,1 @@
+"""Feedback pool (see ragfleet.feedback)."""

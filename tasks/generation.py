@@ -1,0 +1,48 @@
+"""Generation pool: write the cited answer (LLM gateway or extractive), cache it, finish the job."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery.exceptions import SoftTimeLimitExceeded
+
+from ragfleet import querying
+from ragfleet.names import Queue, TaskName
+from ragfleet.resources import get_resources
+from ragfleet.schemas import ErrorCode, GeneratePayload, JobStatus
+from tasks._common import InvalidPayload, error_result, parse, stage
+from workers.app import app
+from workers.base import RagfleetTask
+
+_s = get_resources().settings
+
+
+@app.task(
+    name=TaskName.GENERATE.value,
+    bind=True,
+    base=RagfleetTask,
+    time_limit=_s.generate_time_limit_s,
+    soft_time_limit=_s.generate_time_limit_s - 5,
+)
+def generate(self: RagfleetTask, *, payload: dict[str, Any]) -> dict[str, Any]:
+    try:
+        p = parse(self, GeneratePayload, payload, kind="query")
+    except InvalidPayload as exc:
+        return exc.result
+    res = get_resources()
+    if res.jobs.is_terminal(p.job_id):
+        return {"job_id": p.job_id, "status": str(res.jobs.status(p.job_id))}
+    try:
+        with stage(res, p.job_id, "generation", Queue.GENERATION.value, JobStatus.GENERATING):
+            result = querying.answer(
+                res,
+                question=p.question,
+                sources=p.sources,
+                index_version=p.index_version,
+                cache_key=p.cache_key,
+            )
+    except SoftTimeLimitExceeded:
+        res.jobs.fail(p.job_id, ErrorCode.TIMEOUT, "generation exceeded its time limit", retry_after=5)
+        return error_result(p.job_id, ErrorCode.TIMEOUT, "generation exceeded its time limit")
+    res.jobs.finish(p.job_id, result.model_dump(mode="json"))
+    return {"job_id": p.job_id, "status": "done", "degraded": result.degraded}

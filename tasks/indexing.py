@@ -1,0 +1,91 @@
+"""Indexing pool: batches of documents and deletions; progress is written to the job record."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery.exceptions import SoftTimeLimitExceeded
+from redis.exceptions import RedisError
+
+from ragfleet import indexing
+from ragfleet.names import Queue, TaskName
+from ragfleet.resources import get_resources
+from ragfleet.schemas import DeleteDocumentPayload, ErrorCode, IndexDocumentsPayload, JobStatus
+from tasks._common import InvalidPayload, error_result, parse, stage
+from workers.app import app
+from workers.base import RagfleetTask
+
+_s = get_resources().settings
+
+
+@app.task(
+    name=TaskName.INDEX_DOCUMENTS.value,
+    bind=True,
+    base=RagfleetTask,
+    time_limit=_s.index_time_limit_s,
+    soft_time_limit=_s.index_time_limit_s - 30,
+    max_retries=3,
+)
+def index_documents(self: RagfleetTask, *, payload: dict[str, Any]) -> dict[str, Any]:
+    try:
+        p = parse(self, IndexDocumentsPayload, payload, kind="index")
+    except InvalidPayload as exc:
+        return exc.result
+    res = get_resources()
+    job_id = str(p.job_id)
+    res.jobs.create(job_id, "index", tenant=p.tenant, request_id=p.request_id)
+    total = len(p.documents)
+    res.jobs.set_progress(job_id, done=0, total=total)
+
+    def progress(done: int, _total: int) -> None:
+        res.jobs.set_progress(job_id, done=done, total=total)
+
+    try:
+        with stage(res, job_id, "indexing", Queue.INDEXING.value, JobStatus.INDEXING):
+            result = indexing.index_documents(res, p.documents, tenant=p.tenant, progress=progress)
+    except SoftTimeLimitExceeded:
+        message = "indexing exceeded its time limit; split the batch"
+        res.jobs.fail(job_id, ErrorCode.TIMEOUT, message)
+        return error_result(job_id, ErrorCode.TIMEOUT, message)
+    except (RedisError, OSError, RuntimeError) as exc:
+        if self.request.retries < self.max_retries:
+            raise self.retry(exc=exc, countdown=2**self.request.retries) from exc
+        message = f"indexing failed: {type(exc).__name__}: {exc}"
+        res.jobs.fail(job_id, ErrorCode.INTERNAL, message, retry_after=30)
+        return error_result(job_id, ErrorCode.INTERNAL, message)
+    out = result.model_dump(mode="json")
+    res.jobs.finish(job_id, out)
+    return {"job_id": job_id, **out}
+
+
+@app.task(
+    name=TaskName.DELETE_DOCUMENT.value,
+    bind=True,
+    base=RagfleetTask,
+    time_limit=120,
+    soft_time_limit=110,
+    max_retries=3,
+)
+def delete_document(self: RagfleetTask, *, payload: dict[str, Any]) -> dict[str, Any]:
+    try:
+        p = parse(self, DeleteDocumentPayload, payload, kind="delete")
+    except InvalidPayload as exc:
+        return exc.result
+    res = get_resources()
+    job_id = str(p.job_id)
+    res.jobs.create(job_id, "delete", tenant=p.tenant, request_id=p.request_id)
+    try:
+        with stage(res, job_id, "indexing", Queue.INDEXING.value, JobStatus.INDEXING):
+            result = indexing.delete_document(res, tenant=p.tenant, doc_id=p.doc_id)
+    except (RedisError, OSError, RuntimeError) as exc:
+        if self.request.retries < self.max_retries:
+            raise self.retry(exc=exc, countdown=2**self.request.retries) from exc
+        message = f"delete failed: {type(exc).__name__}: {exc}"
+        res.jobs.fail(job_id, ErrorCode.INTERNAL, message, retry_after=30)
+        return error_result(job_id, ErrorCode.INTERNAL, message)
+    out = result.model_dump(mode="json")
+    if result.documents_deleted == 0:
+        res.jobs.fail(job_id, ErrorCode.NOT_FOUND, f"document {p.doc_id!r} not found")
+        return {"job_id": job_id, **out}
+    res.jobs.finish(job_id, out)
+    return {"job_id": job_id, **out}

@@ -1,0 +1,1 @@
+"""Maintenance pool: reindex and the nightly golden-set evaluation."""

@@ -1,0 +1,56 @@
+"""Cross-cutting task behaviour: redelivery cap, job-record bookkeeping, error codes.
+
+Celery has no limit on redeliveries of an acks_late message whose worker died: a message that
+crashes its worker (OOM, segfault, SIGKILL) would loop forever. We count deliveries per task id in
+Redis and park the message once it exceeds `max_redeliveries`, with its error visible in the job
+record and in the `<prefix>:parked` list.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from celery import Task
+
+from ragfleet.resources import get_resources
+from ragfleet.schemas import ErrorCode
+
+
+class RagfleetTask(Task):  # type: ignore[misc]
+    abstract = True
+    typing = True
+
+    def deliveries(self) -> int:
+        res = get_resources()
+        key = res.settings.key("deliveries", str(self.request.id))
+        pipe = res.redis.pipeline()
+        pipe.incr(key)
+        pipe.expire(key, res.settings.job_ttl_s)
+        count, _ = pipe.execute()
+        return int(count)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.request.id and not self.request.is_eager:
+            res = get_resources()
+            n = self.deliveries()
+            # retries are new deliveries too; only unexplained redeliveries count against the cap
+            limit = res.settings.max_redeliveries + 1 + int(self.request.retries or 0)
+            if n > limit:
+                return self.park(n)
+        return super().__call__(*args, **kwargs)
+
+    def park(self, deliveries: int) -> dict[str, Any]:
+        res = get_resources()
+        job_id = str(self.request.id)
+        message = (
+            f"task {self.name} was delivered {deliveries} times and its worker died each time; "
+            "parked as a poison message"
+        )
+        res.jobs.fail(job_id, ErrorCode.WORKER_LOST, message)
+        res.redis.lpush(
+            res.settings.key("parked"),
+            json.dumps({"task": self.name, "job_id": job_id, "at": time.time(), "error": message}),
+        )
+        return {"error": {"code": ErrorCode.WORKER_LOST.value, "message": message}}
