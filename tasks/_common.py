@@ -16,7 +16,7 @@ from workers.base import RagfleetTask
 M = TypeVar("M", bound=BaseModel)
 
 
-class InvalidPayload(Exception):
+class InvalidPayloadError(Exception):
     def __init__(self, result: dict[str, Any]) -> None:
         super().__init__(result["error"]["message"])
         self.result = result
@@ -31,7 +31,7 @@ def error_result(job_id: str, code: ErrorCode, message: str) -> dict[str, Any]:
 
 
 def parse(task: RagfleetTask, model: type[M], payload: Any, *, kind: str) -> M:
-    """Validate; on failure record a failed job with the reason and raise InvalidPayload."""
+    """Validate; on failure record a failed job with the reason and raise InvalidPayloadError."""
     job_id = str(task.request.id)
     data = dict(payload) if isinstance(payload, dict) else {}
     data.setdefault("job_id", job_id)
@@ -45,7 +45,7 @@ def parse(task: RagfleetTask, model: type[M], payload: Any, *, kind: str) -> M:
         message = f"invalid payload: {exc}"[:2_000]
         res.jobs.create(jid, kind, tenant=str(data.get("tenant") or "default"))
         res.jobs.fail(jid, ErrorCode.INVALID_PAYLOAD, message)
-        raise InvalidPayload(error_result(jid, ErrorCode.INVALID_PAYLOAD, message)) from exc
+        raise InvalidPayloadError(error_result(jid, ErrorCode.INVALID_PAYLOAD, message)) from exc
 
 
 @contextmanager

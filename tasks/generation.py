@@ -10,7 +10,7 @@ from ragfleet import querying
 from ragfleet.names import Queue, TaskName
 from ragfleet.resources import get_resources
 from ragfleet.schemas import ErrorCode, GeneratePayload, JobStatus
-from tasks._common import InvalidPayload, error_result, parse, stage
+from tasks._common import InvalidPayloadError, error_result, parse, stage
 from workers.app import app
 from workers.base import RagfleetTask
 
@@ -27,7 +27,7 @@ _s = get_resources().settings
 def generate(self: RagfleetTask, *, payload: dict[str, Any]) -> dict[str, Any]:
     try:
         p = parse(self, GeneratePayload, payload, kind="query")
-    except InvalidPayload as exc:
+    except InvalidPayloadError as exc:
         return exc.result
     res = get_resources()
     if res.jobs.is_terminal(p.job_id):

@@ -11,7 +11,7 @@ from ragfleet import indexing
 from ragfleet.names import Queue, TaskName
 from ragfleet.resources import get_resources
 from ragfleet.schemas import DeleteDocumentPayload, ErrorCode, IndexDocumentsPayload, JobStatus
-from tasks._common import InvalidPayload, error_result, parse, stage
+from tasks._common import InvalidPayloadError, error_result, parse, stage
 from workers.app import app
 from workers.base import RagfleetTask
 
@@ -29,7 +29,7 @@ _s = get_resources().settings
 def index_documents(self: RagfleetTask, *, payload: dict[str, Any]) -> dict[str, Any]:
     try:
         p = parse(self, IndexDocumentsPayload, payload, kind="index")
-    except InvalidPayload as exc:
+    except InvalidPayloadError as exc:
         return exc.result
     res = get_resources()
     job_id = str(p.job_id)
@@ -37,8 +37,9 @@ def index_documents(self: RagfleetTask, *, payload: dict[str, Any]) -> dict[str,
     total = len(p.documents)
     res.jobs.set_progress(job_id, done=0, total=total)
 
-    def progress(done: int, _total: int) -> None:
-        res.jobs.set_progress(job_id, done=done, total=total)
+    def progress(done: int, valid: int) -> None:
+        # documents that failed validation count as done: they will not be processed further
+        res.jobs.set_progress(job_id, done=done + (total - valid), total=total)
 
     try:
         with stage(res, job_id, "indexing", Queue.INDEXING.value, JobStatus.INDEXING):
@@ -69,7 +70,7 @@ def index_documents(self: RagfleetTask, *, payload: dict[str, Any]) -> dict[str,
 def delete_document(self: RagfleetTask, *, payload: dict[str, Any]) -> dict[str, Any]:
     try:
         p = parse(self, DeleteDocumentPayload, payload, kind="delete")
-    except InvalidPayload as exc:
+    except InvalidPayloadError as exc:
         return exc.result
     res = get_resources()
     job_id = str(p.job_id)

@@ -12,7 +12,7 @@ from ragfleet.names import Priority, Queue, TaskName
 from ragfleet.producer import enqueue
 from ragfleet.resources import get_resources
 from ragfleet.schemas import ErrorCode, GeneratePayload, JobStatus, QueryPayload
-from tasks._common import InvalidPayload, error_result, parse, stage
+from tasks._common import InvalidPayloadError, error_result, parse, stage
 from workers.app import app
 from workers.base import RagfleetTask
 
@@ -30,7 +30,7 @@ _s = get_resources().settings
 def query(self: RagfleetTask, *, payload: dict[str, Any]) -> dict[str, Any]:
     try:
         p = parse(self, QueryPayload, payload, kind="query")
-    except InvalidPayload as exc:
+    except InvalidPayloadError as exc:
         return exc.result
     res = get_resources()
     job_id = str(p.job_id)

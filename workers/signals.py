@@ -20,6 +20,7 @@ from ragfleet.resources import get_resources, reset_resources
 log = logging.getLogger("ragfleet.worker")
 _QUEUES: set[str] = set()
 _POOL: str = "prefork"
+_NODE: str = "unknown"
 
 _MODEL_QUEUES = {Queue.RETRIEVAL.value, Queue.INDEXING.value, Queue.MAINTENANCE.value}
 
@@ -36,13 +37,16 @@ def _setup_observability(process: str) -> None:
 def _warm() -> None:
     res = get_resources()
     res.warm_up(model=bool(_QUEUES & _MODEL_QUEUES))
-    log.info("warmed up", extra={"queues": sorted(_QUEUES)})
+    # tests and `ragfleet up` wait for this marker: the pool can serve without a cold start
+    res.redis.set(res.settings.key("warm", _NODE), "1", ex=3_600)
+    log.info("warmed up queues=%s", sorted(_QUEUES))
 
 
 @celeryd_after_setup.connect
 def _after_setup(sender: str, instance: Any, **_: Any) -> None:
     set_worker_hostname(sender)
-    global _POOL
+    global _POOL, _NODE
+    _NODE = sender
     _QUEUES.update(instance.app.amqp.queues.consume_from.keys())
     _POOL = str(getattr(instance, "pool_cls", "prefork"))
     _setup_observability(sender)

@@ -1,0 +1,181 @@
+"""`ragfleet` command line: talks to the running fleet over the broker and Redis, like any producer.
+
+It never imports torch or a store client for the commands that only enqueue and poll; `index`
+commands that touch the store import it lazily.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from ragfleet.client import FleetClient, JobFailedError
+from ragfleet.corpus import count_documents, read_documents
+
+app = typer.Typer(add_completion=False, help="ragfleet: RAG as queued work.", no_args_is_help=True)
+index_app = typer.Typer(help="Index versions: status and rollback.", no_args_is_help=True)
+app.add_typer(index_app, name="index")
+console = Console()
+err = Console(stderr=True)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=False,
+    )
+
+
+@app.command()
+def ingest(
+    path: Annotated[Path, typer.Argument(exists=True, help="BEIR corpus.jsonl or a folder of .txt/.md")],
+    batch_size: Annotated[int, typer.Option(help="documents per indexing task")] = 64,
+    wait: Annotated[bool, typer.Option(help="wait for the fleet and show progress")] = True,
+    timeout: Annotated[float, typer.Option(help="seconds to wait")] = 3600.0,
+) -> None:
+    """Enqueue documents in batches onto the indexing pool, then follow the jobs' progress."""
+    client = FleetClient()
+    total = count_documents(path)
+    t0 = time.perf_counter()
+    jobs: list[str] = []
+    batch: list[dict[str, Any]] = []
+    for doc in read_documents(path):
+        batch.append(doc)
+        if len(batch) >= batch_size:
+            jobs.append(client.index(batch))
+            batch = []
+    if batch:
+        jobs.append(client.index(batch))
+    err.print(f"enqueued {total} documents in {len(jobs)} indexing jobs")
+    if not wait:
+        for j in jobs:
+            console.print(j)
+        return
+    totals: dict[str, int] = {}
+    pending = set(jobs)
+    with _progress() as bar:
+        task = bar.add_task("indexing", total=total)
+        deadline = time.monotonic() + timeout
+        while pending and time.monotonic() < deadline:
+            done = 0
+            for j in jobs:
+                rec = client.job(j)
+                if rec is None:
+                    continue
+                done += int(rec.get("progress", {}).get("done", 0))
+                if rec["status"] in ("done", "failed", "cancelled") and j in pending:
+                    pending.discard(j)
+                    result = rec.get("result") or {}
+                    for k, v in result.items():
+                        if isinstance(v, int) and k != "index_version":
+                            totals[k] = totals.get(k, 0) + v
+                    totals["errors"] = totals.get("errors", 0) + len(result.get("errors", []))
+                    if rec["status"] != "done":
+                        totals["failed_jobs"] = totals.get("failed_jobs", 0) + 1
+            bar.update(task, completed=done)
+            time.sleep(0.25)
+    elapsed = time.perf_counter() - t0
+    totals["seconds"] = round(elapsed, 1)  # type: ignore[assignment]
+    console.print_json(json.dumps(totals))
+    if pending:
+        err.print(f"[red]{len(pending)} jobs not finished after {timeout} s")
+        raise typer.Exit(1)
+
+
+def _print_answer(result: dict[str, Any]) -> None:
+    console.print(result["answer"])
+    flags = []
+    if result.get("cached"):
+        flags.append(f"cached:{result['cached']}")
+    if result.get("degraded"):
+        flags.append("degraded")
+    console.print()
+    console.print("[bold]Sources" + (f" ({', '.join(flags)})" if flags else ""))
+    for s in result.get("sources", []):
+        title = s.get("title") or s["doc_id"]
+        console.print(f"  [{s['n']}] {title}  (doc {s['doc_id']}, score {s['score']:.3f})")
+
+
+@app.command()
+def ask(
+    question: Annotated[str, typer.Argument(help="the question")],
+    top_k: Annotated[int, typer.Option(help="sources to retrieve")] = 5,
+    mode: Annotated[str | None, typer.Option(help="vector | fts | hybrid")] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="bypass the answer cache")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the whole job record")] = False,
+    timeout: Annotated[float, typer.Option(help="seconds to wait")] = 60.0,
+) -> None:
+    """Ask the fleet a question; prints the cited answer and its sources."""
+    client = FleetClient()
+    try:
+        job_id = client.submit(question, top_k=top_k, mode=mode, use_cache=not no_cache)
+        rec = client.wait(job_id, timeout=timeout)
+    except JobFailedError as exc:
+        err.print(f"[red]{exc}")
+        raise typer.Exit(2) from exc
+    except TimeoutError as exc:
+        err.print(f"[red]{exc} (is the fleet running? see README)")
+        raise typer.Exit(3) from exc
+    if as_json:
+        console.print_json(json.dumps(rec))
+    else:
+        _print_answer(rec["result"])
+
+
+@app.command()
+def job(job_id: Annotated[str, typer.Argument(help="job id")]) -> None:
+    """Print a job record (status, stage timings, result or error)."""
+    rec = FleetClient().job(job_id)
+    if rec is None:
+        err.print(f"[red]job {job_id} not found (expired, or not picked up yet)")
+        raise typer.Exit(4)
+    console.print_json(json.dumps(rec))
+
+
+@index_app.command("status")
+def index_status() -> None:
+    """Active collection, previous one, version and chunk counts."""
+    from ragfleet.resources import get_resources
+
+    res = get_resources()
+    ptr = res.index_state.read()
+    out: dict[str, Any] = {"version": ptr.version, "active": ptr.active, "previous": ptr.previous}
+    out["chunks"] = res.store(ptr.active).count()
+    console.print_json(json.dumps(out))
+
+
+@index_app.command("rollback")
+def index_rollback() -> None:
+    """Make the previous index version live again (kept by the last reindex)."""
+    from ragfleet.resources import get_resources
+
+    res = get_resources()
+    try:
+        ptr = res.index_state.rollback()
+    except LookupError as exc:
+        err.print(f"[red]{exc}")
+        raise typer.Exit(5) from exc
+    console.print_json(json.dumps({"version": ptr.version, "active": ptr.active, "previous": ptr.previous}))
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

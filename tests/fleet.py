@@ -1,0 +1,113 @@
+"""Real `celery worker` subprocesses for integration and chaos tests.
+
+Each pool is its own process consuming only its own queue(s), started exactly as the Procfile
+does, with the test session's isolated Settings passed through the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import redis
+
+from ragfleet.settings import Settings
+from tests.conftest import PYTHON, REPO, settings_env
+
+POOLS = {
+    "retrieval": ("retrieval", "prefork", 1),
+    "generation": ("generation", "threads", 4),
+    "indexing": ("indexing", "prefork", 1),
+    "feedback": ("feedback", "threads", 2),
+    "maintenance": ("maintenance", "solo", 1),
+}
+
+
+class Worker:
+    def __init__(self, name: str, queues: str, pool: str, concurrency: int, settings: Settings,
+                 log_dir: Path, extra_env: dict[str, str] | None = None) -> None:
+        self.name = name
+        self.node = f"{name}-{uuid.uuid4().hex[:6]}@testhost"
+        self.queues = queues
+        self.pool = pool
+        self.concurrency = concurrency
+        self.settings = settings
+        self.redis = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+        self.env = {**settings_env(settings), **(extra_env or {})}
+        self.log = log_dir / f"{self.node.split('@')[0]}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Worker:
+        cmd = [PYTHON, "-m", "celery", "-A", "workers.app", "worker", "-Q", self.queues, "-n", self.node,
+               "--pool", self.pool, "-c", str(self.concurrency), "-l", "INFO", "--without-mingle",
+               "--without-gossip"]
+        self.fh = self.log.open("ab")
+        self.proc = subprocess.Popen(cmd, cwd=REPO, env=self.env, stdout=self.fh, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        return self
+
+    def wait_ready(self, timeout: float = 90.0) -> Worker:
+        """Ready = every pool process warmed up (the marker key set by workers.signals)."""
+        deadline = time.monotonic() + timeout
+        key = self.settings.key("warm", self.node)
+        while time.monotonic() < deadline:
+            if self.redis.get(key):
+                return self
+            if self.proc and self.proc.poll() is not None:
+                raise RuntimeError(f"worker {self.node} exited:\n{self.output()[-3000:]}")
+            time.sleep(0.1)
+        raise TimeoutError(f"worker {self.node} not ready:\n{self.log.read_text(errors='replace')[-3000:]}")
+
+    def children(self) -> list[int]:
+        if not self.proc:
+            return []
+        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True)
+        return [int(x) for x in out.stdout.split()]
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Kill the whole worker (main process and pool children): what an OOM kill or a crash does."""
+        if self.proc and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                pass
+            self.proc.wait(15)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.kill()
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+class Fleet:
+    def __init__(self, settings: Settings, log_dir: Path) -> None:
+        self.settings = settings
+        self.log_dir = log_dir
+        self.workers: dict[str, Worker] = {}
+
+    def start(self, *pools: str, extra_env: dict[str, str] | None = None, wait: bool = True) -> Fleet:
+        started = []
+        for pool in pools:
+            queues, kind, conc = POOLS[pool]
+            w = Worker(pool, queues, kind, conc, self.settings, self.log_dir, extra_env).start()
+            self.workers[pool] = w
+            started.append(w)
+        if wait:
+            for w in started:
+                w.wait_ready()
+        return self
+
+    def stop(self) -> None:
+        for w in self.workers.values():
+            w.stop()
