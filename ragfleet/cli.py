@@ -144,6 +144,29 @@ def job(job_id: Annotated[str, typer.Argument(help="job id")]) -> None:
     console.print_json(json.dumps(rec))
 
 
+@app.command("wait-ready")
+def wait_ready(
+    pools: Annotated[str, typer.Option(help="comma-separated pools that must be warm")] = "retrieval,generation,indexing",
+    timeout: Annotated[float, typer.Option(help="seconds to wait")] = 180.0,
+) -> None:
+    """Wait until a warmed-up worker of each pool has reported in (used by scripts/demo.sh)."""
+    from ragfleet.redis_conn import get_redis
+    from ragfleet.settings import get_settings
+
+    s = get_settings()
+    r = get_redis(s)
+    wanted = {p.strip() for p in pools.split(",") if p.strip()}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        warm = {str(k).split(":")[-1].split("@")[0] for k in r.scan_iter(s.key("warm", "*"))}
+        if wanted <= warm:
+            err.print(f"pools ready: {', '.join(sorted(wanted))}")
+            return
+        time.sleep(0.5)
+    err.print(f"[red]pools not ready after {timeout} s: {', '.join(sorted(wanted - warm))}")
+    raise typer.Exit(6)
+
+
 @index_app.command("status")
 def index_status() -> None:
     """Active collection, previous one, version and chunk counts."""

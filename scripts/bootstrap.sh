@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Create .venv and install ragfleet with its dev extras. torch goes first: torch==2.13.0 resolves to
+# a CPU wheel; letting another package pull torch would download a multi-GB CUDA build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+# shellcheck disable=SC1091
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+python -c "import torch" 2>/dev/null || python -m pip install -q "torch==2.13.0"
+python -m pip install -q -e ".[dev]"
+echo "bootstrap: $(python --version), torch $(python -c 'import torch; print(torch.__version__)')"
