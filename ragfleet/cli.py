@@ -14,7 +14,14 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from ragfleet.client import FleetClient, JobFailedError
 from ragfleet.corpus import count_documents, read_documents
@@ -146,7 +153,9 @@ def job(job_id: Annotated[str, typer.Argument(help="job id")]) -> None:
 
 @app.command("wait-ready")
 def wait_ready(
-    pools: Annotated[str, typer.Option(help="comma-separated pools that must be warm")] = "retrieval,generation,indexing",
+    pools: Annotated[
+        str, typer.Option(help="comma-separated pools that must be warm")
+    ] = "retrieval,generation,indexing",
     timeout: Annotated[float, typer.Option(help="seconds to wait")] = 180.0,
 ) -> None:
     """Wait until a warmed-up worker of each pool has reported in (used by scripts/demo.sh)."""
@@ -177,6 +186,20 @@ def index_status() -> None:
     out: dict[str, Any] = {"version": ptr.version, "active": ptr.active, "previous": ptr.previous}
     out["chunks"] = res.store(ptr.active).count()
     console.print_json(json.dumps(out))
+
+
+@index_app.command("rebuild")
+def index_rebuild() -> None:
+    """Run a reindex now, in this process (the nightly beat job runs the same code on the fleet)."""
+    from ragfleet.reindex import ReindexBusyError, run_reindex
+    from ragfleet.resources import get_resources
+
+    try:
+        report = run_reindex(get_resources())
+    except ReindexBusyError as exc:
+        err.print(f"[yellow]{exc}")
+        raise typer.Exit(0) from exc
+    console.print_json(json.dumps(report.as_dict()))
 
 
 @index_app.command("rollback")

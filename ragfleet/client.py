@@ -27,7 +27,9 @@ _TERMINAL = {s.value for s in TERMINAL}
 class JobFailedError(RuntimeError):
     def __init__(self, record: dict[str, Any]) -> None:
         err = record.get("error") or {}
-        super().__init__(f"job {record.get('job_id')} {record.get('status')}: {err.get('code')}: {err.get('message')}")
+        super().__init__(
+            f"job {record.get('job_id')} {record.get('status')}: {err.get('code')}: {err.get('message')}"
+        )
         self.record = record
 
 
@@ -45,7 +47,9 @@ class BrokerTransport:
         job_id = payload.get("job_id") or uuid.uuid4().hex
         tenant = str(payload.get("tenant") or self.settings.default_tenant)
         self._jobs.create(job_id, kind, tenant=tenant, request_id=payload.get("request_id"))
-        return enqueue(task, {**payload, "tenant": tenant}, settings=self.settings, job_id=job_id, priority=priority)
+        return enqueue(
+            task, {**payload, "tenant": tenant}, settings=self.settings, job_id=job_id, priority=priority
+        )
 
     def job(self, job_id: str) -> dict[str, Any] | None:
         rec = self._jobs.get(job_id)
@@ -85,9 +89,16 @@ class FleetClient:
     def over_http(cls, base_url: str, api_key: str | None = None) -> FleetClient:
         return cls(HttpTransport(base_url, api_key))
 
-    def submit(self, question: str, *, top_k: int = 5, mode: str | None = None,
-               filters: dict[str, Any] | None = None, use_cache: bool = True,
-               priority: Priority = Priority.INTERACTIVE) -> str:
+    def submit(
+        self,
+        question: str,
+        *,
+        top_k: int = 5,
+        mode: str | None = None,
+        filters: dict[str, Any] | None = None,
+        use_cache: bool = True,
+        priority: Priority = Priority.INTERACTIVE,
+    ) -> str:
         payload: dict[str, Any] = {"question": question, "top_k": top_k, "use_cache": use_cache}
         if mode:
             payload["mode"] = mode
@@ -117,12 +128,14 @@ class FleetClient:
         return result
 
     def index(self, documents: list[dict[str, Any]], *, priority: Priority = Priority.DEFAULT) -> str:
-        return self.transport.submit(TaskName.INDEX_DOCUMENTS, {"documents": documents}, kind="index",
-                                     priority=priority)
+        return self.transport.submit(
+            TaskName.INDEX_DOCUMENTS, {"documents": documents}, kind="index", priority=priority
+        )
 
     def delete(self, doc_id: str) -> str:
-        return self.transport.submit(TaskName.DELETE_DOCUMENT, {"doc_id": doc_id}, kind="delete",
-                                     priority=Priority.DEFAULT)
+        return self.transport.submit(
+            TaskName.DELETE_DOCUMENT, {"doc_id": doc_id}, kind="delete", priority=Priority.DEFAULT
+        )
 
     def index_many(self, documents: Iterator[dict[str, Any]], *, batch_size: int = 64) -> list[str]:
         jobs, batch = [], []

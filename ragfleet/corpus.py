@@ -21,8 +21,10 @@ def read_documents(path: Path) -> Iterator[dict[str, Any]]:
                 continue
             row = json.loads(line)
             doc_id = row.get("_id", row.get("id"))
-            doc: dict[str, Any] = {"id": str(doc_id) if doc_id is not None else f"line-{line_no}",
-                                   "text": row.get("text", "")}
+            doc: dict[str, Any] = {
+                "id": str(doc_id) if doc_id is not None else f"line-{line_no}",
+                "text": row.get("text", ""),
+            }
             if row.get("title"):
                 doc["title"] = row["title"]
             if isinstance(row.get("metadata"), dict):

@@ -64,7 +64,7 @@ def enqueue(
     """Send `task` with `kwargs={"payload": payload}`; the Celery task id is the job id."""
     s = settings or get_settings()
     task_id = job_id or payload.get("job_id") or uuid.uuid4().hex
-    payload = {**payload, "job_id": task_id}
+    payload = {"job_id": task_id, **{k: v for k, v in payload.items() if v is not None or k != "job_id"}}
     client_app(s).send_task(
         task.value,
         kwargs={"payload": payload},

@@ -15,6 +15,7 @@ from typing import Any
 from ragfleet.cache import Layer, answer_key
 from ragfleet.resources import Resources
 from ragfleet.schemas import Answer, QueryPayload, Source
+from ragfleet.stores.base import VectorStore
 
 
 @dataclass(slots=True)
@@ -61,16 +62,9 @@ def embed_question(res: Resources, question: str) -> tuple[list[float], Layer | 
     return vec.tolist(), None
 
 
-def retrieve(res: Resources, p: QueryPayload) -> Retrieval:
+def search(res: Resources, p: QueryPayload, store: VectorStore, index_version: int, key: str) -> Retrieval:
     s = res.settings
-    t0 = time.perf_counter()
-    store, pointer = res.live_store()
-    key = cache_key_for(res, p, pointer.version)
     timings: dict[str, float] = {}
-    cached = lookup_cached(res, p, pointer.version)
-    timings["cache_ms"] = (time.perf_counter() - t0) * 1000
-    if cached is not None:
-        return Retrieval(p.question, cached[0].sources, pointer.version, key, cached[0], timings)
     mode = p.mode or s.search_mode
     vector: list[float] | None = None
     if mode in ("vector", "hybrid"):
@@ -103,7 +97,19 @@ def retrieve(res: Resources, p: QueryPayload) -> Retrieval:
         )
         for i, h in enumerate(hits)
     ]
-    return Retrieval(p.question, sources, pointer.version, key, None, timings)
+    return Retrieval(p.question, sources, index_version, key, None, timings)
+
+
+def retrieve(res: Resources, p: QueryPayload) -> Retrieval:
+    """Cache lookup, then search: what one process does when it is not coalescing."""
+    t0 = time.perf_counter()
+    store, pointer = res.live_store()
+    key = cache_key_for(res, p, pointer.version)
+    cached = lookup_cached(res, p, pointer.version)
+    if cached is not None:
+        timings = {"cache_ms": (time.perf_counter() - t0) * 1000}
+        return Retrieval(p.question, cached[0].sources, pointer.version, key, cached[0], timings)
+    return search(res, p, store, pointer.version, key)
 
 
 def answer(

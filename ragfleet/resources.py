@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import redis
 
 from ragfleet.cache import AnswerCache, EmbeddingCache
+from ragfleet.coalesce import Coalescer
 from ragfleet.index_state import IndexPointer, IndexState
 from ragfleet.jobs import JobStore
 from ragfleet.redis_conn import get_redis
@@ -52,6 +53,10 @@ class Resources:
     @cached_property
     def answer_cache(self) -> AnswerCache:
         return AnswerCache(self.redis, self.settings)
+
+    @cached_property
+    def coalescer(self) -> Coalescer:
+        return Coalescer(self.redis, self.settings, lock_ttl_s=self.settings.coalesce_lock_ttl_s)
 
     @cached_property
     def embedder(self) -> Embedder:

@@ -174,6 +174,9 @@ class Answer(BaseModel):
     sources: list[Source] = Field(default_factory=list)
     degraded: bool = False
     cached: Literal["l1", "l2"] | None = None
+    coalesced_with: str | None = Field(
+        default=None, description="Job id whose pipeline run produced this answer (request coalescing)."
+    )
     index_version: int = 0
     usage: Usage = Field(default_factory=Usage)
 

@@ -73,6 +73,10 @@ class Settings(BaseSettings):
     llm_breaker_reset_s: int = 30
     # USD per 1k tokens, "model=prompt:completion,..."
     llm_price_table: str = "gpt-4o-mini=0.00015:0.0006"
+    # per-provider overrides, JSON {"<name>": {"base_url", "model", "api_key", "timeout_s", "max_retries"}};
+    # unset fields fall back to the llm_* fields above. Secret: it may hold API keys.
+    llm_provider_config: SecretStr | None = None
+    llm_retry_base_s: float = 0.2  # first backoff ceiling; doubles per retry (full jitter)
 
     # --- API limits ---------------------------------------------------------------------------------
     max_question_chars: int = 2_000
@@ -88,6 +92,7 @@ class Settings(BaseSettings):
     cache_l1_size: int = 1_024
     cache_l1_ttl_s: int = 60
     cache_l2_ttl_s: int = 3_600
+    coalesce_lock_ttl_s: float = 15.0
 
     # --- feedback / ops -----------------------------------------------------------------------------
     feedback_db_url: str = "sqlite:///./var/feedback.db"

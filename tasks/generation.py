@@ -44,5 +44,10 @@ def generate(self: RagfleetTask, *, payload: dict[str, Any]) -> dict[str, Any]:
     except SoftTimeLimitExceeded:
         res.jobs.fail(p.job_id, ErrorCode.TIMEOUT, "generation exceeded its time limit", retry_after=5)
         return error_result(p.job_id, ErrorCode.TIMEOUT, "generation exceeded its time limit")
-    res.jobs.finish(p.job_id, result.model_dump(mode="json"))
+    out = result.model_dump(mode="json")
+    res.jobs.finish(p.job_id, out)
+    if p.cache_key:
+        # single flight: every follower that joined while we ran gets this same answer
+        for follower in res.coalescer.complete(p.cache_key, p.job_id):
+            res.jobs.finish(follower, {**out, "coalesced_with": p.job_id})
     return {"job_id": p.job_id, "status": "done", "degraded": result.degraded}

@@ -1,7 +1,8 @@
-"""Retrieval pool: cache lookup, query embedding, search; then hand off to the generation pool."""
+"""Retrieval pool: cache lookup, coalescing, query embedding, search; then hand off to generation."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
@@ -39,7 +40,19 @@ def query(self: RagfleetTask, *, payload: dict[str, Any]) -> dict[str, Any]:
         return {"job_id": job_id, "status": str(res.jobs.status(job_id))}
     try:
         with stage(res, job_id, "retrieval", Queue.RETRIEVAL.value, JobStatus.RETRIEVING):
-            r = querying.retrieve(res, p)
+            store, pointer = res.live_store()
+            key = querying.cache_key_for(res, p, pointer.version)
+            cached = querying.lookup_cached(res, p, pointer.version)
+            if cached is not None:
+                res.jobs.finish(job_id, cached[0].model_dump(mode="json"))
+                return {"job_id": job_id, "status": "done", "cached": cached[1]}
+            if p.use_cache:
+                flight = res.coalescer.join(key, job_id)
+                if flight.role == "follower":
+                    return _follow(self, job_id, flight.leader)
+            res.coalescer.count_run()
+            r = querying.search(res, p, store, pointer.version, key)
+            res.coalescer.renew(key, job_id)
     except SoftTimeLimitExceeded:
         res.jobs.fail(job_id, ErrorCode.TIMEOUT, "retrieval exceeded its time limit", retry_after=5)
         return error_result(job_id, ErrorCode.TIMEOUT, "retrieval exceeded its time limit")
@@ -49,10 +62,6 @@ def query(self: RagfleetTask, *, payload: dict[str, Any]) -> dict[str, Any]:
         message = f"retrieval failed: {type(exc).__name__}: {exc}"
         res.jobs.fail(job_id, ErrorCode.RETRIEVAL_FAILED, message, retry_after=10)
         return error_result(job_id, ErrorCode.RETRIEVAL_FAILED, message)
-
-    if r.cached is not None:
-        res.jobs.finish(job_id, r.cached.model_dump(mode="json"))
-        return {"job_id": job_id, "status": "done", "cached": r.cached.cached}
 
     res.jobs.set_field(job_id, "sources", [s.model_dump(mode="json") for s in r.sources])
     hand_off = GeneratePayload(
@@ -74,3 +83,21 @@ def query(self: RagfleetTask, *, payload: dict[str, Any]) -> dict[str, Any]:
         priority=Priority(priority) if priority in {int(x) for x in Priority} else Priority.DEFAULT,
     )
     return {"job_id": job_id, "status": "generating", "sources": len(r.sources), **r.timings_ms}
+
+
+def _follow(task: RagfleetTask, job_id: str, leader: str) -> dict[str, Any]:
+    """Wait for the leader without holding a worker: check back after one lock TTL.
+
+    On wake-up the task runs from the top: a finished leader has made this job terminal (or left a
+    cached answer); a dead leader's lock has lapsed, and this job becomes the new leader.
+    """
+    res = get_resources()
+    rec = res.jobs.get(job_id)
+    deadline = (rec.created_at if rec else time.time()) + res.settings.query_expires_s
+    if time.time() >= deadline:
+        message = f"coalesced with {leader}, which did not answer before the deadline"
+        res.jobs.fail(job_id, ErrorCode.TIMEOUT, message, retry_after=5)
+        return error_result(job_id, ErrorCode.TIMEOUT, message)
+    res.jobs.set_field(job_id, "coalesced_with", leader)
+    countdown = min(res.settings.coalesce_lock_ttl_s, max(0.5, deadline - time.time()))
+    raise task.retry(countdown=countdown, max_retries=10_000)

@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -158,3 +159,19 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 PYTHON = sys.executable
+
+
+@pytest.fixture(scope="session")
+def fleet(
+    base_settings: Settings, redis_client: redis.Redis, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Any]:
+    """One fleet for the session: retrieval, generation, indexing and maintenance pools, each its own
+    `celery worker` process on its own queue, sharing the session's Redis prefix and data dir."""
+    from tests.fleet import Fleet
+
+    f = Fleet(base_settings, tmp_path_factory.mktemp("fleet-logs"))
+    try:
+        f.start("retrieval", "generation", "indexing", "maintenance")
+        yield f
+    finally:
+        f.stop()

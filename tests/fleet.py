@@ -28,8 +28,16 @@ POOLS = {
 
 
 class Worker:
-    def __init__(self, name: str, queues: str, pool: str, concurrency: int, settings: Settings,
-                 log_dir: Path, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        queues: str,
+        pool: str,
+        concurrency: int,
+        settings: Settings,
+        log_dir: Path,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         self.name = name
         self.node = f"{name}-{uuid.uuid4().hex[:6]}@testhost"
         self.queues = queues
@@ -42,12 +50,30 @@ class Worker:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Worker:
-        cmd = [PYTHON, "-m", "celery", "-A", "workers.app", "worker", "-Q", self.queues, "-n", self.node,
-               "--pool", self.pool, "-c", str(self.concurrency), "-l", "INFO", "--without-mingle",
-               "--without-gossip"]
+        cmd = [
+            PYTHON,
+            "-m",
+            "celery",
+            "-A",
+            "workers.app",
+            "worker",
+            "-Q",
+            self.queues,
+            "-n",
+            self.node,
+            "--pool",
+            self.pool,
+            "-c",
+            str(self.concurrency),
+            "-l",
+            "INFO",
+            "--without-mingle",
+            "--without-gossip",
+        ]
         self.fh = self.log.open("ab")
-        self.proc = subprocess.Popen(cmd, cwd=REPO, env=self.env, stdout=self.fh, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd, cwd=REPO, env=self.env, stdout=self.fh, stderr=subprocess.STDOUT, start_new_session=True
+        )
         return self
 
     def wait_ready(self, timeout: float = 90.0) -> Worker:

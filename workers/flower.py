@@ -19,7 +19,15 @@ def main() -> None:
     auth = f"{s.flower_user}:{s.flower_password.get_secret_value()}"
     os.environ["FLOWER_UNAUTHENTICATED_API"] = "false"
     port = os.environ.get("RAGFLEET_FLOWER_PORT", "5555")
-    args = ["celery", "-A", "workers.app", "flower", "--address=127.0.0.1", f"--port={port}", f"--basic-auth={auth}"]
+    args = [
+        "celery",
+        "-A",
+        "workers.app",
+        "flower",
+        "--address=127.0.0.1",
+        f"--port={port}",
+        f"--basic-auth={auth}",
+    ]
     os.execvp(args[0], args)  # noqa: S606 - replaces this process with Flower, args are ours
 
 

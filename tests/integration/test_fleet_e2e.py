@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,23 +18,27 @@ from tests.fleet import Fleet
 pytestmark = [pytest.mark.redis, pytest.mark.workers, pytest.mark.model]
 
 DOCS = [
-    {"id": "celery", "title": "Celery", "text": "Celery is a distributed task queue. Workers consume tasks from a "
-     "broker such as Redis. Late acknowledgement makes a task redelivered if its worker dies."},
-    {"id": "lancedb", "title": "LanceDB", "text": "LanceDB is an embedded vector database. It stores vectors on "
-     "local disk and supports full-text and hybrid search without a server.", "metadata": {"kind": "store"}},
-    {"id": "redis", "title": "Redis", "text": "Redis is an in-memory data store. It is used as a cache, a message "
-     "broker and a lock server.", "metadata": {"kind": "store"}},
+    {
+        "id": "celery",
+        "title": "Celery",
+        "text": "Celery is a distributed task queue. Workers consume tasks from a "
+        "broker such as Redis. Late acknowledgement makes a task redelivered if its worker dies.",
+    },
+    {
+        "id": "lancedb",
+        "title": "LanceDB",
+        "text": "LanceDB is an embedded vector database. It stores vectors on "
+        "local disk and supports full-text and hybrid search without a server.",
+        "metadata": {"kind": "store"},
+    },
+    {
+        "id": "redis",
+        "title": "Redis",
+        "text": "Redis is an in-memory data store. It is used as a cache, a message "
+        "broker and a lock server.",
+        "metadata": {"kind": "store"},
+    },
 ]
-
-
-@pytest.fixture(scope="module")
-def fleet(base_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    f = Fleet(base_settings, tmp_path_factory.mktemp("logs"))
-    try:
-        f.start("retrieval", "generation", "indexing")
-        yield f
-    finally:
-        f.stop()
 
 
 def wait_job(settings: Settings, job_id: str, timeout: float = 60) -> dict[str, Any]:
@@ -153,7 +156,10 @@ def test_second_identical_query_is_served_from_cache_until_index_changes(
     assert q2["result"]["cached"] in ("l1", "l2")
     assert q2["result"]["answer"] == q1["result"]["answer"]
     assert "generation" not in q2["stages"]
-    index(base_settings, [{"id": "redis", "title": "Redis", "text": "Redis is also used as a rate limiter store."}])
+    index(
+        base_settings,
+        [{"id": "redis", "title": "Redis", "text": "Redis is also used as a rate limiter store."}],
+    )
     q3 = ask(base_settings, "What is Redis used as?")
     assert q3["result"]["cached"] is None
     assert q3["result"]["index_version"] > q2["result"]["index_version"]

@@ -1,0 +1,81 @@
+"""Fleet-wide request coalescing (single flight) in Redis.
+
+Identical questions in flight at once (same answer-cache key, which includes the index version)
+run the pipeline once. The first job to arrive takes a short lock and becomes the leader; the others
+register as followers and do no work. When the leader's answer is ready, `complete` hands it to
+every follower atomically. The lock has a short TTL that the leader renews at each stage: if the
+leader's worker dies, the lock lapses and the next follower to wake up takes over (followers wake
+by retrying with a countdown). A follower past its deadline fails cleanly with `timeout`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import redis
+
+from ragfleet.settings import Settings
+
+_JOIN = """
+local got = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
+if got then return {1, ARGV[1]} end
+local leader = redis.call('GET', KEYS[1])
+if leader == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return {1, leader}
+end
+redis.call('SADD', KEYS[2], ARGV[1])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+return {0, leader}
+"""
+
+_DRAIN = """
+local followers = redis.call('SMEMBERS', KEYS[2])
+redis.call('DEL', KEYS[2])
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return followers
+"""
+
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Flight:
+    role: Literal["leader", "follower"]
+    leader: str
+
+
+class Coalescer:
+    def __init__(self, client: redis.Redis, settings: Settings, lock_ttl_s: float = 15.0) -> None:
+        self._r = client
+        self._s = settings
+        self.lock_ttl_ms = int(lock_ttl_s * 1000)
+        self._join = client.register_script(_JOIN)
+        self._drain = client.register_script(_DRAIN)
+        self._renew = client.register_script(_RENEW)
+
+    def _keys(self, key: str) -> list[str]:
+        return [self._s.key("flight", key), self._s.key("flight", key, "followers")]
+
+    def join(self, key: str, job_id: str) -> Flight:
+        ok, leader = self._join(
+            keys=self._keys(key), args=[job_id, self.lock_ttl_ms, self._s.query_expires_s * 1000]
+        )
+        return Flight("leader" if int(ok) == 1 else "follower", str(leader))
+
+    def renew(self, key: str, job_id: str) -> bool:
+        return int(self._renew(keys=self._keys(key)[:1], args=[job_id, self.lock_ttl_ms])) == 1
+
+    def complete(self, key: str, job_id: str) -> list[str]:
+        """Release the flight; returns the followers to hand the answer to."""
+        return [str(f) for f in self._drain(keys=self._keys(key), args=[job_id])]
+
+    def runs_key(self) -> str:
+        return self._s.key("stats", "pipeline_runs")
+
+    def count_run(self) -> int:
+        return int(self._r.incr(self.runs_key()))

@@ -1,0 +1,178 @@
+"""Zero-downtime reindex: build a new collection, verify it, switch atomically, keep one for rollback.
+
+Queries keep reading the active collection during the build; the switch is one MULTI in Redis that
+also bumps the index version, so no cached answer of the old version is served afterwards. Vectors
+are copied by content hash when the embedding model is unchanged (nothing is re-embedded); with a
+new model every chunk is embedded again. Only one reindex runs at a time: a Redis lock with a TTL,
+renewed while the build progresses, so a crashed reindex frees the lock by itself.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from redis.lock import Lock
+
+from ragfleet.indexing import index_documents
+from ragfleet.resources import Resources
+
+LOCK_TTL_S = 120
+
+
+class ReindexBusyError(RuntimeError):
+    """Another reindex holds the lock: the caller exits cleanly."""
+
+
+@dataclass(slots=True)
+class ReindexReport:
+    status: str
+    old_collection: str
+    new_collection: str
+    documents: int
+    chunks_before: int
+    chunks_after: int
+    chunks_embedded: int
+    chunks_copied: int
+    version: int
+    seconds: float
+    dropped: list[str]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__slots__}
+
+
+def _documents_of(res: Resources, collection: str) -> dict[str, dict[str, dict[str, Any]]]:
+    """Rebuild documents (per tenant) from their chunks: the store is the source of truth here."""
+    store = res.store(collection)
+    store.refresh()
+    docs: dict[str, dict[str, dict[str, Any]]] = {}
+    parts: dict[tuple[str, str], list[Any]] = {}
+    for batch in store.iter_chunks():
+        for c in batch:
+            parts.setdefault((c.tenant, c.doc_id), []).append(c)
+    for (tenant, doc_id), chunks in parts.items():
+        chunks.sort(key=lambda c: c.chunk_index)
+        text = _join(chunks)
+        first = chunks[0]
+        docs.setdefault(tenant, {})[doc_id] = {
+            "id": doc_id,
+            "text": text,
+            "title": first.title,
+            "metadata": first.metadata,
+        }
+    return docs
+
+
+def _join(chunks: list[Any]) -> str:
+    """Undo overlapping windows using character offsets (the title prefix is not part of them)."""
+    out = ""
+    covered = 0
+    for c in chunks:
+        body = c.text
+        if c.title and body.startswith(c.title.strip() + "\n"):
+            body = body[len(c.title.strip()) + 1 :]
+        if c.end <= covered:
+            continue
+        skip = max(0, covered - c.start)
+        gap = c.start - covered if c.start > covered else 0
+        out += (" " * gap) + body[skip:]
+        covered = c.end
+    return out
+
+
+def run_reindex(
+    res: Resources,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+    verify_sample: int = 20,
+) -> ReindexReport:
+    s = res.settings
+    lock = Lock(res.redis, s.key("lock", "reindex"), timeout=LOCK_TTL_S, blocking=False)
+    if not lock.acquire(blocking=False):
+        raise ReindexBusyError("a reindex is already running")
+    t0 = time.perf_counter()
+    try:
+        pointer = res.index_state.read()
+        old = pointer.active
+        new = f"{s.collection}_v{int(time.time())}_{uuid.uuid4().hex[:4]}"
+        source = res.store(old)
+        chunks_before = source.count()
+        docs = _documents_of(res, old)
+        lock.extend(LOCK_TTL_S, replace_ttl=True)
+        target = res.store(new)
+        total = sum(len(d) for d in docs.values())
+        done = 0
+        embedded = copied = 0
+        for tenant, tdocs in docs.items():
+            items = list(tdocs.values())
+            for i in range(0, len(items), 256):
+                part = items[i : i + 256]
+                r = index_documents(
+                    res, part, tenant=tenant, store=target, vector_source=source, bump_version=False
+                )
+                if r.errors:
+                    raise RuntimeError(f"reindex rejected documents: {r.errors[:3]}")
+                embedded += r.chunks_embedded
+                copied += r.chunks_skipped
+                done += len(part)
+                lock.extend(LOCK_TTL_S, replace_ttl=True)  # renew: we are alive and making progress
+                if progress:
+                    progress(done, total)
+        target.optimize()
+        target.refresh()
+        chunks_after = target.count()
+        _verify(res, source, target, docs, verify_sample)
+        ptr = res.index_state.switch(new)
+        dropped = _drop_older(res, keep={new, old})
+        return ReindexReport(
+            status="switched",
+            old_collection=old,
+            new_collection=new,
+            documents=total,
+            chunks_before=chunks_before,
+            chunks_after=chunks_after,
+            chunks_embedded=embedded,
+            chunks_copied=copied,
+            version=ptr.version,
+            seconds=round(time.perf_counter() - t0, 3),
+            dropped=dropped,
+        )
+    finally:
+        try:
+            lock.release()
+        except Exception:  # noqa: S110 - lock expired: nothing to release
+            pass
+
+
+def _verify(
+    res: Resources, source: Any, target: Any, docs: dict[str, dict[str, dict[str, Any]]], n: int
+) -> None:
+    """The new collection must hold every document, and a document's own text must find it."""
+    for tenant, tdocs in docs.items():
+        if target.count(tenant) < len(tdocs):
+            raise RuntimeError(f"verification failed: tenant {tenant} lost documents")
+        for doc in list(tdocs.values())[:n]:
+            probe = " ".join(doc["text"].split()[:30])
+            hits = target.search(tenant, vector=None, text=probe, mode="fts", top_k=10)
+            if hits and doc["id"] not in {h.doc_id for h in hits}:
+                raise RuntimeError(f"verification failed: {doc['id']} not found by its own text")
+
+
+def _drop_older(res: Resources, keep: set[str]) -> list[str]:
+    """Keep the live collection and the previous one (rollback target); drop older generations."""
+    s = res.settings
+    if s.store != "lancedb":
+        return []
+    import lancedb
+
+    db = lancedb.connect(str(s.data_dir / "lancedb"))
+    dropped = []
+    for name in db.table_names():
+        if name.startswith(s.collection + "_v") and name not in keep:
+            db.drop_table(name)
+            dropped.append(name)
+    return dropped
