@@ -18,6 +18,7 @@ import numpy as np
 import redis
 from cachetools import TTLCache
 
+from ragfleet import metrics
 from ragfleet.settings import Settings
 
 Layer = Literal["l1", "l2"]
@@ -63,9 +64,11 @@ class AnswerCache:
             return None
         with self._lock:
             hit = self._l1.get(key)
+        metrics.cache_event("l1", hit is not None)
         if hit is not None:
             return hit, "l1"
         raw = self._r.get(self._rkey(key))
+        metrics.cache_event("l2", raw is not None)
         if raw is None:
             return None
         value: dict[str, Any] = json.loads(raw)
@@ -106,8 +109,10 @@ class EmbeddingCache:
         with self._lock:
             vec = self._l1.get(key)
         if vec is not None:
+            metrics.cache_event("embedding", True)
             return vec, "l1"
         raw = self._r.get(key)
+        metrics.cache_event("embedding", raw is not None)
         if raw is None:
             return None
         arr = np.frombuffer(bytes.fromhex(raw) if isinstance(raw, str) else raw, dtype=np.float32)

@@ -39,8 +39,8 @@ TASKS: list[tuple[TaskName, type[BaseModel], type[BaseModel] | None, str]] = [
         IndexDocumentsPayload,
         IndexResult,
         "Index a batch of documents "
-        "(`{id, text, title?, metadata?, tenant?}` each). Invalid documents are reported in `errors`; the rest "
-        "are indexed.",
+        "(`{id, text, title?, metadata?, tenant?}` each). Invalid documents are reported in `errors`; "
+        "the rest are indexed.",
     ),
     (
         TaskName.INDEX_DOCUMENT_SINGLE,
@@ -81,8 +81,8 @@ def render() -> str:
         "```python",
         "from celery import Celery",
         'app = Celery(broker="redis://127.0.0.1:6379/0")',
-        'r = app.send_task("ragfleet.query", kwargs={"payload": {"question": "What is a visibility timeout?"}},',
-        '                  queue="retrieval", expires=120)',
+        'payload = {"question": "What is a visibility timeout?"}',
+        'r = app.send_task("ragfleet.query", kwargs={"payload": payload}, queue="retrieval", expires=120)',
         "# poll the job record: HGETALL ragfleet:job:<r.id>  (or GET /v1/jobs/<r.id> on the API)",
         "```",
         "",

@@ -77,7 +77,9 @@ class Embedder:
             convert_to_numpy=True,
             show_progress_bar=False,
         )
-        return np.asarray(vecs, dtype=np.float32)
+        out: NDArray[np.float32] = np.asarray(vecs, dtype=np.float32)
+        return out
 
     def encode_one(self, text: str) -> NDArray[np.float32]:
-        return self.encode([text], batch_size=1)[0]
+        row: NDArray[np.float32] = self.encode([text], batch_size=1)[0]
+        return row

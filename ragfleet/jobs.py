@@ -137,7 +137,7 @@ class JobStore:
 
     def status(self, job_id: str) -> JobStatus | None:
         raw = self._r.hget(self.key(job_id), "status")
-        return None if raw is None else JobStatus(raw)
+        return None if raw is None else JobStatus(str(raw))
 
     def is_terminal(self, job_id: str) -> bool:
         return self._r.hget(self.key(job_id), "status") in _TERMINAL_VALUES
@@ -159,7 +159,7 @@ def parse_record(raw: dict[str, str]) -> JobRecord:
     attempts = sum(int(v) for k, v in raw.items() if k.startswith("attempts:"))
     return JobRecord(
         job_id=raw["job_id"],
-        kind=raw["kind"],  # type: ignore[arg-type]
+        kind=raw["kind"],
         status=JobStatus(raw["status"]),
         tenant=raw.get("tenant", "default"),
         request_id=raw.get("request_id"),

@@ -11,7 +11,7 @@ import threading
 from functools import cached_property
 from typing import TYPE_CHECKING
 
-import redis
+from redis import Redis
 
 from ragfleet.cache import AnswerCache, EmbeddingCache
 from ragfleet.coalesce import Coalescer
@@ -35,11 +35,11 @@ class Resources:
         self._lock = threading.Lock()
 
     @cached_property
-    def redis(self) -> redis.Redis:
+    def redis(self) -> Redis:
         return get_redis(self.settings)
 
     @cached_property
-    def redis_bytes(self) -> redis.Redis:
+    def redis_bytes(self) -> Redis:
         return get_redis(self.settings, decode=False)
 
     @cached_property

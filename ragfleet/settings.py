@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -56,7 +57,7 @@ class Settings(BaseSettings):
     # --- retrieval ----------------------------------------------------------------------------------
     default_top_k: int = 5
     max_top_k: int = 100
-    search_mode: str = "hybrid"  # vector | fts | hybrid
+    search_mode: Literal["vector", "fts", "hybrid"] = "hybrid"
     hybrid_dense_weight: float = 0.5
     hybrid_candidates: int = 50
 

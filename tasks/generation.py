@@ -6,7 +6,7 @@ from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 
-from ragfleet import querying
+from ragfleet import metrics, querying
 from ragfleet.names import Queue, TaskName
 from ragfleet.resources import get_resources
 from ragfleet.schemas import ErrorCode, GeneratePayload, JobStatus
@@ -33,7 +33,7 @@ def generate(self: RagfleetTask, *, payload: dict[str, Any]) -> dict[str, Any]:
     if res.jobs.is_terminal(p.job_id):
         return {"job_id": p.job_id, "status": str(res.jobs.status(p.job_id))}
     try:
-        with stage(res, p.job_id, "generation", Queue.GENERATION.value, JobStatus.GENERATING):
+        with stage(res, p.job_id, "generation", Queue.GENERATION.value, JobStatus.GENERATING) as timing:
             result = querying.answer(
                 res,
                 question=p.question,
@@ -46,6 +46,12 @@ def generate(self: RagfleetTask, *, payload: dict[str, Any]) -> dict[str, Any]:
         return error_result(p.job_id, ErrorCode.TIMEOUT, "generation exceeded its time limit")
     out = result.model_dump(mode="json")
     res.jobs.finish(p.job_id, out)
+    metrics.observe_stage("generation", timing["seconds"])
+    u = result.usage
+    metrics.record_usage(u.provider, u.prompt_tokens, u.completion_tokens, u.cost_usd)
+    rec = res.jobs.get(p.job_id)
+    if rec is not None:
+        metrics.observe_stage("total", max(0.0, rec.updated_at - rec.created_at))
     if p.cache_key:
         # single flight: every follower that joined while we ran gets this same answer
         for follower in res.coalescer.complete(p.cache_key, p.job_id):

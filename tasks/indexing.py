@@ -7,7 +7,7 @@ from typing import Any
 from celery.exceptions import SoftTimeLimitExceeded
 from redis.exceptions import RedisError
 
-from ragfleet import indexing
+from ragfleet import indexing, metrics
 from ragfleet.names import Queue, TaskName
 from ragfleet.resources import get_resources
 from ragfleet.schemas import DeleteDocumentPayload, ErrorCode, IndexDocumentsPayload, JobStatus
@@ -56,6 +56,7 @@ def index_documents(self: RagfleetTask, *, payload: dict[str, Any]) -> dict[str,
         return error_result(job_id, ErrorCode.INTERNAL, message)
     out = result.model_dump(mode="json")
     res.jobs.finish(job_id, out)
+    metrics.set_index_info(result.index_version, res.live_store()[0].count())
     return {"job_id": job_id, **out}
 
 

@@ -8,7 +8,7 @@ from typing import Any
 from celery.exceptions import SoftTimeLimitExceeded
 from redis.exceptions import RedisError
 
-from ragfleet import querying
+from ragfleet import metrics, querying
 from ragfleet.names import Priority, Queue, TaskName
 from ragfleet.producer import enqueue
 from ragfleet.resources import get_resources
@@ -39,20 +39,23 @@ def query(self: RagfleetTask, *, payload: dict[str, Any]) -> dict[str, Any]:
     if res.jobs.is_terminal(job_id):
         return {"job_id": job_id, "status": str(res.jobs.status(job_id))}
     try:
-        with stage(res, job_id, "retrieval", Queue.RETRIEVAL.value, JobStatus.RETRIEVING):
+        with stage(res, job_id, "retrieval", Queue.RETRIEVAL.value, JobStatus.RETRIEVING) as timing:
             store, pointer = res.live_store()
             key = querying.cache_key_for(res, p, pointer.version)
             cached = querying.lookup_cached(res, p, pointer.version)
             if cached is not None:
                 res.jobs.finish(job_id, cached[0].model_dump(mode="json"))
+                _observe_total(res, job_id)
                 return {"job_id": job_id, "status": "done", "cached": cached[1]}
             if p.use_cache:
                 flight = res.coalescer.join(key, job_id)
+                metrics.coalesced(flight.role)
                 if flight.role == "follower":
                     return _follow(self, job_id, flight.leader)
             res.coalescer.count_run()
             r = querying.search(res, p, store, pointer.version, key)
             res.coalescer.renew(key, job_id)
+        metrics.observe_stage("retrieval", timing["seconds"])
     except SoftTimeLimitExceeded:
         res.jobs.fail(job_id, ErrorCode.TIMEOUT, "retrieval exceeded its time limit", retry_after=5)
         return error_result(job_id, ErrorCode.TIMEOUT, "retrieval exceeded its time limit")
@@ -83,6 +86,12 @@ def query(self: RagfleetTask, *, payload: dict[str, Any]) -> dict[str, Any]:
         priority=Priority(priority) if priority in {int(x) for x in Priority} else Priority.DEFAULT,
     )
     return {"job_id": job_id, "status": "generating", "sources": len(r.sources), **r.timings_ms}
+
+
+def _observe_total(res: Any, job_id: str) -> None:
+    rec = res.jobs.get(job_id)
+    if rec is not None:
+        metrics.observe_stage("total", max(0.0, rec.updated_at - rec.created_at))
 
 
 def _follow(task: RagfleetTask, job_id: str, leader: str) -> dict[str, Any]:

@@ -12,7 +12,7 @@ its worker every time is parked instead of looping forever.
 from __future__ import annotations
 
 from celery import Celery
-from kombu import Queue as KQueue
+from kombu.entity import Queue as KQueue
 
 from ragfleet.names import TASK_QUEUES, Queue
 from ragfleet.settings import Settings, get_settings
@@ -65,7 +65,7 @@ def create_app(settings: Settings | None = None) -> Celery:
         broker_connection_max_retries=None,  # workers wait out a Redis outage, then resume
         broker_heartbeat=0,
         task_default_queue=Queue.RETRIEVAL.value,
-        task_queues=[KQueue(q.value, routing_key=q.value) for q in Queue],
+        task_queues=[KQueue(q.value, routing_key=q.value) for q in Queue],  # type: ignore[no-untyped-call]
         task_routes={name.value: {"queue": queue.value} for name, queue in TASK_QUEUES.items()},
         task_time_limit=s.index_time_limit_s,
         task_soft_time_limit=s.index_time_limit_s - 30,
@@ -84,5 +84,12 @@ def create_app(settings: Settings | None = None) -> Celery:
 
 
 app = create_app()
+
+from ragfleet.logs import install_celery_logging, install_celery_request_id  # noqa: E402
+from ragfleet.metrics import install_celery_metrics  # noqa: E402
+
+install_celery_logging(process="celery", level=get_settings().log_level)
+install_celery_request_id()
+install_celery_metrics()
 
 import workers.signals  # noqa: E402,F401  (connects per-process hooks to this app)

@@ -10,9 +10,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from celery.signals import celeryd_after_setup, worker_process_init, worker_process_shutdown, worker_ready
+from celery.signals import celeryd_after_setup, worker_process_init, worker_ready
 
+from ragfleet import metrics
 from ragfleet.jobs import set_worker_hostname
+from ragfleet.logs import configure_logging
 from ragfleet.names import Queue
 from ragfleet.redis_conn import reset_clients
 from ragfleet.resources import get_resources, reset_resources
@@ -25,13 +27,14 @@ _NODE: str = "unknown"
 _MODEL_QUEUES = {Queue.RETRIEVAL.value, Queue.INDEXING.value, Queue.MAINTENANCE.value}
 
 
-def _setup_observability(process: str) -> None:
-    try:
-        from ragfleet.logs import configure_logging
-
-        configure_logging(get_resources().settings.log_level, process=process)
-    except ImportError:  # pragma: no cover - observability modules are optional at bootstrap
-        logging.basicConfig(level=logging.INFO)
+def _setup_observability(process: str, *, main: bool = False) -> None:
+    s = get_resources().settings
+    configure_logging(s.log_level, process=process, force=True)
+    if main and s.metrics_dir is not None:
+        # one directory per worker node: its children write there, its main process serves it
+        metrics.configure_multiproc(s.metrics_dir / process.replace("@", "_"), wipe=True)
+    if main and s.metrics_port:
+        metrics.start_worker_metrics_server(s.metrics_port)
 
 
 def _warm() -> None:
@@ -49,20 +52,17 @@ def _after_setup(sender: str, instance: Any, **_: Any) -> None:
     _NODE = sender
     _QUEUES.update(instance.app.amqp.queues.consume_from.keys())
     _POOL = str(getattr(instance, "pool_cls", "prefork"))
-    _setup_observability(sender)
+    _setup_observability(sender, main=True)
 
 
 @worker_process_init.connect
 def _process_init(**_: Any) -> None:
     reset_clients()
     reset_resources()
-    _setup_observability("child")
-    try:
-        from ragfleet.embedding import pin_threads
+    _setup_observability(_NODE)
+    from ragfleet.embedding import pin_threads
 
-        pin_threads(get_resources().settings.torch_threads)
-    except ImportError:  # pragma: no cover
-        pass
+    pin_threads(get_resources().settings.torch_threads)
     _warm()
 
 
@@ -71,13 +71,3 @@ def _ready(**_: Any) -> None:
     if "prefork" not in _POOL.lower():
         _warm()
 
-
-@worker_process_shutdown.connect
-def _process_shutdown(pid: int | None = None, **_: Any) -> None:
-    try:
-        from prometheus_client import multiprocess
-
-        if pid is not None:
-            multiprocess.mark_process_dead(pid)
-    except (ImportError, KeyError, ValueError):
-        pass
