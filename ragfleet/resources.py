@@ -15,6 +15,7 @@ from redis import Redis
 
 from ragfleet.cache import AnswerCache, EmbeddingCache
 from ragfleet.coalesce import Coalescer
+from ragfleet.events import JobEvents
 from ragfleet.index_state import IndexPointer, IndexState
 from ragfleet.jobs import JobStore
 from ragfleet.redis_conn import get_redis
@@ -53,6 +54,10 @@ class Resources:
     @cached_property
     def answer_cache(self) -> AnswerCache:
         return AnswerCache(self.redis, self.settings)
+
+    @cached_property
+    def events(self) -> JobEvents:
+        return JobEvents(self.redis, self.settings)
 
     @cached_property
     def coalescer(self) -> Coalescer:

@@ -60,3 +60,32 @@ def stage(
     finally:
         timing["ms"] = res.jobs.stage_end(job_id, name, started)
         timing["seconds"] = time.perf_counter() - t0
+
+
+def fail(
+    res: Resources, job_id: str, code: ErrorCode, message: str, *, retry_after: float | None = None
+) -> None:
+    """Fail the job record and tell any stream reader, so a streaming client never waits in vain."""
+    if res.jobs.fail(job_id, code, message, retry_after=retry_after):
+        res.events.emit(job_id, "error", {"code": code.value, "message": message, "retry_after": retry_after})
+
+
+def finish_with_answer(res: Resources, job_id: str, answer: dict[str, Any], *, replay: bool) -> None:
+    """Finish a query job; with `replay`, also emit the whole stream (cached or coalesced answers)."""
+    if replay:
+        res.events.emit(job_id, "sources", {"sources": answer.get("sources", [])})
+        res.events.emit(job_id, "answer_chunk", {"text": answer.get("answer", "")})
+    if res.jobs.finish(job_id, answer):
+        rec = res.jobs.get(job_id)
+        latency = (rec.updated_at - rec.created_at) * 1000 if rec else None
+        res.events.emit(
+            job_id,
+            "done",
+            {
+                "latency_ms": latency,
+                "usage": answer.get("usage"),
+                "cached": answer.get("cached"),
+                "degraded": answer.get("degraded", False),
+                "coalesced_with": answer.get("coalesced_with"),
+            },
+        )

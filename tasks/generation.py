@@ -10,7 +10,7 @@ from ragfleet import metrics, querying
 from ragfleet.names import Queue, TaskName
 from ragfleet.resources import get_resources
 from ragfleet.schemas import ErrorCode, GeneratePayload, JobStatus
-from tasks._common import InvalidPayloadError, error_result, parse, stage
+from tasks._common import InvalidPayloadError, error_result, fail, finish_with_answer, parse, stage
 from workers.app import app
 from workers.base import RagfleetTask
 
@@ -30,6 +30,10 @@ def generate(self: RagfleetTask, *, payload: dict[str, Any]) -> dict[str, Any]:
     except InvalidPayloadError as exc:
         return exc.result
     res = get_resources()
+
+    def on_chunk(text: str) -> None:
+        res.events.emit(p.job_id, "answer_chunk", {"text": text})
+
     if res.jobs.is_terminal(p.job_id):
         return {"job_id": p.job_id, "status": str(res.jobs.status(p.job_id))}
     try:
@@ -40,12 +44,13 @@ def generate(self: RagfleetTask, *, payload: dict[str, Any]) -> dict[str, Any]:
                 sources=p.sources,
                 index_version=p.index_version,
                 cache_key=p.cache_key,
+                on_chunk=on_chunk,
             )
     except SoftTimeLimitExceeded:
-        res.jobs.fail(p.job_id, ErrorCode.TIMEOUT, "generation exceeded its time limit", retry_after=5)
+        fail(res, p.job_id, ErrorCode.TIMEOUT, "generation exceeded its time limit", retry_after=5)
         return error_result(p.job_id, ErrorCode.TIMEOUT, "generation exceeded its time limit")
     out = result.model_dump(mode="json")
-    res.jobs.finish(p.job_id, out)
+    finish_with_answer(res, p.job_id, out, replay=False)
     metrics.observe_stage("generation", timing["seconds"])
     u = result.usage
     metrics.record_usage(u.provider, u.prompt_tokens, u.completion_tokens, u.cost_usd)
@@ -55,5 +60,5 @@ def generate(self: RagfleetTask, *, payload: dict[str, Any]) -> dict[str, Any]:
     if p.cache_key:
         # single flight: every follower that joined while we ran gets this same answer
         for follower in res.coalescer.complete(p.cache_key, p.job_id):
-            res.jobs.finish(follower, {**out, "coalesced_with": p.job_id})
+            finish_with_answer(res, follower, {**out, "coalesced_with": p.job_id}, replay=True)
     return {"job_id": p.job_id, "status": "done", "degraded": result.degraded}

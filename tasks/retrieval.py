@@ -13,7 +13,7 @@ from ragfleet.names import Priority, Queue, TaskName
 from ragfleet.producer import enqueue
 from ragfleet.resources import get_resources
 from ragfleet.schemas import ErrorCode, GeneratePayload, JobStatus, QueryPayload
-from tasks._common import InvalidPayloadError, error_result, parse, stage
+from tasks._common import InvalidPayloadError, error_result, fail, finish_with_answer, parse, stage
 from workers.app import app
 from workers.base import RagfleetTask
 
@@ -44,7 +44,7 @@ def query(self: RagfleetTask, *, payload: dict[str, Any]) -> dict[str, Any]:
             key = querying.cache_key_for(res, p, pointer.version)
             cached = querying.lookup_cached(res, p, pointer.version)
             if cached is not None:
-                res.jobs.finish(job_id, cached[0].model_dump(mode="json"))
+                finish_with_answer(res, job_id, cached[0].model_dump(mode="json"), replay=True)
                 _observe_total(res, job_id)
                 return {"job_id": job_id, "status": "done", "cached": cached[1]}
             if p.use_cache:
@@ -57,16 +57,18 @@ def query(self: RagfleetTask, *, payload: dict[str, Any]) -> dict[str, Any]:
             res.coalescer.renew(key, job_id)
         metrics.observe_stage("retrieval", timing["seconds"])
     except SoftTimeLimitExceeded:
-        res.jobs.fail(job_id, ErrorCode.TIMEOUT, "retrieval exceeded its time limit", retry_after=5)
+        fail(res, job_id, ErrorCode.TIMEOUT, "retrieval exceeded its time limit", retry_after=5)
         return error_result(job_id, ErrorCode.TIMEOUT, "retrieval exceeded its time limit")
     except (RedisError, OSError, RuntimeError, ValueError) as exc:
         if self.request.retries < self.max_retries:
             raise self.retry(exc=exc, countdown=0.2 * (2**self.request.retries)) from exc
         message = f"retrieval failed: {type(exc).__name__}: {exc}"
-        res.jobs.fail(job_id, ErrorCode.RETRIEVAL_FAILED, message, retry_after=10)
+        fail(res, job_id, ErrorCode.RETRIEVAL_FAILED, message, retry_after=10)
         return error_result(job_id, ErrorCode.RETRIEVAL_FAILED, message)
 
-    res.jobs.set_field(job_id, "sources", [s.model_dump(mode="json") for s in r.sources])
+    sources = [s.model_dump(mode="json") for s in r.sources]
+    res.jobs.set_field(job_id, "sources", sources)
+    res.events.emit(job_id, "sources", {"sources": sources, "index_version": r.index_version})
     hand_off = GeneratePayload(
         job_id=job_id,
         question=r.question,
@@ -105,7 +107,7 @@ def _follow(task: RagfleetTask, job_id: str, leader: str) -> dict[str, Any]:
     deadline = (rec.created_at if rec else time.time()) + res.settings.query_expires_s
     if time.time() >= deadline:
         message = f"coalesced with {leader}, which did not answer before the deadline"
-        res.jobs.fail(job_id, ErrorCode.TIMEOUT, message, retry_after=5)
+        fail(res, job_id, ErrorCode.TIMEOUT, message, retry_after=5)
         return error_result(job_id, ErrorCode.TIMEOUT, message)
     res.jobs.set_field(job_id, "coalesced_with", leader)
     countdown = min(res.settings.coalesce_lock_ttl_s, max(0.5, deadline - time.time()))

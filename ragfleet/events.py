@@ -1,0 +1,74 @@
+"""Per-job event streams in Redis Streams: how answers reach any API replica as they are written.
+
+Workers append `sources`, `answer_chunk`, `done` and `error` events to `<prefix>:events:<job_id>`;
+an API process reads them with XREAD from the last id it sent, so a client that reconnects with
+`Last-Event-ID` resumes exactly after the last event it saw: no gap, no repeat. Stream ids are
+Redis's own, monotonic per stream. Streams expire with the job record.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Literal, cast
+
+import redis
+
+from ragfleet.settings import Settings
+
+EventType = Literal["sources", "answer_chunk", "done", "error"]
+TERMINAL_EVENTS = frozenset({"done", "error"})
+
+
+@dataclass(frozen=True, slots=True)
+class JobEvent:
+    id: str
+    type: EventType
+    data: dict[str, Any]
+
+
+class JobEvents:
+    def __init__(self, client: redis.Redis, settings: Settings) -> None:
+        self._r = client
+        self._s = settings
+
+    def key(self, job_id: str) -> str:
+        return self._s.key("events", job_id)
+
+    def emit(self, job_id: str, type_: EventType, data: dict[str, Any]) -> str:
+        key = self.key(job_id)
+        pipe = self._r.pipeline()
+        pipe.xadd(key, {"type": type_, "data": json.dumps(data)}, maxlen=10_000, approximate=True)
+        pipe.expire(key, self._s.job_ttl_s)
+        event_id, _ = pipe.execute()
+        return event_id.decode() if isinstance(event_id, bytes) else str(event_id)
+
+    def read(self, job_id: str, after: str = "0-0", *, block_ms: int = 0, count: int = 100) -> list[JobEvent]:
+        """Events after `after` (exclusive). With block_ms, waits up to that long for new ones."""
+        resp: Any = self._r.xread({self.key(job_id): after}, count=count, block=block_ms or None)
+        out: list[JobEvent] = []
+        for _stream, entries in resp or []:
+            for event_id, fields in entries:
+                f = {
+                    (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+                    for k, v in fields.items()
+                }
+                eid = event_id.decode() if isinstance(event_id, bytes) else str(event_id)
+                out.append(JobEvent(eid, cast(EventType, f["type"]), json.loads(f["data"])))
+        return out
+
+    def follow(
+        self, job_id: str, after: str = "0-0", *, timeout_s: float = 60.0, block_ms: int = 1_000
+    ) -> Iterator[JobEvent]:
+        """Yield events until a terminal one (or the timeout); what a streaming endpoint serves."""
+        import time
+
+        deadline = time.monotonic() + timeout_s
+        last = after
+        while time.monotonic() < deadline:
+            for ev in self.read(job_id, last, block_ms=block_ms):
+                last = ev.id
+                yield ev
+                if ev.type in TERMINAL_EVENTS:
+                    return
