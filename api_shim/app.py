@@ -1,0 +1,422 @@
+"""The HTTP API: validate at the edge, create the job record, enqueue by task name, read job records.
+
+It never imports `tasks/`, `workers/`, the embedder or a store: work happens in the pools, and the
+API only touches names, schemas, job records and the broker (`ragfleet.producer`).
+
+Failure contract: a Redis or broker outage answers 503 with `Retry-After` within about
+`Settings.redis_socket_timeout_s`, never a hang or a 500. Every Redis call has a socket timeout
+(`ragfleet.redis_conn`); the publish, whose kombu connection has none, is bounded here. Every error
+body is `{"detail": ...}` and every status the API can answer is in the OpenAPI schema.
+"""
+
+# No `from __future__ import annotations`: FastAPI must resolve the per-app types (request models,
+# dependencies) that live in `create_app`'s scope, which string annotations cannot reach.
+
+import logging
+import math
+import time
+import uuid
+from collections.abc import Sequence
+from functools import partial
+from typing import Annotated, Any
+
+import anyio
+import kombu.exceptions
+import limits.errors
+import redis.exceptions
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Security
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import ValidationError
+from starlette.background import BackgroundTask
+from starlette.convertors import Convertor, register_url_convertor
+
+from api_shim.auth import Caller, KeyRing, key_digest, parse_api_keys
+from api_shim.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from api_shim.models import (
+    JOB_ID_MAX,
+    Accepted,
+    DocId,
+    HealthBody,
+    NotReadyBody,
+    ReadyBody,
+    build_request_models,
+    error_responses,
+)
+from api_shim.ratelimit import RateLimiter
+from api_shim.readiness import Readiness, ReadyCheck, WorkerProbe, redis_probe
+from ragfleet.jobs import JobStore
+from ragfleet.names import Priority, Queue, TaskName
+from ragfleet.producer import client_app, enqueue
+from ragfleet.redis_conn import get_redis
+from ragfleet.schemas import (
+    TERMINAL,
+    DeleteDocumentPayload,
+    DocumentIn,
+    ErrorCode,
+    JobRecord,
+    QueryPayload,
+)
+from ragfleet.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+# The queues API requests feed: a query runs on retrieval then generation, documents on indexing.
+DEFAULT_REQUIRED_QUEUES: tuple[Queue, ...] = (Queue.RETRIEVAL, Queue.GENERATION, Queue.INDEXING)
+LONG_POLL_INTERVAL_S = 0.02
+
+UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    kombu.exceptions.OperationalError,
+    limits.errors.StorageError,
+)
+
+
+class _AnyPath(Convertor[str]):
+    """Like Starlette's `path` but also across newlines, so a bad doc id gets a 422, not a routing 404."""
+
+    regex = r"[\s\S]*"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("anypath", _AnyPath())
+
+
+class EnqueueFailedError(Exception):
+    """The job record exists but its message is not (known to be) on the queue."""
+
+    def __init__(self, job_id: str, reason: str) -> None:
+        super().__init__(reason)
+        self.job_id = job_id
+
+
+def _validation_error(index_loc: Sequence[str | int], exc: ValidationError) -> RequestValidationError:
+    return RequestValidationError(
+        [
+            {"type": e["type"], "loc": [*index_loc, *e["loc"]], "msg": e["msg"]}
+            for e in exc.errors(include_url=False, include_input=False)
+        ]
+    )
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    ready_checks: Sequence[ReadyCheck] = (),
+    required_queues: Sequence[Queue] = DEFAULT_REQUIRED_QUEUES,
+) -> FastAPI:
+    """Build an API bound to `settings`. Nothing connects here: clients open lazily on first use."""
+    s = settings or get_settings()
+    keyring = KeyRing(parse_api_keys(s.api_keys))
+    models = build_request_models(s)
+    IndexRequest = models.index_request  # noqa: N806 - a class, named like one
+    QueryRequest = models.query_request  # noqa: N806
+    # The API never reads Celery results (job records carry them). With a result backend, every
+    # send_task subscribes to the task's result channel (a subscription per job, never released)
+    # and, with Redis down, retries that subscription for ~20 s. "disabled" avoids both.
+    enqueue_settings = s.model_copy(update={"result_backend_url": "disabled"})
+    celery_app = client_app(enqueue_settings)
+    rds = get_redis(s)
+    jobs = JobStore(rds, s)
+    limiter = RateLimiter(s) if s.rate_limit.strip() else None
+    retry_after = str(max(1, math.ceil(s.redis_socket_timeout_s)))
+    publish_timeout_s = max(0.5, s.redis_socket_timeout_s)
+    readiness = Readiness(
+        [
+            ("redis", redis_probe(rds)),
+            ("workers", WorkerProbe(celery_app, required_queues)),
+            *ready_checks,
+        ],
+        timeout_s=max(1.5, s.redis_socket_timeout_s + 0.5),
+    )
+
+    app = FastAPI(
+        title="ragfleet API",
+        version="0.1.0",
+        description=(
+            "Enqueue indexing and query jobs and read their records. Work is asynchronous: "
+            "POSTs answer 202 with a job id; poll `GET /v1/jobs/{job_id}` (or long-poll a query "
+            "with `?wait=`)."
+        ),
+    )
+    app.state.settings = s
+    app.state.readiness = readiness
+    app.state.jobs = jobs
+
+    # --- auth and rate limit ----------------------------------------------------------------
+    if keyring:
+        bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer <key>`")
+        api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
+
+        async def authenticate(
+            creds: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
+            api_key: Annotated[str | None, Security(api_key_header)],
+        ) -> Caller:
+            presented = creds.credentials if creds is not None else api_key
+            challenge = {"WWW-Authenticate": "Bearer"}
+            if not presented:
+                raise HTTPException(401, "missing API key", headers=challenge)
+            tenant = keyring.tenant_for(presented)
+            if tenant is None:
+                raise HTTPException(401, "invalid API key", headers=challenge)
+            return Caller(tenant=tenant, identity=f"key:{key_digest(presented)}")
+
+    else:
+
+        async def authenticate(request: Request) -> Caller:  # type: ignore[misc]
+            host = request.client.host if request.client else "unknown"
+            return Caller(tenant=s.default_tenant, identity=f"ip:{host}")
+
+    async def caller(who: Annotated[Caller, Depends(authenticate)]) -> Caller:
+        if limiter is not None:
+            wait = await anyio.to_thread.run_sync(limiter.hit, who.identity)
+            if wait is not None:
+                raise HTTPException(
+                    429,
+                    f"rate limit exceeded ({limiter.describe()})",
+                    headers={"Retry-After": str(int(wait))},
+                )
+        return who
+
+    async def request_id(request: Request) -> str:
+        rid: str | None = getattr(request.state, "request_id", None)
+        return rid or uuid.uuid4().hex
+
+    CallerDep = Annotated[Caller, Depends(caller)]  # noqa: N806
+    RequestId = Annotated[str, Depends(request_id)]  # noqa: N806
+    v1_errors = (400, 413, 429, 503, *((401,) if keyring else ()))
+
+    # --- enqueue ----------------------------------------------------------------------------
+    async def submit(
+        task: TaskName, kind: str, payload: dict[str, Any], who: Caller, rid: str, priority: Priority
+    ) -> str:
+        job_id = uuid.uuid4().hex
+        await anyio.to_thread.run_sync(partial(jobs.create, job_id, kind, tenant=who.tenant, request_id=rid))
+        send = partial(enqueue, task, payload, settings=enqueue_settings, job_id=job_id, priority=priority)
+        try:
+            # kombu's Redis channel has no socket timeout: a frozen Redis would block forever.
+            with anyio.fail_after(publish_timeout_s):
+                await anyio.to_thread.run_sync(send, abandon_on_cancel=True)
+        except TimeoutError as exc:
+            raise EnqueueFailedError(job_id, f"publish took over {publish_timeout_s:g} s") from exc
+        except UNAVAILABLE_ERRORS as exc:
+            raise EnqueueFailedError(job_id, f"{type(exc).__name__}: {exc}") from exc
+        return job_id
+
+    def accepted(job_id: str) -> JSONResponse:
+        body = Accepted(job_id=job_id).model_dump(mode="json")
+        return JSONResponse(body, status_code=202, headers={"Location": f"/v1/jobs/{job_id}"})
+
+    async def finished_record(job_id: str) -> JobRecord | None:
+        """The record once the job is terminal (one HGET per poll until then), else None."""
+        if await anyio.to_thread.run_sync(jobs.status, job_id) in TERMINAL:
+            return await anyio.to_thread.run_sync(jobs.get, job_id)
+        return None
+
+    # --- routes -----------------------------------------------------------------------------
+    @app.post(
+        "/v1/documents",
+        status_code=202,
+        response_model=Accepted,
+        responses=error_responses(*v1_errors),
+        summary="Index (add or replace) documents",
+        tags=["documents"],
+    )
+    async def post_documents(body: IndexRequest, who: CallerDep, rid: RequestId) -> JSONResponse:  # type: ignore[valid-type]
+        documents: list[dict[str, Any]] = []
+        for i, doc in enumerate(body.documents):  # type: ignore[attr-defined]
+            try:  # second gate: the worker's own schema, so any drift surfaces here as a 422
+                checked = DocumentIn.model_validate(doc.model_dump())
+            except ValidationError as exc:
+                raise _validation_error(["body", "documents", i], exc) from exc
+            documents.append(checked.model_dump(exclude_none=True, exclude={"tenant"}))
+        payload = {"documents": documents, "tenant": who.tenant, "request_id": rid}
+        return accepted(await submit(TaskName.INDEX_DOCUMENTS, "index", payload, who, rid, Priority.DEFAULT))
+
+    @app.delete(
+        "/v1/documents/{doc_id:anypath}",
+        status_code=202,
+        response_model=Accepted,
+        responses=error_responses(*v1_errors),
+        summary="Delete a document of the caller's tenant",
+        tags=["documents"],
+    )
+    async def delete_document(
+        doc_id: Annotated[DocId, Path(description="The document id (may contain '/').")],
+        who: CallerDep,
+        rid: RequestId,
+    ) -> JSONResponse:
+        payload = {"doc_id": doc_id, "tenant": who.tenant, "request_id": rid}
+        try:
+            DeleteDocumentPayload.model_validate(payload)
+        except ValidationError as exc:
+            raise _validation_error(["path"], exc) from exc
+        return accepted(await submit(TaskName.DELETE_DOCUMENT, "delete", payload, who, rid, Priority.DEFAULT))
+
+    @app.post(
+        "/v1/queries",
+        status_code=202,
+        response_model=Accepted,
+        responses={
+            200: {"model": JobRecord, "description": "The job finished within `wait`."},
+            **error_responses(*v1_errors),
+        },
+        summary="Ask a question",
+        tags=["queries"],
+    )
+    async def post_query(
+        body: QueryRequest,  # type: ignore[valid-type]
+        who: CallerDep,
+        rid: RequestId,
+        request: Request,
+        wait: Annotated[
+            float | None,
+            Query(
+                ge=0,
+                le=s.long_poll_max_s,
+                description="Seconds to wait for the answer; 200 with the job record if it "
+                "finishes in time, else 202.",
+            ),
+        ] = None,
+    ) -> JSONResponse:
+        fields = body.model_dump()  # type: ignore[attr-defined]
+        payload = {**fields, "tenant": who.tenant, "request_id": rid}
+        try:
+            payload = QueryPayload.model_validate(payload).model_dump(
+                mode="json", exclude_none=True, exclude={"job_id", "batch_id", "stream"}
+            )
+        except ValidationError as exc:
+            raise _validation_error(["body"], exc) from exc
+        job_id = await submit(TaskName.QUERY, "query", payload, who, rid, Priority.INTERACTIVE)
+        deadline = time.monotonic() + (wait or 0.0)
+        try:
+            while time.monotonic() < deadline:
+                record = await finished_record(job_id)
+                if record is not None:
+                    return JSONResponse(record.model_dump(mode="json"), status_code=200)
+                if await request.is_disconnected():
+                    break
+                await anyio.sleep(min(LONG_POLL_INTERVAL_S, max(0.0, deadline - time.monotonic())))
+        except UNAVAILABLE_ERRORS as exc:
+            # Not a 503: the job is queued already, and a retry would enqueue it twice.
+            log.warning("long poll of %s gave up: %s", job_id, exc)
+        return accepted(job_id)
+
+    @app.get(
+        "/v1/jobs/{job_id}",
+        response_model=JobRecord,
+        responses=error_responses(404, *v1_errors),
+        summary="Read a job record",
+        tags=["jobs"],
+    )
+    async def get_job(
+        job_id: Annotated[str, Path(min_length=1, max_length=JOB_ID_MAX)], who: CallerDep
+    ) -> JobRecord:
+        record = await anyio.to_thread.run_sync(jobs.get, job_id)
+        # Another tenant's job is indistinguishable from a missing one.
+        if record is None or record.tenant != who.tenant:
+            raise HTTPException(404, "job not found")
+        return record
+
+    @app.get("/healthz", response_model=HealthBody, tags=["ops"], summary="The process is up")
+    async def healthz() -> HealthBody:
+        return HealthBody()
+
+    @app.get(
+        "/readyz",
+        response_model=ReadyBody,
+        responses={503: {"model": NotReadyBody, "description": "A readiness check failed."}},
+        tags=["ops"],
+        summary="Redis answers and every required queue has a live worker",
+    )
+    async def readyz() -> Any:
+        failing = await readiness.failing()
+        if failing:
+            return JSONResponse(
+                {"detail": f"not ready: {', '.join(failing)}", "failing": failing}, status_code=503
+            )
+        return ReadyBody(checks=[name for name, _ in readiness.checks])
+
+    @app.get(
+        "/metrics",
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {}}, "description": "Prometheus exposition."}},
+        tags=["ops"],
+        summary="Prometheus metrics",
+    )
+    async def metrics() -> Response:
+        try:
+            from ragfleet.metrics import render_latest  # type: ignore[import-not-found,unused-ignore]
+        except ImportError:  # the metrics module is optional; the default registry still works
+            from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+            return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        content, content_type = render_latest()
+        return Response(content, media_type=content_type)
+
+    # --- errors -----------------------------------------------------------------------------
+    async def unavailable(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("unavailable: %s: %s", type(exc).__name__, exc)
+        background = None
+        if isinstance(exc, EnqueueFailedError):
+            background = BackgroundTask(_mark_failed, jobs, exc.job_id, str(exc))
+        return JSONResponse(
+            {"detail": "job store or broker unavailable, retry later"},
+            status_code=503,
+            headers={"Retry-After": retry_after},
+            background=background,
+        )
+
+    for exc_type in (*UNAVAILABLE_ERRORS, EnqueueFailedError):
+        app.add_exception_handler(exc_type, unavailable)
+
+    async def invalid(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        # Drop the echoed input: a 200k-character document must not come back in the error.
+        errors = [{k: v for k, v in e.items() if k not in ("input", "url")} for e in exc.errors()]
+        return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
+
+    app.add_exception_handler(RequestValidationError, invalid)
+
+    async def internal(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error", exc_info=exc)
+        return JSONResponse({"detail": "internal error"}, status_code=500)
+
+    app.add_exception_handler(Exception, internal)
+
+    # last added runs first: the request id and metrics wrap everything, including a 413
+    app.add_middleware(BodyLimitMiddleware, max_bytes=s.max_request_bytes)
+    app.add_middleware(RequestContextMiddleware)
+    return app
+
+
+def _mark_failed(jobs: JobStore, job_id: str, reason: str) -> None:
+    """Best effort, after the 503 is sent: a client polling the job sees why it never ran."""
+    try:
+        jobs.fail(job_id, ErrorCode.UNAVAILABLE, f"could not enqueue: {reason}")
+    except Exception as exc:
+        log.warning("could not mark job %s failed: %s", job_id, exc)
+
+
+_app: FastAPI | None = None
+
+
+def __getattr__(name: str) -> FastAPI:
+    """`uvicorn api_shim.app:app` builds the app from the environment on first access, not at import."""
+    global _app
+    if name == "app":
+        if _app is None:
+            _app = create_app()
+        return _app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["DEFAULT_REQUIRED_QUEUES", "create_app"]

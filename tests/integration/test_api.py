@@ -1,0 +1,494 @@
+"""The HTTP API against a real Redis, served by a real uvicorn server on a free port.
+
+What is checked is what a client sees on the wire: status codes, `{"detail": ...}` bodies, headers
+(`Retry-After`, `X-Request-ID`, `Location`), the message that lands on the broker queue and the job
+record in Redis.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+import uvicorn
+from fastapi import FastAPI
+from pydantic import ValidationError
+
+from api_shim.app import create_app
+from ragfleet.jobs import JobStore
+from ragfleet.names import Queue
+from ragfleet.producer import client_app
+from ragfleet.schemas import clean_text
+from ragfleet.settings import Settings
+from tests.conftest import REPO, RedisServer, free_port, settings_env
+
+pytestmark = pytest.mark.redis
+
+KEY_A, KEY_B = "key-a-" + uuid.uuid4().hex[:8], "key-b-" + uuid.uuid4().hex[:8]
+AUTH_A = {"Authorization": f"Bearer {KEY_A}"}
+AUTH_B = {"X-API-Key": KEY_B}
+
+
+@contextmanager
+def serve(app: FastAPI) -> Iterator[str]:
+    """A real uvicorn server in a thread; yields its base URL."""
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def api_settings(base_settings: Settings) -> Settings:
+    return base_settings.model_copy(
+        update={
+            "api_keys": f"{KEY_A}:tenant-a, {KEY_B}:tenant-b",
+            "rate_limit": "10000/minute",
+            "max_documents_per_request": 3,
+            "max_document_chars": 1_000,
+            "max_question_chars": 200,
+            "max_top_k": 20,
+            "max_request_bytes": 20_000,
+            "long_poll_max_s": 2.0,
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def api(api_settings: Settings) -> Iterator[httpx.Client]:
+    with serve(create_app(api_settings)) as url, httpx.Client(base_url=url, timeout=10) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def jobs(api_settings: Settings, redis_client: redis.Redis) -> JobStore:
+    return JobStore(redis_client, api_settings)
+
+
+def take_task(
+    settings: Settings,
+    queue: Queue,
+    job_id: str | None = None,
+    *,
+    request_id: str | None = None,
+    timeout: float = 3.0,
+) -> dict[str, Any]:
+    """Pop messages off `queue` (this session's broker prefix, no worker consumes it) until ours,
+    matched by job id or by the request id in its payload: the test plays the worker."""
+    app = client_app(settings)
+    with app.connection_for_read() as conn:
+        q = conn.SimpleQueue(queue.value)
+        try:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                try:
+                    msg = q.get(block=True, timeout=max(0.05, deadline - time.monotonic()))
+                except q.Empty:
+                    break
+                msg.ack()
+                _args, kwargs, _embed = msg.payload
+                payload = kwargs["payload"]
+                if msg.headers.get("id") == job_id or (
+                    request_id and payload.get("request_id") == request_id
+                ):
+                    return {"headers": msg.headers, "payload": payload, "priority": msg.properties}
+        finally:
+            q.close()
+    raise AssertionError(f"no message for job {job_id} / request {request_id} on queue {queue.value}")
+
+
+def assert_detail(resp: httpx.Response, status: int) -> Any:
+    assert resp.status_code == status, resp.text
+    assert resp.headers["content-type"].startswith("application/json")
+    body = resp.json()
+    assert "detail" in body, body
+    return body["detail"]
+
+
+# --- happy paths: message on the right queue, job record created --------------------------------
+
+
+def test_post_documents_enqueues_index_task_and_creates_job(
+    api: httpx.Client, api_settings: Settings, jobs: JobStore
+) -> None:
+    docs = [{"id": "d1", "text": "hello world", "title": "T", "metadata": {"lang": "en", "n": 2}}]
+    resp = api.post("/v1/documents", json={"documents": docs}, headers={**AUTH_A, "X-Request-ID": "req-123"})
+    assert resp.status_code == 202, resp.text
+    body = resp.json()
+    assert body["status"] == "queued"
+    job_id = body["job_id"]
+    assert resp.headers["x-request-id"] == "req-123"
+    assert resp.headers["location"] == f"/v1/jobs/{job_id}"
+
+    record = jobs.get(job_id)
+    assert record is not None
+    assert (record.kind, record.status, record.tenant, record.request_id) == (
+        "index",
+        "queued",
+        "tenant-a",
+        "req-123",
+    )
+
+    msg = take_task(api_settings, Queue.INDEXING, job_id)
+    assert msg["headers"]["task"] == "ragfleet.index_documents"
+    payload = msg["payload"]
+    assert payload["tenant"] == "tenant-a"
+    assert payload["request_id"] == "req-123"
+    assert payload["job_id"] == job_id
+    assert payload["documents"] == [
+        {"id": "d1", "text": "hello world", "title": "T", "metadata": {"lang": "en", "n": 2}}
+    ]
+
+
+def test_post_query_enqueues_interactive_query_task(
+    api: httpx.Client, api_settings: Settings, jobs: JobStore
+) -> None:
+    resp = api.post("/v1/queries", json={"question": "what is x?", "top_k": 7, "mode": "fts"}, headers=AUTH_B)
+    assert resp.status_code == 202, resp.text
+    job_id = resp.json()["job_id"]
+    rid = resp.headers["x-request-id"]
+    assert len(rid) == 32  # generated uuid4 hex when the caller sent none
+
+    record = jobs.get(job_id)
+    assert record is not None
+    assert (record.kind, record.tenant, record.request_id) == ("query", "tenant-b", rid)
+
+    msg = take_task(api_settings, Queue.RETRIEVAL, job_id)
+    assert msg["headers"]["task"] == "ragfleet.query"
+    assert msg["headers"]["expires"] is not None  # a query nobody waits for must not burn a worker
+    assert msg["priority"]["priority"] == 0
+    p = msg["payload"]
+    assert (p["question"], p["top_k"], p["mode"], p["tenant"], p["request_id"]) == (
+        "what is x?",
+        7,
+        "fts",
+        "tenant-b",
+        rid,
+    )
+
+
+def test_delete_document_enqueues_delete_for_callers_tenant(
+    api: httpx.Client, api_settings: Settings, jobs: JobStore
+) -> None:
+    resp = api.delete("/v1/documents/docs/readme.md", headers=AUTH_A)
+    assert resp.status_code == 202, resp.text
+    job_id = resp.json()["job_id"]
+    record = jobs.get(job_id)
+    assert record is not None
+    assert record.kind == "delete"
+    assert record.tenant == "tenant-a"
+    msg = take_task(api_settings, Queue.INDEXING, job_id)
+    assert msg["headers"]["task"] == "ragfleet.delete_document"
+    assert msg["payload"]["doc_id"] == "docs/readme.md"
+    assert msg["payload"]["tenant"] == "tenant-a"
+
+
+def test_job_is_readable_by_its_tenant_only(api: httpx.Client) -> None:
+    job_id = api.post("/v1/queries", json={"question": "mine"}, headers=AUTH_A).json()["job_id"]
+    own = api.get(f"/v1/jobs/{job_id}", headers=AUTH_A)
+    assert own.status_code == 200
+    assert own.json()["job_id"] == job_id
+    assert own.json()["tenant"] == "tenant-a"
+    other = api.get(f"/v1/jobs/{job_id}", headers=AUTH_B)
+    assert assert_detail(other, 404) == "job not found"
+
+
+def test_unknown_job_is_404(api: httpx.Client) -> None:
+    assert assert_detail(api.get(f"/v1/jobs/{uuid.uuid4().hex}", headers=AUTH_A), 404) == "job not found"
+
+
+# --- validation at the edge ----------------------------------------------------------------------
+
+LONG_Q = "q" * 201
+DOC = {"id": "ok", "text": "fine"}
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "loc"),
+    [
+        ("/v1/queries", {"question": ""}, ["body", "question"]),
+        ("/v1/queries", {"question": " \n\t "}, ["body", "question"]),
+        ("/v1/queries", {"question": "\x01\x02"}, ["body", "question"]),
+        ("/v1/queries", {"question": LONG_Q}, ["body", "question"]),
+        ("/v1/queries", {"question": "q", "top_k": 0}, ["body", "top_k"]),
+        ("/v1/queries", {"question": "q", "top_k": 21}, ["body", "top_k"]),
+        ("/v1/queries", {"question": "q", "top_k": "5"}, ["body", "top_k"]),
+        ("/v1/queries", {"question": "q", "mode": "magic"}, ["body", "mode"]),
+        ("/v1/queries", {"question": "q", "tenant": "tenant-b"}, ["body", "tenant"]),
+        ("/v1/documents", {"documents": []}, ["body", "documents"]),
+        ("/v1/documents", {"documents": [DOC] * 4}, ["body", "documents"]),
+        (
+            "/v1/documents",
+            {"documents": [DOC, {"id": "big", "text": "x" * 1_001}]},
+            ["body", "documents", 1, "text"],
+        ),
+        ("/v1/documents", {"documents": [DOC, DOC, {"text": "no id"}]}, ["body", "documents", 2, "id"]),
+        ("/v1/documents", {"documents": [DOC, {"id": "b", "text": "   "}]}, ["body", "documents", 1, "text"]),
+        ("/v1/documents", {"documents": [{"id": " ", "text": "t"}]}, ["body", "documents", 0, "id"]),
+        ("/v1/documents", {"documents": [{**DOC, "tenant": "tenant-b"}]}, ["body", "documents", 0, "tenant"]),
+    ],
+)
+def test_invalid_requests_are_422_with_location(
+    api: httpx.Client, path: str, body: dict[str, Any], loc: list[Any]
+) -> None:
+    detail = assert_detail(api.post(path, json=body, headers=AUTH_A), 422)
+    assert [e["loc"] for e in detail] == [loc], detail
+    assert all(e["msg"] for e in detail)
+
+
+def test_schema_patterns_agree_with_worker_validators_on_every_character() -> None:
+    """The OpenAPI patterns must reject exactly what `DocumentIn` / `QueryPayload` reject."""
+    from api_shim.models import ID_PATTERN, NOT_BLANK
+    from ragfleet.schemas import DocumentIn
+
+    not_blank = re.compile(NOT_BLANK)
+    for code in range(0x110000):
+        if 0xD800 <= code < 0xE000:  # lone surrogates cannot arrive in valid UTF-8 JSON
+            continue
+        c = chr(code)
+        assert bool(not_blank.search(c)) == bool(clean_text(c).strip()), hex(code)
+    for c in ("a", " ", "\x85", "\ufeff", "\x01", "a\x7f", " a ", "\u3000b", "a\tb"):
+        try:
+            DocumentIn(id=c, text="t")
+            worker_ok = True
+        except ValidationError:
+            worker_ok = False
+        assert bool(ID_PATTERN.search(c)) == worker_ok, repr(c)
+
+
+def test_unparsable_json_is_422_and_undecodable_body_400(api: httpx.Client) -> None:
+    headers = {**AUTH_A, "Content-Type": "application/json"}
+    detail = assert_detail(api.post("/v1/queries", content=b'{"question": ', headers=headers), 422)
+    assert detail[0]["type"] == "json_invalid"
+    assert isinstance(assert_detail(api.post("/v1/queries", content=b"\xff\xfe{", headers=headers), 400), str)
+
+
+def test_oversized_body_is_413_by_content_length_and_by_bytes_read(api: httpx.Client) -> None:
+    big = json.dumps({"documents": [{"id": "x", "text": "y" * 25_000}]}).encode()
+    headers = {**AUTH_A, "Content-Type": "application/json"}
+    assert "20000 bytes" in assert_detail(api.post("/v1/documents", content=big, headers=headers), 413)
+
+    def chunked() -> Iterator[bytes]:  # no Content-Length: the limit must count bytes
+        for i in range(0, len(big), 4_096):
+            yield big[i : i + 4_096]
+
+    resp = api.post("/v1/documents", content=chunked(), headers=headers)
+    assert "content-length" not in resp.request.headers
+    assert_detail(resp, 413)
+
+
+# --- auth and rate limits ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer nope"}, {"X-API-Key": "nope"}, {"Authorization": f"Basic {KEY_A}"}],
+)
+def test_missing_or_invalid_key_is_401(api: httpx.Client, headers: dict[str, str]) -> None:
+    resp = api.post("/v1/queries", json={"question": "q"}, headers=headers)
+    assert assert_detail(resp, 401) in ("missing API key", "invalid API key")
+    assert resp.headers["www-authenticate"] == "Bearer"
+    assert_detail(api.get(f"/v1/jobs/{uuid.uuid4().hex}", headers=headers), 401)
+
+
+def test_rate_limit_is_429_with_retry_after(base_settings: Settings) -> None:
+    key = "rl-" + uuid.uuid4().hex[:8]
+    s = base_settings.model_copy(
+        update={"api_keys": f"{key}:t-rl,other-{key}:t-rl2", "rate_limit": "3/minute"}
+    )
+    with serve(create_app(s)) as url, httpx.Client(base_url=url, timeout=10) as c:
+        codes = [
+            c.get(f"/v1/jobs/{uuid.uuid4().hex}", headers={"X-API-Key": key}).status_code for _ in range(3)
+        ]
+        assert codes == [404, 404, 404]
+        resp = c.post("/v1/queries", json={"question": "q"}, headers={"X-API-Key": key})
+        assert assert_detail(resp, 429).startswith("rate limit exceeded")
+        assert 1 <= int(resp.headers["retry-after"]) <= 60
+        # the limit is per key: another caller is not affected
+        other = c.get(f"/v1/jobs/{uuid.uuid4().hex}", headers={"X-API-Key": f"other-{key}"})
+        assert other.status_code == 404
+
+
+# --- long poll -----------------------------------------------------------------------------------
+
+
+def test_long_poll_returns_200_with_record_when_job_finishes_in_time(
+    api: httpx.Client, api_settings: Settings, redis_client: redis.Redis
+) -> None:
+    store = JobStore(redis_client, api_settings)
+    result: dict[str, Any] = {}
+
+    def finisher() -> None:  # a stand-in worker: takes the query off the queue, finishes its job
+        msg = take_task(api_settings, Queue.RETRIEVAL, request_id=rid, timeout=5)
+        time.sleep(0.3)
+        job_id = msg["payload"]["job_id"]
+        store.finish(job_id, {"answer": "42"})
+        result["job_id"] = job_id
+
+    rid = "lp-" + uuid.uuid4().hex
+    t = threading.Thread(target=finisher)
+    t.start()
+    started = time.monotonic()
+    resp = api.post(
+        "/v1/queries", params={"wait": 2}, json={"question": "q"}, headers={**AUTH_A, "X-Request-ID": rid}
+    )
+    elapsed = time.monotonic() - started
+    t.join()
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["job_id"] == result["job_id"]
+    assert body["status"] == "done"
+    assert body["result"] == {"answer": "42"}
+    assert elapsed < 1.9  # answered when the job finished, not at the wait bound
+
+
+def test_long_poll_returns_202_after_the_wait_bound(api: httpx.Client) -> None:
+    started = time.monotonic()
+    resp = api.post("/v1/queries", params={"wait": 0.5}, json={"question": "q"}, headers=AUTH_A)
+    elapsed = time.monotonic() - started
+    assert resp.status_code == 202
+    assert resp.json()["status"] == "queued"
+    assert 0.5 <= elapsed < 1.5
+
+
+def test_long_poll_wait_above_maximum_is_422(api: httpx.Client) -> None:
+    detail = assert_detail(
+        api.post("/v1/queries", params={"wait": 2.5}, json={"question": "q"}, headers=AUTH_A), 422
+    )
+    assert detail[0]["loc"] == ["query", "wait"]
+
+
+# --- ops endpoints -------------------------------------------------------------------------------
+
+
+def test_health_metrics_and_not_ready_without_workers(api: httpx.Client) -> None:
+    assert api.get("/healthz").json() == {"status": "ok"}
+    metrics = api.get("/metrics")
+    assert metrics.status_code == 200
+    assert metrics.headers["content-type"].startswith("text/plain")
+    assert b"# TYPE" in metrics.content
+    api.get(f"/v1/jobs/{uuid.uuid4().hex}", headers=AUTH_A)
+    text = api.get("/metrics").text  # requests are counted per route template, not per raw path
+    assert 'route="/v1/jobs/{job_id}",status="404"' in text
+    ready = api.get("/readyz")
+    assert ready.status_code == 503
+    body = ready.json()
+    assert set(body["failing"]) == {"workers"}  # Redis answers; nobody consumes this session's queues
+    assert "retrieval" in body["failing"]["workers"]
+    assert "indexing" in body["failing"]["workers"]
+
+
+PROBE_WORKER = """
+import os
+from celery import Celery
+app = Celery("probe", broker=os.environ["RAGFLEET_REDIS_URL"])
+app.conf.broker_transport_options = {"global_keyprefix": os.environ["RAGFLEET_BROKER_KEY_PREFIX"]}
+"""
+
+
+@pytest.mark.workers
+@pytest.mark.slow
+def test_ready_when_a_live_worker_consumes_every_required_queue(
+    base_settings: Settings, tmp_path: Path
+) -> None:
+    # A private broker prefix: this worker must not eat other tests' messages.
+    s = base_settings.model_copy(update={"broker_key_prefix": f"{base_settings.key_prefix}:ready:"})
+    (tmp_path / "probe_app.py").write_text(PROBE_WORKER)
+    env = {**settings_env(s), "PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO}"}
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "probe_app", "worker", "-P", "solo", "-Q",
+         "retrieval,generation,indexing", "-n", f"probe-{uuid.uuid4().hex[:6]}@%h", "--without-mingle",
+         "--without-gossip", "-l", "warning"],
+        env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        with serve(create_app(s)) as url, httpx.Client(base_url=url, timeout=10) as c:
+            deadline = time.monotonic() + 30
+            resp = c.get("/readyz")
+            while resp.status_code != 200 and time.monotonic() < deadline:
+                time.sleep(1)
+                resp = c.get("/readyz")
+            assert resp.status_code == 200, resp.text
+            assert resp.json()["checks"] == ["redis", "workers"]
+    finally:
+        worker.kill()
+        worker.wait(10)
+
+
+# --- Redis down ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def private_redis(base_settings: Settings) -> Iterator[tuple[RedisServer, Settings]]:
+    server = RedisServer().start()
+    try:
+        # Open API (no keys): also covers the default tenant.
+        yield server, base_settings.model_copy(update={"redis_url": server.url, "api_keys": ""})
+    finally:
+        if server.proc is not None and server.proc.poll() is None:
+            server.proc.send_signal(signal.SIGCONT)
+        server.kill()
+
+
+def _assert_fast_503(c: httpx.Client, method: str, path: str, budget: float, **kw: Any) -> None:
+    started = time.monotonic()
+    resp = c.request(method, path, **kw)
+    elapsed = time.monotonic() - started
+    assert_detail(resp, 503)
+    assert int(resp.headers["retry-after"]) >= 1
+    assert elapsed < budget, f"{method} {path} took {elapsed:.2f} s"
+
+
+@pytest.mark.parametrize("failure", ["killed", "frozen"])
+def test_redis_down_answers_503_with_retry_after_quickly(
+    private_redis: tuple[RedisServer, Settings], failure: str
+) -> None:
+    server, s = private_redis
+    with serve(create_app(s)) as url, httpx.Client(base_url=url, timeout=15) as c:
+        ok = c.post("/v1/queries", json={"question": "warm the pools"})
+        assert ok.status_code == 202, ok.text
+        rec = c.get(f"/v1/jobs/{ok.json()['job_id']}").json()
+        assert rec["tenant"] == s.default_tenant
+        assert rec["status"] == "queued"
+
+        assert server.proc is not None
+        if failure == "killed":
+            server.kill()
+        else:
+            server.proc.send_signal(signal.SIGSTOP)  # accepts nothing, answers nothing: timeouts only
+        budget = s.redis_socket_timeout_s + 1.0
+        _assert_fast_503(c, "POST", "/v1/queries", budget, json={"question": "q"})
+        _assert_fast_503(c, "POST", "/v1/documents", budget, json={"documents": [DOC]})
+        _assert_fast_503(c, "GET", f"/v1/jobs/{uuid.uuid4().hex}", budget)
+        started = time.monotonic()
+        ready = c.get("/readyz")
+        assert ready.status_code == 503
+        assert "redis" in ready.json()["failing"]
+        assert time.monotonic() - started < budget + 1.0
+        assert c.get("/healthz").status_code == 200
