@@ -29,6 +29,7 @@ class TaskName(StrEnum):
     REINDEX = "ragfleet.reindex"
     EVAL_GOLDEN = "ragfleet.eval_golden"
     BATCH_DISPATCH = "ragfleet.batch.dispatch"
+    HEARTBEAT = "ragfleet.heartbeat"
 
 
 class Priority(IntEnum):
@@ -51,6 +52,7 @@ TASK_QUEUES: dict[TaskName, Queue] = {
     TaskName.REINDEX: Queue.MAINTENANCE,
     TaskName.EVAL_GOLDEN: Queue.MAINTENANCE,
     TaskName.BATCH_DISPATCH: Queue.RETRIEVAL,
+    TaskName.HEARTBEAT: Queue.MAINTENANCE,
 }
 
 KEY_PREFIX = "ragfleet"

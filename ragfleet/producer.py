@@ -19,7 +19,10 @@ from ragfleet.settings import Settings, get_settings
 
 @lru_cache(maxsize=4)
 def _client_app(broker: str, backend: str, visibility_timeout: int, key_prefix: str) -> Celery:
-    app = Celery("ragfleet-client", broker=broker, backend=backend, set_as_current=False)
+    # No result backend: producers poll job records, and a Redis result backend makes every send_task
+    # subscribe to a result channel it never leaves (a leak, and a 19 s stall when Redis is down).
+    del backend
+    app = Celery("ragfleet-client", broker=broker, backend=None, set_as_current=False)
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],
@@ -28,6 +31,9 @@ def _client_app(broker: str, backend: str, visibility_timeout: int, key_prefix: 
             "visibility_timeout": visibility_timeout,
             "queue_order_strategy": "priority",
             "priority_steps": list(range(10)),
+            # a frozen Redis must fail the publish fast (the API answers 503), not block forever
+            "socket_timeout": 2.0,
+            "socket_connect_timeout": 2.0,
             **({"global_keyprefix": key_prefix} if key_prefix else {}),
         },
         broker_connection_retry_on_startup=False,

@@ -67,7 +67,7 @@ class DocumentIn(_Strict):
     @field_validator("id")
     @classmethod
     def _id_printable(cls, v: str) -> str:
-        if not _ID.match(v) or not v.strip():
+        if not _ID.fullmatch(v) or not v.strip():
             raise ValueError("id must be 1-512 printable characters")
         return v
 

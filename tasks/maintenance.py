@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ragfleet import metrics
 from ragfleet.names import Queue, TaskName
 from ragfleet.reindex import ReindexBusyError, run_reindex
 from ragfleet.resources import get_resources
@@ -46,4 +47,24 @@ def reindex(self: RagfleetTask, *, payload: dict[str, Any]) -> dict[str, Any]:
         return error_result(job_id, ErrorCode.INTERNAL, str(exc))
     out = {"job_id": job_id, **report.as_dict()}
     res.jobs.finish(job_id, out)
+    metrics.beat_heartbeat("reindex", interval_s=86_400)
+    metrics.set_index_info(report.version, report.chunks_after)
     return out
+
+
+@app.task(name=TaskName.HEARTBEAT.value, bind=True, base=RagfleetTask, time_limit=30, soft_time_limit=25)
+def heartbeat(self: RagfleetTask, *, payload: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Beat liveness plus the gauges nobody else refreshes: consumers per queue, index version/size."""
+    res = get_resources()
+    metrics.beat_heartbeat("heartbeat", interval_s=60)
+    replies = app.control.inspect(timeout=2.0).active_queues() or {}
+    per_queue = {q.value: 0 for q in Queue}
+    for queues in replies.values():
+        for q in queues:
+            if q.get("name") in per_queue:
+                per_queue[q["name"]] += 1
+    for name, n in per_queue.items():
+        metrics.set_workers_per_queue(name, n)
+    store, pointer = res.live_store()
+    metrics.set_index_info(pointer.version, store.count())
+    return {"workers_per_queue": per_queue, "index_version": pointer.version}

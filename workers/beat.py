@@ -39,4 +39,6 @@ def beat_schedule(s: Settings) -> dict[str, dict[str, Any]]:
         "nightly-reindex": entry(TaskName.REINDEX, _cron(s.reindex_cron), 3_600, {"reason": "scheduled"}),
         "feedback-aggregate": entry(TaskName.FEEDBACK_AGGREGATE, 300.0, 240, {}),
         "golden-eval": entry(TaskName.EVAL_GOLDEN, _cron("30 3 * * *"), 3_600, {}),
+        # proves beat is alive and refreshes fleet gauges (workers per queue, index size)
+        "heartbeat": entry(TaskName.HEARTBEAT, 60.0, 50, {}),
     }

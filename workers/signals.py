@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from celery.signals import celeryd_after_setup, worker_process_init, worker_ready
+from celery.signals import celeryd_after_setup, task_revoked, worker_process_init, worker_ready
 
 from ragfleet import metrics
 from ragfleet.jobs import set_worker_hostname
@@ -18,6 +18,7 @@ from ragfleet.logs import configure_logging
 from ragfleet.names import Queue
 from ragfleet.redis_conn import reset_clients
 from ragfleet.resources import get_resources, reset_resources
+from ragfleet.schemas import ErrorCode
 
 log = logging.getLogger("ragfleet.worker")
 _QUEUES: set[str] = set()
@@ -71,3 +72,18 @@ def _ready(**_: Any) -> None:
     if "prefork" not in _POOL.lower():
         _warm()
 
+
+@task_revoked.connect
+def _revoked(request: Any = None, expired: bool = False, terminated: bool = False, **_: Any) -> None:
+    """An expired message never runs: its job must not stay `queued` until its TTL."""
+    if request is None or not getattr(request, "id", None):
+        return
+    res = get_resources()
+    job_id = str(request.id).removesuffix(":gen")
+    if expired:
+        message = "the task expired in the queue before a worker could start it (backlog); retry later"
+        code = ErrorCode.TIMEOUT
+    else:
+        message, code = "the task was revoked", ErrorCode.CANCELLED
+    if res.jobs.fail(job_id, code, message, retry_after=30 if expired else None):
+        res.events.emit(job_id, "error", {"code": code.value, "message": message})
