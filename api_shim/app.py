@@ -115,6 +115,7 @@ def create_app(
 ) -> FastAPI:
     """Build an API bound to `settings`. Nothing connects here: clients open lazily on first use."""
     s = settings or get_settings()
+    _setup_observability(s)
     keyring = KeyRing(parse_api_keys(s.api_keys))
     models = build_request_models(s)
     IndexRequest = models.index_request  # noqa: N806 - a class, named like one
@@ -404,6 +405,27 @@ def _mark_failed(jobs: JobStore, job_id: str, reason: str) -> None:
         jobs.fail(job_id, ErrorCode.UNAVAILABLE, f"could not enqueue: {reason}")
     except Exception as exc:
         log.warning("could not mark job %s failed: %s", job_id, exc)
+
+
+_observability_ready = False
+
+
+def _setup_observability(s: Settings) -> None:
+    """Once per process: JSON logs, request-id and enqueue-time task headers, metrics (multiprocess
+    when uvicorn runs several workers), and queue depth (only the API exports it)."""
+    global _observability_ready
+    if _observability_ready:
+        return
+    from ragfleet import metrics
+    from ragfleet.logs import configure_logging, install_celery_request_id
+
+    configure_logging(s.log_level, process="api")
+    install_celery_request_id()
+    metrics.install_celery_metrics()
+    if s.metrics_dir is not None:
+        metrics.configure_multiproc(s.metrics_dir / "api")
+    metrics.enable_queue_depth(s)
+    _observability_ready = True
 
 
 _app: FastAPI | None = None

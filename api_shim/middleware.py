@@ -19,6 +19,8 @@ from starlette.datastructures import MutableHeaders
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ragfleet.logs import bind_request_id, reset_request_id
+
 log = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "x-request-id"
@@ -72,9 +74,12 @@ class RequestContextMiddleware:
                 MutableHeaders(scope=message)[REQUEST_ID_HEADER] = rid
             await send(message)
 
+        # bound for this request's context: log lines and enqueued task headers carry it
+        token = bind_request_id(rid)
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            reset_request_id(token)
             observe = metrics_observer()
             if observe is not None:
                 route = scope.get("route")

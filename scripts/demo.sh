@@ -11,8 +11,8 @@ bash scripts/ensure_services.sh
 export HF_HUB_OFFLINE=1 OPENBLAS_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false
 export RAGFLEET_DATA_DIR="${RAGFLEET_DATA_DIR:-$(pwd)/var/data}"
 export RAGFLEET_FEEDBACK_DB_URL="${RAGFLEET_FEEDBACK_DB_URL:-sqlite:///$(pwd)/var/feedback.db}"
-export PROMETHEUS_MULTIPROC_DIR="${PROMETHEUS_MULTIPROC_DIR:-$(pwd)/var/prom}"
-mkdir -p var "$RAGFLEET_DATA_DIR"; rm -rf "$PROMETHEUS_MULTIPROC_DIR"; mkdir -p "$PROMETHEUS_MULTIPROC_DIR"
+export RAGFLEET_METRICS_DIR="${RAGFLEET_METRICS_DIR:-$(pwd)/var/prom}"
+mkdir -p var "$RAGFLEET_DATA_DIR"; rm -rf "$RAGFLEET_METRICS_DIR"; mkdir -p "$RAGFLEET_METRICS_DIR"
 if [ -f var/fleet.pid ] && kill -0 "$(cat var/fleet.pid)" 2>/dev/null; then
   echo "fleet already running (pid $(cat var/fleet.pid))"
 else
