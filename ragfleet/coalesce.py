@@ -19,7 +19,10 @@ from ragfleet.settings import Settings
 
 _JOIN = """
 local got = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
-if got then return {1, ARGV[1]} end
+if got then
+  redis.call('SREM', KEYS[2], ARGV[1])  -- a follower taking over is no longer its own follower
+  return {1, ARGV[1]}
+end
 local leader = redis.call('GET', KEYS[1])
 if leader == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -9,8 +11,10 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from ragfleet.batch import on_query_finished
 from ragfleet.resources import Resources, get_resources
 from ragfleet.schemas import ErrorCode, JobStatus
+from ragfleet.settings import Settings
 from workers.base import RagfleetTask
 
 M = TypeVar("M", bound=BaseModel)
@@ -48,6 +52,19 @@ def parse(task: RagfleetTask, model: type[M], payload: Any, *, kind: str) -> M:
         raise InvalidPayloadError(error_result(jid, ErrorCode.INVALID_PAYLOAD, message)) from exc
 
 
+def inject_fault(settings: Settings, question: str) -> None:
+    """Fault injection for the chaos suite (tests/chaos), off unless `chaos_*` settings are set.
+
+    A kill marker in the question makes this delivery die like an OOM kill would, every time: the
+    redelivery cap in `workers.base` must park it. A delay keeps the task busy so a test can kill
+    its worker mid-query.
+    """
+    if settings.chaos_kill_marker and settings.chaos_kill_marker in question:
+        os.kill(os.getpid(), signal.SIGKILL)
+    if settings.chaos_delay_s > 0:
+        time.sleep(settings.chaos_delay_s)
+
+
 @contextmanager
 def stage(
     res: Resources, job_id: str, name: str, queue: str, status: JobStatus
@@ -68,11 +85,12 @@ def fail(
     """Fail the job record and tell any stream reader, so a streaming client never waits in vain."""
     if res.jobs.fail(job_id, code, message, retry_after=retry_after):
         res.events.emit(job_id, "error", {"code": code.value, "message": message, "retry_after": retry_after})
+        on_query_finished(res.redis, res.settings, job_id, ok=False)
 
 
 def finish_with_answer(res: Resources, job_id: str, answer: dict[str, Any], *, replay: bool) -> None:
     """Finish a query job; with `replay`, also emit the whole stream (cached or coalesced answers)."""
-    if replay:
+    if replay and not res.jobs.is_terminal(job_id):
         res.events.emit(job_id, "sources", {"sources": answer.get("sources", [])})
         res.events.emit(job_id, "answer_chunk", {"text": answer.get("answer", "")})
     if res.jobs.finish(job_id, answer):
@@ -89,3 +107,4 @@ def finish_with_answer(res: Resources, job_id: str, answer: dict[str, Any], *, r
                 "coalesced_with": answer.get("coalesced_with"),
             },
         )
+        on_query_finished(res.redis, res.settings, job_id, ok=True)
