@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv and install ragfleet with its dev extras. torch goes first: torch==2.13.0 resolves to
 # a CPU wheel; letting another package pull torch would download a multi-GB CUDA build.
-set -euo pipefail
+set -eo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
@@ -9,7 +9,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # shellcheck disable=SC1091
 . .venv/bin/activate
-python -m pip install -q --upgrade pip
-python -c "import torch" 2>/dev/null || python -m pip install -q "torch==2.13.0"
-python -m pip install -q -e ".[dev]"
+quiet() { grep -v -e "^WARNING: Location" -e "^\s*$" || true; }
+python -m pip install -q --upgrade pip 2>&1 | quiet
+python -c "import torch" 2>/dev/null || python -m pip install -q "torch==2.13.0" 2>&1 | quiet
+python -m pip install -q -e ".[dev]" 2>&1 | quiet
 echo "bootstrap: $(python --version), torch $(python -c 'import torch; print(torch.__version__)')"
