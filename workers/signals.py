@@ -10,7 +10,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from celery.signals import celeryd_after_setup, task_revoked, worker_process_init, worker_ready
+from celery.signals import (
+    celeryd_after_setup,
+    celeryd_init,
+    task_revoked,
+    worker_process_init,
+    worker_ready,
+)
 
 from ragfleet import metrics
 from ragfleet.jobs import set_worker_hostname
@@ -44,6 +50,19 @@ def _warm() -> None:
     # tests and `ragfleet up` wait for this marker: the pool can serve without a cold start
     res.redis.set(res.settings.key("warm", _NODE), "1", ex=3_600)
     log.info("warmed up queues=%s", sorted(_QUEUES))
+
+
+# A prefork child warms up (torch import, model load) in `worker_process_init`, before it reports UP.
+# Celery SIGKILLs a child that is not UP within `worker_proc_alive_timeout` (4 s by default) and forks
+# another: on a busy host, once a child dies (OOM, poison message), its replacements are killed in a
+# loop and the pool never serves again. Seen in tests/chaos on 2 busy cores: 5-6 s per warm-up.
+PROC_ALIVE_TIMEOUT_S = 120.0
+
+
+@celeryd_init.connect
+def _init(conf: Any, **_: Any) -> None:
+    if float(conf.worker_proc_alive_timeout or 0) < PROC_ALIVE_TIMEOUT_S:
+        conf.worker_proc_alive_timeout = PROC_ALIVE_TIMEOUT_S
 
 
 @celeryd_after_setup.connect
