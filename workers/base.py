@@ -43,14 +43,27 @@ class RagfleetTask(Task):  # type: ignore[misc]
 
     def park(self, deliveries: int) -> dict[str, Any]:
         res = get_resources()
+        # the job the caller polls: a hand-off task (`<job>:gen`) carries it in its payload
+        payload = (self.request.kwargs or {}).get("payload")
         job_id = str(self.request.id)
+        if isinstance(payload, dict) and payload.get("job_id"):
+            job_id = str(payload["job_id"])
         message = (
             f"task {self.name} was delivered {deliveries} times and its worker died each time; "
             "parked as a poison message"
         )
-        res.jobs.fail(job_id, ErrorCode.WORKER_LOST, message)
+        if res.jobs.fail(job_id, ErrorCode.WORKER_LOST, message):  # a streaming client must not wait in vain
+            res.events.emit(job_id, "error", {"code": ErrorCode.WORKER_LOST.value, "message": message})
         res.redis.lpush(
             res.settings.key("parked"),
-            json.dumps({"task": self.name, "job_id": job_id, "at": time.time(), "error": message}),
+            json.dumps(
+                {
+                    "task": self.name,
+                    "task_id": str(self.request.id),
+                    "job_id": job_id,
+                    "at": time.time(),
+                    "error": message,
+                }
+            ),
         )
         return {"error": {"code": ErrorCode.WORKER_LOST.value, "message": message}}
