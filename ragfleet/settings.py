@@ -109,6 +109,12 @@ class Settings(BaseSettings):
     api_url: str = "http://127.0.0.1:8000"
     default_tenant: str = "default"
 
+    # --- fault injection (chaos tests only; both off by default, never set in production) ------
+    # the retrieval task sleeps this long before searching, so a test can kill it mid-query
+    chaos_delay_s: float = 0.0
+    # a query whose question contains this text SIGKILLs its own worker process (a poison message)
+    chaos_kill_marker: str = ""
+
     extra: dict[str, str] = Field(default_factory=dict)
 
     @property

@@ -13,7 +13,15 @@ from ragfleet.names import Priority, Queue, TaskName
 from ragfleet.producer import enqueue
 from ragfleet.resources import get_resources
 from ragfleet.schemas import ErrorCode, GeneratePayload, JobStatus, QueryPayload
-from tasks._common import InvalidPayloadError, error_result, fail, finish_with_answer, parse, stage
+from tasks._common import (
+    InvalidPayloadError,
+    error_result,
+    fail,
+    finish_with_answer,
+    inject_fault,
+    parse,
+    stage,
+)
 from workers.app import app
 from workers.base import RagfleetTask
 
@@ -53,6 +61,7 @@ def query(self: RagfleetTask, *, payload: dict[str, Any]) -> dict[str, Any]:
                 if flight.role == "follower":
                     return _follow(self, job_id, flight.leader)
             res.coalescer.count_run()
+            inject_fault(res.settings, p.question)
             r = querying.search(res, p, store, pointer.version, key)
             res.coalescer.renew(key, job_id)
         metrics.observe_stage("retrieval", timing["seconds"])
