@@ -34,6 +34,7 @@ from starlette.background import BackgroundTask
 from starlette.convertors import Convertor, register_url_convertor
 
 from api_shim.auth import Caller, KeyRing, key_digest, parse_api_keys
+from api_shim.batch_routes import batch_router
 from api_shim.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from api_shim.models import (
     JOB_ID_MAX,
@@ -47,6 +48,7 @@ from api_shim.models import (
 )
 from api_shim.ratelimit import RateLimiter
 from api_shim.readiness import Readiness, ReadyCheck, WorkerProbe, redis_probe
+from api_shim.streaming import stream_router
 from ragfleet.jobs import JobStore
 from ragfleet.names import Priority, Queue, TaskName
 from ragfleet.producer import client_app, enqueue
@@ -194,6 +196,9 @@ def create_app(
     CallerDep = Annotated[Caller, Depends(caller)]  # noqa: N806
     RequestId = Annotated[str, Depends(request_id)]  # noqa: N806
     v1_errors = (400, 413, 429, 503, *((401,) if keyring else ()))
+    from api_shim.feedback_routes import build_router
+
+    app.include_router(build_router(caller=caller, request_id=request_id, error_codes=v1_errors))
 
     # --- enqueue ----------------------------------------------------------------------------
     async def submit(
@@ -326,6 +331,9 @@ def create_app(
         if record is None or record.tenant != who.tenant:
             raise HTTPException(404, "job not found")
         return record
+
+    app.include_router(stream_router(s, jobs, caller, v1_errors))
+    app.include_router(batch_router(s, caller, request_id, v1_errors))
 
     @app.get("/healthz", response_model=HealthBody, tags=["ops"], summary="The process is up")
     async def healthz() -> HealthBody:

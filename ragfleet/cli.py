@@ -25,10 +25,12 @@ from rich.progress import (
 
 from ragfleet.client import FleetClient, JobFailedError
 from ragfleet.corpus import count_documents, read_documents
+from ragfleet.feedback.cli import feedback_app
 
 app = typer.Typer(add_completion=False, help="ragfleet: RAG as queued work.", no_args_is_help=True)
 index_app = typer.Typer(help="Index versions: status and rollback.", no_args_is_help=True)
 app.add_typer(index_app, name="index")
+app.add_typer(feedback_app, name="feedback")
 console = Console()
 err = Console(stderr=True)
 
@@ -122,10 +124,16 @@ def ask(
     mode: Annotated[str | None, typer.Option(help="vector | fts | hybrid")] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="bypass the answer cache")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the whole job record")] = False,
+    stream: Annotated[
+        bool, typer.Option("--stream", help="print sources, then the answer as it arrives")
+    ] = False,
     timeout: Annotated[float, typer.Option(help="seconds to wait")] = 60.0,
 ) -> None:
     """Ask the fleet a question; prints the cited answer and its sources."""
     client = FleetClient()
+    if stream:
+        _ask_streaming(client, question, top_k=top_k, mode=mode, use_cache=not no_cache, timeout=timeout)
+        return
     try:
         job_id = client.submit(question, top_k=top_k, mode=mode, use_cache=not no_cache)
         rec = client.wait(job_id, timeout=timeout)
@@ -139,6 +147,102 @@ def ask(
         console.print_json(json.dumps(rec))
     else:
         _print_answer(rec["result"])
+
+
+def _ask_streaming(client: FleetClient, question: str, *, timeout: float, **kwargs: Any) -> None:
+    try:
+        job_id = client.submit(question, **kwargs)
+        for ev in client.stream(job_id, timeout=timeout):
+            data = ev["data"]
+            if ev["type"] == "sources":
+                console.print("[bold]Sources")
+                for s in data.get("sources", []):
+                    title = s.get("title") or s["doc_id"]
+                    console.print(f"  [{s['n']}] {title}  (doc {s['doc_id']}, score {s['score']:.3f})")
+                console.print()
+            elif ev["type"] == "answer_chunk":
+                console.out(data.get("text", ""), end="", highlight=False)
+                console.file.flush()
+            elif ev["type"] == "done":
+                flags = [f"cached:{data['cached']}"] if data.get("cached") else []
+                flags += ["degraded"] if data.get("degraded") else []
+                latency = data.get("latency_ms")
+                console.print()
+                err.print(
+                    f"done in {latency:.0f} ms" if isinstance(latency, int | float) else "done",
+                    *(f"({', '.join(flags)})",) if flags else (),
+                )
+            elif ev["type"] == "error":
+                console.print()
+                err.print(f"[red]job {job_id} failed: {data.get('code')}: {data.get('message')}")
+                raise typer.Exit(2)
+    except TimeoutError as exc:
+        err.print(f"[red]{exc} (is the fleet running? see README)")
+        raise typer.Exit(3) from exc
+
+
+@app.command()
+def batch(
+    path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="JSONL: one question a line")],
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="answers JSONL (default: stdout)")
+    ] = None,
+    top_k: Annotated[int | None, typer.Option(help="sources per question (default: the fleet's)")] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="bypass the answer cache")] = False,
+    timeout: Annotated[float, typer.Option(help="seconds to wait")] = 3600.0,
+) -> None:
+    """Answer a JSONL file of questions as one batch job; writes one result line per question, in order.
+
+    Each input line is a JSON string or an object `{"question": ..., "top_k"?, "filters"?, "id"?}`;
+    a BEIR queries.jsonl (`{"_id", "text"}`) works too.
+    """
+    from ragfleet.batch import BatchError, parse_jsonl
+
+    try:
+        with path.open("rb") as fh:
+            items = [_batch_item(x) for x in parse_jsonl(fh)]
+        client = FleetClient()
+        batch_id = client.batch(items, top_k=top_k, use_cache=False if no_cache else None)
+    except BatchError as exc:
+        err.print(f"[red]{exc}")
+        for e in exc.errors[:10]:
+            err.print(f"  {e['loc']}: {e['msg']}")
+        raise typer.Exit(2) from exc
+    err.print(f"batch {batch_id}: {len(items)} questions")
+    with _progress() as bar:
+        task = bar.add_task("answering", total=len(items))
+
+        def show(st: dict[str, Any]) -> None:
+            p = st["progress"]
+            bar.update(
+                task,
+                completed=p["done"] + p["failed"],
+                description=f"answering (failed {p['failed']})" if p["failed"] else "answering",
+            )
+
+        try:
+            final = client.wait_batch(batch_id, timeout=timeout, on_progress=show)
+        except TimeoutError as exc:
+            err.print(f"[red]{exc}; status: ragfleet job {batch_id}")
+            raise typer.Exit(3) from exc
+    out = output.open("w", encoding="utf-8") if output else sys.stdout
+    try:
+        for row in client.batch_results(batch_id, wait=False):
+            out.write(json.dumps(row, ensure_ascii=False) + "\n")
+    finally:
+        if output:
+            out.close()
+    p = final["progress"]
+    err.print(f"batch {batch_id} {final['status']}: {p['done']} done, {p['failed']} failed of {p['total']}")
+    if final["status"] != "done":
+        raise typer.Exit(2)
+
+
+def _batch_item(item: Any) -> Any:
+    """BEIR queries (`{"_id", "text"}`) are accepted as they are: the id comes back with the result."""
+    if isinstance(item, dict) and "question" not in item and "text" in item:
+        return {"question": item["text"], **({"id": str(item["_id"])} if "_id" in item else {})}
+    return item
 
 
 @app.command()
