@@ -71,6 +71,7 @@ def test_stdlib_logger_lines_are_json_with_the_request_id(out: io.StringIO) -> N
 def test_loggers_with_their_own_handlers_are_adopted(out: io.StringIO) -> None:
     """uvicorn and Celery attach handlers and stop propagation; configure_logging undoes that."""
     uvicorn = logging.getLogger("uvicorn.access")
+    uvicorn.setLevel(logging.NOTSET)  # an earlier test's uvicorn.Config(log_level=...) may have raised it
     uvicorn.addHandler(logging.StreamHandler(io.StringIO()))
     uvicorn.propagate = False
     logs.configure_logging("DEBUG", process="unit", stream=out, force=True)
