@@ -1,19 +1,24 @@
 """Python client for other services: no torch, no store clients, only the JSON contract.
 
 Two transports with the same methods: `BrokerTransport` sends tasks by name with `send_task` and
-reads job records from Redis (what a Celery-speaking service would do); `HttpTransport` talks to
-api_shim. Both return plain dicts shaped like `ragfleet.schemas.JobRecord`.
+reads job records and event streams from Redis (what a Celery-speaking service would do);
+`HttpTransport` talks to api_shim. Both return plain dicts shaped like `ragfleet.schemas.JobRecord`,
+events as `{"id", "type", "data"}` and batch results as one dict per question in input order.
 """
 
 from __future__ import annotations
 
+import json
+import re
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 import httpx
 
+from ragfleet.batch import Batches, normalize_questions
+from ragfleet.events import TERMINAL_EVENTS, JobEvents
 from ragfleet.jobs import JobStore
 from ragfleet.names import Priority, TaskName
 from ragfleet.producer import enqueue
@@ -22,6 +27,7 @@ from ragfleet.schemas import TERMINAL
 from ragfleet.settings import Settings, get_settings
 
 _TERMINAL = {s.value for s in TERMINAL}
+_JOB_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
 class JobFailedError(RuntimeError):
@@ -36,6 +42,22 @@ class JobFailedError(RuntimeError):
 class Transport(Protocol):
     def submit(self, task: TaskName, payload: dict[str, Any], *, kind: str, priority: Priority) -> str: ...
     def job(self, job_id: str) -> dict[str, Any] | None: ...
+    def events(self, job_id: str, *, after: str, timeout: float) -> Iterator[dict[str, Any]]: ...
+    def batch_submit(self, questions: Sequence[Any], defaults: dict[str, Any]) -> str: ...
+    def batch_status(self, batch_id: str) -> dict[str, Any] | None: ...
+    def batch_results(self, batch_id: str) -> Iterator[dict[str, Any]]: ...
+    def batch_cancel(self, batch_id: str) -> dict[str, Any] | None: ...
+
+
+def end_from_record(record: dict[str, Any]) -> dict[str, Any]:
+    """A terminal event for a job whose stream has none (it failed before any worker wrote one)."""
+    if record["status"] == "done":
+        result = record.get("result") or {}
+        data = {k: result.get(k) for k in ("usage", "cached", "degraded", "coalesced_with")}
+        data["latency_ms"] = (record["updated_at"] - record["created_at"]) * 1000
+        return {"id": None, "type": "done", "data": data}
+    error = record.get("error") or {"code": record["status"], "message": record["status"]}
+    return {"id": None, "type": "error", "data": error}
 
 
 class BrokerTransport:
@@ -54,6 +76,50 @@ class BrokerTransport:
     def job(self, job_id: str) -> dict[str, Any] | None:
         rec = self._jobs.get(job_id)
         return None if rec is None else rec.model_dump(mode="json")
+
+    def events(self, job_id: str, *, after: str, timeout: float) -> Iterator[dict[str, Any]]:
+        """XREAD on the job's stream directly: the broker client needs no API."""
+        stream = JobEvents(get_redis(self.settings), self.settings)
+        block_ms = max(50, int(min(1.0, self.settings.redis_socket_timeout_s / 2) * 1000))
+        deadline = time.monotonic() + timeout
+        last = after
+        while time.monotonic() < deadline:
+            batch = stream.read(job_id, last, block_ms=block_ms)
+            for ev in batch:
+                last = ev.id
+                yield {"id": ev.id, "type": ev.type, "data": ev.data}
+                if ev.type in TERMINAL_EVENTS:
+                    return
+            if not batch:
+                rec = self.job(job_id)
+                if rec is not None and rec["status"] in _TERMINAL:
+                    late = stream.read(job_id, last)
+                    for ev in late:
+                        yield {"id": ev.id, "type": ev.type, "data": ev.data}
+                        if ev.type in TERMINAL_EVENTS:
+                            return
+                    yield end_from_record(rec)
+                    return
+        raise TimeoutError(f"stream of job {job_id} not finished after {timeout} s")
+
+    def _batches(self) -> Batches:
+        return Batches(get_redis(self.settings), self.settings)
+
+    def batch_submit(self, questions: Sequence[Any], defaults: dict[str, Any]) -> str:
+        tenant = self.settings.default_tenant
+        items = normalize_questions(questions, settings=self.settings, tenant=tenant, defaults=defaults)
+        return self._batches().submit(items, tenant=tenant)
+
+    def batch_status(self, batch_id: str) -> dict[str, Any] | None:
+        st = self._batches().status(batch_id)
+        return None if st is None else st.as_dict()
+
+    def batch_results(self, batch_id: str) -> Iterator[dict[str, Any]]:
+        return self._batches().results(batch_id)
+
+    def batch_cancel(self, batch_id: str) -> dict[str, Any] | None:
+        self._batches().cancel(batch_id)
+        return self.batch_status(batch_id)
 
 
 class HttpTransport:
@@ -74,6 +140,66 @@ class HttpTransport:
 
     def job(self, job_id: str) -> dict[str, Any] | None:
         r = self._http.get(f"/v1/jobs/{job_id}")
+        if r.status_code == 404:
+            return None
+        r.raise_for_status()
+        data: dict[str, Any] = r.json()
+        return data
+
+    def events(self, job_id: str, *, after: str, timeout: float) -> Iterator[dict[str, Any]]:
+        """NDJSON from the API; a dropped connection (or the server's stream limit) resumes after the
+        last event id, so the caller sees every event once."""
+        deadline = time.monotonic() + timeout
+        last = after
+        failures = 0
+        while time.monotonic() < deadline:
+            try:
+                with self._http.stream(
+                    "GET", f"/v1/queries/{job_id}/stream", params={"after": last}, timeout=httpx.Timeout(30.0)
+                ) as r:
+                    r.raise_for_status()
+                    for line in r.iter_lines():
+                        if not line.strip():
+                            continue
+                        ev: dict[str, Any] = json.loads(line)
+                        if ev["type"] in ("heartbeat", "timeout"):
+                            continue
+                        if ev.get("id"):
+                            last = ev["id"]
+                        yield ev
+                        failures = 0
+                        if ev["type"] in TERMINAL_EVENTS:
+                            return
+            except httpx.TransportError:
+                failures += 1
+                if failures > 5:
+                    raise
+                time.sleep(min(2.0, 0.1 * 2**failures))
+        raise TimeoutError(f"stream of job {job_id} not finished after {timeout} s")
+
+    def batch_submit(self, questions: Sequence[Any], defaults: dict[str, Any]) -> str:
+        body = {"questions": list(questions), **{k: v for k, v in defaults.items() if v is not None}}
+        r = self._http.post("/v1/batches", json=body)
+        r.raise_for_status()
+        return str(r.json()["batch_id"])
+
+    def batch_status(self, batch_id: str) -> dict[str, Any] | None:
+        r = self._http.get(f"/v1/batches/{batch_id}")
+        if r.status_code == 404:
+            return None
+        r.raise_for_status()
+        data: dict[str, Any] = r.json()
+        return data
+
+    def batch_results(self, batch_id: str) -> Iterator[dict[str, Any]]:
+        with self._http.stream("GET", f"/v1/batches/{batch_id}/results") as r:
+            r.raise_for_status()
+            for line in r.iter_lines():
+                if line.strip():
+                    yield json.loads(line)
+
+    def batch_cancel(self, batch_id: str) -> dict[str, Any] | None:
+        r = self._http.delete(f"/v1/batches/{batch_id}")
         if r.status_code == 404:
             return None
         r.raise_for_status()
@@ -147,3 +273,71 @@ class FleetClient:
         if batch:
             jobs.append(self.index(batch))
         return jobs
+
+    # --- streaming ------------------------------------------------------------------------------
+    def stream(
+        self, job_id_or_question: str, *, after: str = "0-0", timeout: float = 60.0, **submit_kwargs: Any
+    ) -> Iterator[dict[str, Any]]:
+        """Events of a query as they happen: `sources`, `answer_chunk`..., then `done` (or `error`).
+
+        Given the id of an existing job, follows it (from `after`); anything else is asked as a new
+        question first. Each event is `{"id", "type", "data"}`; pass the last `id` as `after` to
+        resume elsewhere.
+        """
+        job_id = job_id_or_question
+        if not (_JOB_ID.fullmatch(job_id_or_question) and self.job(job_id_or_question) is not None):
+            job_id = self.submit(job_id_or_question, **submit_kwargs)
+        yield from self.transport.events(job_id, after=after, timeout=timeout)
+
+    # --- batches --------------------------------------------------------------------------------
+    def batch(
+        self,
+        questions: Sequence[str | dict[str, Any]],
+        *,
+        top_k: int | None = None,
+        mode: str | None = None,
+        use_cache: bool | None = None,
+    ) -> str:
+        """Submit questions (strings or `{question, top_k?, filters?, mode?, id?}`); returns the batch id."""
+        defaults = {"top_k": top_k, "mode": mode, "use_cache": use_cache}
+        return self.transport.batch_submit(questions, defaults)
+
+    def batch_status(self, batch_id: str) -> dict[str, Any]:
+        st = self.transport.batch_status(batch_id)
+        if st is None:
+            raise KeyError(f"batch {batch_id} not found")
+        return st
+
+    def wait_batch(
+        self,
+        batch_id: str,
+        *,
+        timeout: float = 3600.0,
+        poll: float = 0.25,
+        on_progress: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        """Poll until the batch is done, failed or cancelled; `on_progress` sees every status read."""
+        deadline = time.monotonic() + timeout
+        while True:
+            st = self.batch_status(batch_id)
+            if on_progress is not None:
+                on_progress(st)
+            if st["status"] in _TERMINAL:
+                return st
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"batch {batch_id} not finished after {timeout} s")
+            time.sleep(poll)
+
+    def batch_results(
+        self, batch_id: str, *, wait: bool = True, timeout: float = 3600.0
+    ) -> Iterator[dict[str, Any]]:
+        """One dict per question, in input order: `{index, job_id, question, status, result, error}`."""
+        if wait:
+            self.wait_batch(batch_id, timeout=timeout)
+        yield from self.transport.batch_results(batch_id)
+
+    def cancel_batch(self, batch_id: str) -> dict[str, Any]:
+        st = self.transport.batch_cancel(batch_id)
+        if st is None:
+            raise KeyError(f"batch {batch_id} not found")
+        return st

@@ -109,6 +109,12 @@ class Settings(BaseSettings):
     api_url: str = "http://127.0.0.1:8000"
     default_tenant: str = "default"
 
+    # --- streaming and batch query jobs -------------------------------------------------------------
+    stream_max_s: float = 300.0  # one stream connection never outlives this; the client resumes
+    stream_heartbeat_s: float = 10.0  # keep-alive while no event arrives (proxies drop idle streams)
+    max_batch_questions: int = 10_000
+    batch_window: int = 8  # questions of one batch in flight at once (bounded fan-out)
+
     # --- fault injection (chaos tests only; both off by default, never set in production) ------
     # the retrieval task sleeps this long before searching, so a test can kill it mid-query
     chaos_delay_s: float = 0.0

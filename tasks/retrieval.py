@@ -121,3 +121,16 @@ def _follow(task: RagfleetTask, job_id: str, leader: str) -> dict[str, Any]:
     res.jobs.set_field(job_id, "coalesced_with", leader)
     countdown = min(res.settings.coalesce_lock_ttl_s, max(0.5, deadline - time.time()))
     raise task.retry(countdown=countdown, max_retries=10_000)
+
+
+@app.task(name=TaskName.BATCH_DISPATCH.value, bind=True, base=RagfleetTask, time_limit=120)
+def batch_dispatch(self: RagfleetTask, *, payload: dict[str, Any]) -> dict[str, Any]:
+    """A batch submitted by task name: store its questions, dispatch the first window (ragfleet.batch)."""
+    from ragfleet.batch import BatchDispatchPayload, submit_payload
+
+    try:
+        p = parse(self, BatchDispatchPayload, payload, kind="batch")
+    except InvalidPayloadError as exc:
+        return exc.result
+    res = get_resources()
+    return submit_payload(res.redis, res.settings, p)

@@ -1,0 +1,232 @@
+"""`GET /v1/queries/{job_id}/stream`: a job's events as NDJSON (default) or Server-Sent Events.
+
+Events come from the job's Redis Stream (`ragfleet.events`), read with a blocking XREAD on
+`redis.asyncio`, so any API replica serves any job and a stream holds no thread while it waits.
+Every event carries its stream id; a client that reconnects with `Last-Event-ID` (SSE) or
+`?after=<id>` (NDJSON) continues right after the last event it saw: no gap, no repeat.
+
+A stream ends after the terminal event (`done` or `error`) or after `Settings.stream_max_s`
+(then a `timeout` line without an id: reconnect with the last id to go on). While nothing happens
+the server sends a keep-alive every `Settings.stream_heartbeat_s`: an SSE comment, or an NDJSON
+line `{"type": "heartbeat"}` without an id, which clients skip.
+
+If a job ends without a terminal event (its record was failed by a path that writes no event, or
+the stream expired before the record), the end is synthesized from the job record, without an id.
+"""
+
+# No `from __future__ import annotations`: FastAPI resolves the dependency annotations built in
+# `stream_router`'s scope at runtime.
+
+import asyncio
+import json
+import re
+import time
+import weakref
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated, Any
+
+import redis.asyncio as aioredis
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request
+from fastapi.responses import StreamingResponse
+
+from api_shim.auth import Caller
+from api_shim.models import JOB_ID_MAX, error_responses
+from ragfleet.events import TERMINAL_EVENTS
+from ragfleet.jobs import JobStore
+from ragfleet.schemas import TERMINAL
+from ragfleet.settings import Settings
+
+EVENT_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+NDJSON = "application/x-ndjson"
+SSE = "text/event-stream"
+_TERMINAL_VALUES = {s.value for s in TERMINAL}
+
+
+class AsyncEventReader:
+    """XREAD on redis.asyncio; one client per event loop (a connection belongs to the loop it was
+    opened on, and a test client may run several loops in one process)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._s = settings
+        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aioredis.Redis] = (
+            weakref.WeakKeyDictionary()
+        )
+        # a blocking read must return before the socket timeout fires
+        self.block_ms = max(50, int(min(1.0, settings.redis_socket_timeout_s / 2) * 1000))
+
+    def _client(self) -> aioredis.Redis:
+        loop = asyncio.get_running_loop()
+        client = self._clients.get(loop)
+        if client is None:
+            timeout = self._s.redis_socket_timeout_s
+            client = aioredis.Redis.from_url(
+                self._s.redis_url,
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
+                decode_responses=True,
+            )
+            self._clients[loop] = client
+        return client
+
+    async def read(self, job_id: str, after: str, *, block_ms: int) -> list[dict[str, Any]]:
+        resp: Any = await self._client().xread(
+            {events_key(self._s, job_id): after}, count=100, block=block_ms or None
+        )
+        out: list[dict[str, Any]] = []
+        for _stream, entries in resp or []:
+            for event_id, fields in entries:
+                out.append({"id": event_id, "type": fields["type"], "data": json.loads(fields["data"])})
+        return out
+
+    async def record_end(self, jobs: JobStore, job_id: str) -> dict[str, Any] | None:
+        """A terminal event built from the job record, for jobs whose stream has none."""
+        raw: dict[str, str] = await self._client().hgetall(jobs.key(job_id))  # type: ignore[assignment]
+        if raw.get("status") not in _TERMINAL_VALUES:
+            return None
+        if raw["status"] == "done":
+            result = json.loads(raw.get("result") or "{}")
+            created, updated = float(raw["created_at"]), float(raw["updated_at"])
+            data = {
+                "latency_ms": (updated - created) * 1000,
+                "usage": result.get("usage"),
+                "cached": result.get("cached"),
+                "degraded": result.get("degraded", False),
+                "coalesced_with": result.get("coalesced_with"),
+            }
+            return {"id": None, "type": "done", "data": data}
+        error = json.loads(raw.get("error") or "null") or {"code": raw["status"], "message": raw["status"]}
+        return {"id": None, "type": "error", "data": error}
+
+
+def events_key(settings: Settings, job_id: str) -> str:
+    """`JobEvents.key` without a synchronous client (test_streaming.py checks that they agree)."""
+    return settings.key("events", job_id)
+
+
+def ndjson_line(event: dict[str, Any]) -> bytes:
+    return (json.dumps(event, separators=(",", ":")) + "\n").encode()
+
+
+def sse_frame(event: dict[str, Any]) -> bytes:
+    lines = []
+    if event.get("id"):
+        lines.append(f"id: {event['id']}")
+    lines.append(f"event: {event['type']}")
+    # json.dumps never emits a raw newline, so one data line carries the whole payload
+    lines.append(f"data: {json.dumps(event.get('data', {}), separators=(',', ':'))}")
+    return ("\n".join(lines) + "\n\n").encode()
+
+
+async def follow(
+    reader: AsyncEventReader,
+    jobs: JobStore,
+    job_id: str,
+    after: str,
+    *,
+    max_s: float,
+    heartbeat_s: float,
+    is_disconnected: Callable[[], Any],
+) -> AsyncIterator[dict[str, Any] | None]:
+    """Events after `after`; `None` means "send a keep-alive". Ends after a terminal event."""
+    deadline = time.monotonic() + max_s
+    last_sent = time.monotonic()
+    last = after
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            yield {"id": None, "type": "timeout", "data": {"after": last}}
+            return
+        block = max(1, int(min(reader.block_ms, heartbeat_s * 1000, remaining * 1000)))
+        batch = await reader.read(job_id, last, block_ms=block)
+        for ev in batch:
+            last = ev["id"]
+            yield ev
+            last_sent = time.monotonic()
+            if ev["type"] in TERMINAL_EVENTS:
+                return
+        if batch:
+            continue
+        if await is_disconnected():
+            return
+        end = await reader.record_end(jobs, job_id)
+        if end is not None:
+            # the terminal event may land between the record update and our check: read once more
+            late = await reader.read(job_id, last, block_ms=0)
+            for ev in late:
+                yield ev
+                if ev["type"] in TERMINAL_EVENTS:
+                    return
+            yield end
+            return
+        if time.monotonic() - last_sent >= heartbeat_s:
+            yield None
+            last_sent = time.monotonic()
+
+
+def stream_router(
+    s: Settings, jobs: JobStore, caller: Callable[..., Any], error_codes: tuple[int, ...]
+) -> APIRouter:
+    """Built per app, with the app's own caller dependency (auth, tenant, rate limit)."""
+    router = APIRouter(tags=["queries"])
+    reader = AsyncEventReader(s)
+    CallerDep = Annotated[Caller, Depends(caller)]  # noqa: N806
+
+    @router.get(
+        "/v1/queries/{job_id}/stream",
+        responses={
+            200: {
+                "description": "The job's events: NDJSON lines `{id, type, data}`, or SSE frames "
+                "(`id:`, `event:`, `data:`) with `Accept: text/event-stream`.",
+                "content": {NDJSON: {"schema": {"type": "string"}}, SSE: {"schema": {"type": "string"}}},
+            },
+            422: {"description": "`after` / `Last-Event-ID` is not a stream id."},
+            **error_responses(404, *error_codes),
+        },
+        response_class=StreamingResponse,
+        summary="Stream a query's sources, answer chunks and completion",
+    )
+    async def stream_query(
+        request: Request,
+        job_id: Annotated[str, Path(min_length=1, max_length=JOB_ID_MAX)],
+        who: CallerDep,
+        after: Annotated[
+            str | None,
+            Query(max_length=41, description="Resume after this event id (NDJSON; SSE uses Last-Event-ID)."),
+        ] = None,
+        last_event_id: Annotated[str | None, Header(max_length=41)] = None,
+        accept: Annotated[str | None, Header()] = None,
+    ) -> StreamingResponse:
+        record = await jobs_get_tenant(job_id)
+        if record is None or record != who.tenant:
+            raise HTTPException(404, "job not found")
+        resume = last_event_id or after or "0-0"
+        if not EVENT_ID.fullmatch(resume):
+            raise HTTPException(422, "after / Last-Event-ID must be a stream id like 1700000000000-0")
+        use_sse = SSE in (accept or "")
+        events = follow(
+            reader,
+            jobs,
+            job_id,
+            resume,
+            max_s=s.stream_max_s,
+            heartbeat_s=s.stream_heartbeat_s,
+            is_disconnected=request.is_disconnected,
+        )
+
+        async def body() -> AsyncIterator[bytes]:
+            if use_sse:
+                yield b"retry: 1000\n\n"
+            async for ev in events:
+                if ev is None:
+                    yield b": keep-alive\n\n" if use_sse else ndjson_line({"type": "heartbeat"})
+                else:
+                    yield sse_frame(ev) if use_sse else ndjson_line(ev)
+
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        return StreamingResponse(body(), media_type=SSE if use_sse else NDJSON, headers=headers)
+
+    async def jobs_get_tenant(job_id: str) -> str | None:
+        tenant = await reader._client().hget(jobs.key(job_id), "tenant")
+        return None if tenant is None else str(tenant)
+
+    return router
