@@ -12,7 +12,6 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from ragfleet.batch import on_query_finished
-from ragfleet.batch import on_query_finished
 from ragfleet.resources import Resources, get_resources
 from ragfleet.schemas import ErrorCode, JobStatus
 from ragfleet.settings import Settings
@@ -87,7 +86,6 @@ def fail(
     if res.jobs.fail(job_id, code, message, retry_after=retry_after):
         res.events.emit(job_id, "error", {"code": code.value, "message": message, "retry_after": retry_after})
         on_query_finished(res.redis, res.settings, job_id, ok=False)
-        on_query_finished(res.redis, res.settings, job_id, ok=False)
 
 
 def finish_with_answer(res: Resources, job_id: str, answer: dict[str, Any], *, replay: bool) -> None:
@@ -109,5 +107,4 @@ def finish_with_answer(res: Resources, job_id: str, answer: dict[str, Any], *, r
                 "coalesced_with": answer.get("coalesced_with"),
             },
         )
-        on_query_finished(res.redis, res.settings, job_id, ok=True)
         on_query_finished(res.redis, res.settings, job_id, ok=True)
