@@ -110,6 +110,9 @@ def build_request_models(s: Settings) -> RequestModels:
         mode: SearchMode | None = None
         filters: dict[str, MetadataValue] = Field(default_factory=dict)
         use_cache: bool = True
+        stream: bool = Field(
+            default=False, description="Hint that the client will read GET /v1/queries/{id}/stream."
+        )
 
     return RequestModels(Document, IndexRequest, QueryRequest)
 

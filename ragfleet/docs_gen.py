@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from ragfleet.batch import BatchDispatchPayload
 from ragfleet.names import TASK_QUEUES, Priority, TaskName
 from ragfleet.schemas import (
     Answer,
@@ -55,6 +56,13 @@ TASKS: list[tuple[TaskName, type[BaseModel], type[BaseModel] | None, str]] = [
         ReindexPayload,
         None,
         "Rebuild the index as a new version and switch atomically (normally run by beat).",
+    ),
+    (
+        TaskName.BATCH_DISPATCH,
+        BatchDispatchPayload,
+        None,
+        "Submit a whole batch of questions; the task id is the batch id. Progress (done/failed/total) "
+        "is in the batch's job record; item i's answer is the job `<batch_id>.<i>`.",
     ),
     (
         TaskName.GENERATE,

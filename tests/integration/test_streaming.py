@@ -198,9 +198,6 @@ def test_python_client_streams_over_http_and_over_the_broker(
     assert rest[-1]["type"] == "done"
 
 
-@pytest.mark.xfail(
-    strict=True, reason="lead: add `stream: bool = False` to QueryRequest (api_shim/models.py)"
-)
 def test_post_query_accepts_stream_true(api: httpx.Client) -> None:
     r = api.post("/v1/queries", json={"question": "What is Redis?", "stream": True})
     assert r.status_code == 202, r.text

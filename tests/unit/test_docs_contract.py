@@ -17,7 +17,6 @@ def test_every_public_task_is_documented() -> None:
     internal_or_scheduled = {
         TaskName.FEEDBACK_AGGREGATE,
         TaskName.EVAL_GOLDEN,
-        TaskName.BATCH_DISPATCH,
         TaskName.HEARTBEAT,
     }
     assert set(TaskName) - internal_or_scheduled <= documented
