@@ -1,0 +1,281 @@
+"""Crash safety: SIGKILL a worker mid-task and the job still ends, correct and exactly once.
+
+Late acks + `reject_on_worker_lost` keep a dead worker's message on the broker; the visibility
+timeout brings it back to a live worker; idempotent tasks make the second run harmless; the
+redelivery cap parks a message that kills its worker every time. Each test runs its own fleet on
+its own Settings (tests/chaos/conftest.py) and prints what it measured (`pytest -s` shows it).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from ragfleet.chunking import chunk_text
+from ragfleet.events import JobEvents
+from ragfleet.indexing import row_hash
+from ragfleet.names import TaskName
+from ragfleet.producer import enqueue
+from ragfleet.redis_conn import get_redis
+from ragfleet.schemas import JobStatus
+from ragfleet.settings import Settings
+from ragfleet.stores.base import chunk_id_for
+from tests.chaos.conftest import (
+    VISIBILITY_TIMEOUT_S,
+    ChaosFleet,
+    isolated_settings,
+    jobs_for,
+    live_store,
+    seed_documents,
+    sleep_until,
+    wait_terminal,
+    wait_until,
+)
+from tests.integration.fake_llm_server import FakeLLM
+
+pytestmark = [pytest.mark.chaos, pytest.mark.redis, pytest.mark.workers, pytest.mark.model]
+
+WORDS = [
+    "queue",
+    "broker",
+    "worker",
+    "redis",
+    "celery",
+    "vector",
+    "chunk",
+    "index",
+    "embed",
+    "retrieval",
+    "answer",
+    "cache",
+    "lock",
+    "lease",
+    "replica",
+    "shard",
+    "tenant",
+    "token",
+    "latency",
+    "throughput",
+    "backoff",
+    "retry",
+    "timeout",
+    "ack",
+    "message",
+]
+
+CORPUS = [
+    {"id": "celery", "title": "Celery", "text": "Celery is a distributed task queue. Late acknowledgement "
+     "makes a task redelivered if its worker dies."},
+    {"id": "lancedb", "title": "LanceDB", "text": "LanceDB is an embedded vector database that stores "
+     "vectors on local disk and supports hybrid search."},
+    {"id": "redis", "title": "Redis", "text": "Redis is an in-memory data store used as a cache, a "
+     "message broker and a lock server."},
+]  # fmt: skip
+
+
+def batch_of_documents(n: int) -> list[dict[str, Any]]:
+    """Short documents (embedding dominates the time); every 100th is long enough for several chunks."""
+    rng = random.Random(1234)
+    docs = []
+    for i in range(n):
+        length = 520 if i % 100 == 0 else rng.randint(8, 20)
+        text = f"Document {i}. " + " ".join(rng.choice(WORDS) for _ in range(length)) + "."
+        docs.append({"id": f"doc-{i:04d}", "title": f"Doc {i}", "text": text, "metadata": {"n": i}})
+    return docs
+
+
+def expected_chunks(settings: Settings, docs: list[dict[str, Any]], tenant: str) -> dict[str, dict[int, str]]:
+    """What the store must hold: the same chunking and row hashes the indexing service computes."""
+    out: dict[str, dict[int, str]] = {}
+    for d in docs:
+        chunks = chunk_text(
+            d["text"], size=settings.chunk_size_words, overlap=settings.chunk_overlap_words, title=d["title"]
+        )
+        out[d["id"]] = {c.index: row_hash(c.text, d["metadata"]) for c in chunks}
+    return out
+
+
+def deliveries(settings: Settings, task_id: str) -> int:
+    return int(get_redis(settings).get(settings.key("deliveries", task_id)) or 0)
+
+
+def test_indexing_worker_sigkilled_mid_batch_indexes_every_document_exactly_once(
+    base_settings: Settings, tmp_path: Any, chaos_fleet_factory: Any
+) -> None:
+    s = isolated_settings(base_settings, tmp_path)
+    fleet: ChaosFleet = chaos_fleet_factory(s)
+    (first,) = fleet.start("indexing")
+    docs = batch_of_documents(1_000)
+    expected = expected_chunks(s, docs, "default")
+    n_expected = sum(len(v) for v in expected.values())
+    assert n_expected > len(docs)  # the long documents give several chunks each
+
+    jobs = jobs_for(s)
+    job_id = enqueue(TaskName.INDEX_DOCUMENTS, {"documents": docs, "tenant": "default"}, settings=s)
+
+    def mid_batch() -> bool:
+        rec = jobs.get(job_id)
+        return rec is not None and 0 < rec.progress.get("done", 0) < rec.progress.get("total", 0)
+
+    assert wait_until(mid_batch, 120, 0.005), f"no partial progress: {jobs.get(job_id)}\n{fleet.logs()}"
+    first.kill()
+    killed_at, killed_mono = time.time(), time.monotonic()
+    before = jobs.get(job_id)
+    assert before is not None and before.status == JobStatus.INDEXING
+    done_at_kill = before.progress["done"]
+
+    time.sleep(2)  # the dead worker's job stays open, its message unacked on the broker
+    rec = jobs.get(job_id)
+    assert rec is not None and rec.status == JobStatus.INDEXING
+
+    sleep_until(killed_mono + VISIBILITY_TIMEOUT_S + 0.5)
+    (second,) = fleet.start("indexing")
+    rec = wait_terminal(s, job_id, 180, fleet)
+    assert rec.status == JobStatus.DONE, (rec, fleet.logs())
+    redelivered_after = rec.stages["indexing"].started_at - killed_at
+    total_after_kill = rec.updated_at - killed_at
+    print(
+        f"\n[chaos] indexing: killed at done={done_at_kill}/1000; redelivered (task restarted) "
+        f"{redelivered_after:.1f} s after SIGKILL (visibility timeout {VISIBILITY_TIMEOUT_S} s); "
+        f"job done {total_after_kill:.1f} s after SIGKILL"
+    )
+    assert rec.stages["indexing"].worker == second.node
+    assert deliveries(s, job_id) == 2
+    assert redelivered_after >= VISIBILITY_TIMEOUT_S  # restored by the timeout, not by magic
+
+    result = rec.result or {}
+    # the second run kept what the first had written and did only the rest
+    assert result["documents_unchanged"] >= done_at_kill
+    assert result["documents_indexed"] + result["documents_unchanged"] == len(docs)
+    assert not result["errors"]
+
+    store = live_store(s)
+    try:
+        ids = [r.chunk_id for batch in store.iter_chunks() for r in batch]
+        dupes = [cid for cid, n in Counter(ids).items() if n > 1]
+        assert not dupes, f"duplicate chunk ids: {dupes[:5]}"
+        assert len(ids) == store.count("default") == n_expected
+        assert set(ids) == {chunk_id_for("default", d, i) for d, m in expected.items() for i in m}
+        stored = store.document_hashes("default", [d["id"] for d in docs])
+        assert stored == expected  # every document, every chunk, the right content
+    finally:
+        store.close()
+
+
+def test_retrieval_worker_sigkilled_mid_query_job_completes_after_redelivery(
+    base_settings: Settings, tmp_path: Any, chaos_fleet_factory: Any
+) -> None:
+    s = isolated_settings(base_settings, tmp_path)
+    seed_documents(s, CORPUS)
+    fleet: ChaosFleet = chaos_fleet_factory(s)
+    slow, _gen = fleet.start("retrieval", "generation", extra_env={"RAGFLEET_CHAOS_DELAY_S": "20"})
+    jobs = jobs_for(s)
+    job_id = enqueue(TaskName.QUERY, {"question": "Which database stores vectors on local disk?"}, settings=s)
+    assert wait_until(lambda: jobs.status(job_id) == JobStatus.RETRIEVING, 30), fleet.logs()
+    time.sleep(0.5)  # inside the injected delay: past the cache lookup and the coalescing join
+    slow.kill()
+    killed_at, killed_mono = time.time(), time.monotonic()
+    time.sleep(2)
+    assert jobs.status(job_id) == JobStatus.RETRIEVING  # not lost, not failed: waiting for redelivery
+
+    sleep_until(killed_mono + VISIBILITY_TIMEOUT_S + 0.5)
+    (fresh,) = fleet.start("retrieval")  # the replacement runs without the delay
+    rec = wait_terminal(s, job_id, 60, fleet)
+    assert rec.status == JobStatus.DONE, (rec, fleet.logs())
+    redelivered_after = rec.stages["retrieval"].started_at - killed_at
+    print(
+        f"\n[chaos] retrieval: redelivered {redelivered_after:.1f} s after SIGKILL "
+        f"(visibility timeout {VISIBILITY_TIMEOUT_S} s); job done {rec.updated_at - killed_at:.1f} s after"
+    )
+    assert rec.stages["retrieval"].worker == fresh.node
+    assert rec.result is not None and rec.result["sources"][0]["doc_id"] == "lancedb"
+    assert "[1]" in rec.result["answer"]
+    assert deliveries(s, job_id) == 2
+
+
+def test_generation_worker_sigkilled_mid_generation_job_completes_after_redelivery(
+    base_settings: Settings, tmp_path: Any, chaos_fleet_factory: Any
+) -> None:
+    llm = FakeLLM(answer="Redis is used as a message broker and a cache [1].").start()
+    llm.mode, llm.hang_s = "hang", 40.0  # the first call holds the generation worker until it dies
+    try:
+        s = isolated_settings(
+            base_settings,
+            tmp_path,
+            generator="openai",
+            llm_base_url=llm.url,
+            llm_timeout_s=45.0,
+            llm_max_retries=0,
+        )
+        seed_documents(s, CORPUS)
+        fleet: ChaosFleet = chaos_fleet_factory(s)
+        _ret, gen = fleet.start("retrieval", "generation")
+        jobs = jobs_for(s)
+        job_id = enqueue(TaskName.QUERY, {"question": "What is Redis used as?"}, settings=s)
+        assert wait_until(lambda: llm.calls >= 1 and jobs.status(job_id) == JobStatus.GENERATING, 30), (
+            jobs.get(job_id),
+            fleet.logs(),
+        )
+        gen.kill()
+        killed_at, killed_mono = time.time(), time.monotonic()
+        llm.mode = "ok"  # the provider recovers; only the worker was lost
+        time.sleep(2)
+        assert jobs.status(job_id) == JobStatus.GENERATING
+
+        sleep_until(killed_mono + VISIBILITY_TIMEOUT_S + 0.5)
+        (fresh,) = fleet.start("generation")
+        rec = wait_terminal(s, job_id, 60, fleet)
+        assert rec.status == JobStatus.DONE, (rec, fleet.logs())
+        redelivered_after = rec.stages["generation"].started_at - killed_at
+        print(
+            f"\n[chaos] generation: redelivered {redelivered_after:.1f} s after SIGKILL "
+            f"(visibility timeout {VISIBILITY_TIMEOUT_S} s); "
+            f"job done {rec.updated_at - killed_at:.1f} s after"
+        )
+        assert rec.stages["generation"].worker == fresh.node
+        assert rec.result is not None
+        assert rec.result["answer"] == llm.answer and not rec.result["degraded"]
+        assert llm.calls == 2  # one call per delivery, no more
+        assert deliveries(s, f"{job_id}:gen") == 2
+    finally:
+        llm.stop()
+
+
+def test_poison_message_is_parked_after_max_redeliveries(
+    base_settings: Settings, tmp_path: Any, chaos_fleet_factory: Any
+) -> None:
+    marker = "POISON-PILL-7f3a"
+    # one redelivery: every delivery of a poison message costs a prefork child and its model warm-up
+    s = isolated_settings(base_settings, tmp_path, chaos_kill_marker=marker, max_redeliveries=1)
+    seed_documents(s, CORPUS)
+    fleet: ChaosFleet = chaos_fleet_factory(s)
+    (retrieval, _gen) = fleet.start("retrieval", "generation")
+    jobs = jobs_for(s)
+    t0 = time.time()
+    job_id = enqueue(TaskName.QUERY, {"question": f"What is Redis? {marker}"}, settings=s)
+    rec = wait_terminal(s, job_id, 180, fleet)
+    parked_after = rec.updated_at - t0
+    print(
+        f"\n[chaos] poison: parked {parked_after:.1f} s after enqueue, after {rec.attempts} runs "
+        f"(max_redeliveries={s.max_redeliveries})"
+    )
+    assert rec.status == JobStatus.FAILED
+    assert rec.error is not None and rec.error.code == "worker_lost"
+    assert "parked" in rec.error.message
+    # the task body ran max_redeliveries + 1 times; the next delivery parked it without running it
+    assert rec.attempts == s.max_redeliveries + 1
+    assert deliveries(s, job_id) == s.max_redeliveries + 2
+    parked = get_redis(s).lrange(s.key("parked"), 0, -1)
+    assert any(f'"job_id": "{job_id}"' in p for p in parked), parked
+    events = JobEvents(get_redis(s), s).read(job_id)
+    assert [e.type for e in events][-1:] == ["error"]  # a streaming client is told, not left waiting
+    # the pool survived its poison: the same worker (main process, new child) still answers
+    assert retrieval.proc is not None and retrieval.proc.poll() is None
+    ok_id = enqueue(TaskName.QUERY, {"question": "What is Redis used as?"}, settings=s)
+    ok = wait_terminal(s, ok_id, 60, fleet)
+    assert ok.status == JobStatus.DONE, (ok, fleet.logs())
+    assert jobs.status(job_id) == JobStatus.FAILED
