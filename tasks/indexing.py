@@ -56,6 +56,8 @@ def index_documents(self: RagfleetTask, *, payload: dict[str, Any]) -> dict[str,
         return error_result(job_id, ErrorCode.INTERNAL, message)
     out = result.model_dump(mode="json")
     res.jobs.finish(job_id, out)
+    if result.chunks_written:
+        indexing.maybe_optimize(res)
     metrics.set_index_info(result.index_version, res.live_store()[0].count())
     return {"job_id": job_id, **out}
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ragfleet import metrics
+from ragfleet import indexing, metrics
 from ragfleet.names import Queue, TaskName
 from ragfleet.reindex import ReindexBusyError, run_reindex
 from ragfleet.resources import get_resources
@@ -65,6 +65,7 @@ def heartbeat(self: RagfleetTask, *, payload: dict[str, Any] | None = None) -> d
                 per_queue[q["name"]] += 1
     for name, n in per_queue.items():
         metrics.set_workers_per_queue(name, n)
+    indexing.maybe_optimize(res, force=True)  # the tail of writes since the last optimize
     store, pointer = res.live_store()
     metrics.set_index_info(pointer.version, store.count())
     return {"workers_per_queue": per_queue, "index_version": pointer.version}

@@ -84,12 +84,18 @@ def test_index_then_query_runs_each_stage_on_its_own_pool(fleet: Fleet, base_set
 
 
 def test_reingest_embeds_nothing_and_keeps_chunk_count(fleet: Fleet, base_settings: Settings) -> None:
-    first = index(base_settings, DOCS)
+    from ragfleet.resources import Resources
+
+    index(base_settings, DOCS)
+    res = Resources(base_settings)
+    version_before = res.index_state.version()
+    chunks_before = res.store(res.index_state.read().active).count()
     again = index(base_settings, DOCS)
     assert again["result"]["chunks_embedded"] == 0
     assert again["result"]["documents_unchanged"] == 3
     assert again["result"]["chunks_skipped"] >= 3
-    assert again["result"]["index_version"] == first["result"]["index_version"]
+    assert again["result"]["index_version"] == version_before, "an unchanged re-ingest must not bump"
+    assert res.store(res.index_state.read().active).count() == chunks_before
 
 
 def test_changed_document_replaces_and_delete_removes(fleet: Fleet, base_settings: Settings) -> None:
