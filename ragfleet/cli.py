@@ -25,12 +25,14 @@ from rich.progress import (
 
 from ragfleet.client import FleetClient, JobFailedError
 from ragfleet.corpus import count_documents, read_documents
+from ragfleet.eval_cli import eval_command
 from ragfleet.feedback.cli import feedback_app
 
 app = typer.Typer(add_completion=False, help="ragfleet: RAG as queued work.", no_args_is_help=True)
 index_app = typer.Typer(help="Index versions: status and rollback.", no_args_is_help=True)
 app.add_typer(index_app, name="index")
 app.add_typer(feedback_app, name="feedback")
+app.command("eval")(eval_command)
 console = Console()
 err = Console(stderr=True)
 

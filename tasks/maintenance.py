@@ -69,3 +69,15 @@ def heartbeat(self: RagfleetTask, *, payload: dict[str, Any] | None = None) -> d
     store, pointer = res.live_store()
     metrics.set_index_info(pointer.version, store.count())
     return {"workers_per_queue": per_queue, "index_version": pointer.version}
+
+
+@app.task(name=TaskName.EVAL_GOLDEN.value, bind=True, base=RagfleetTask, time_limit=900, soft_time_limit=870)
+def eval_golden(self: RagfleetTask, *, payload: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Nightly golden-set evaluation: sets the retrieval-quality gauge that the alert watches."""
+    from ragfleet.evaluation import run_golden
+
+    metrics.beat_heartbeat("golden-eval", interval_s=86_400)
+    report = run_golden(get_resources())
+    if report is None:
+        return {"status": "skipped", "reason": "evaluation data set not found on this machine"}
+    return {"status": "done", "queries": report.queries, "ndcg_at_10": report.ndcg_at_10}
