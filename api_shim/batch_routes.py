@@ -266,4 +266,15 @@ def batch_router(
 
         return StreamingResponse(body(), media_type="application/x-ndjson")
 
+    @router.api_route(
+        "/v1/batches/{batch_id}",
+        methods=["PUT", "PATCH", "POST", "OPTIONS"],
+        include_in_schema=False,
+    )
+    async def batch_other_methods() -> JSONResponse:
+        """GET and DELETE are two Starlette routes, and a 405 would list only the first one's method."""
+        return JSONResponse(
+            {"detail": "Method Not Allowed"}, status_code=405, headers={"Allow": "GET, DELETE"}
+        )
+
     return router

@@ -37,6 +37,7 @@ from ragfleet.schemas import TERMINAL
 from ragfleet.settings import Settings
 
 EVENT_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+RESUME_ID = r"^(\d{1,20}-\d{1,20})?$"  # a stream id, or empty for "from the start"
 NDJSON = "application/x-ndjson"
 SSE = "text/event-stream"
 _TERMINAL_VALUES = {s.value for s in TERMINAL}
@@ -190,10 +191,15 @@ def stream_router(
         job_id: Annotated[str, Path(min_length=1, max_length=JOB_ID_MAX)],
         who: CallerDep,
         after: Annotated[
-            str | None,
-            Query(max_length=41, description="Resume after this event id (NDJSON; SSE uses Last-Event-ID)."),
-        ] = None,
-        last_event_id: Annotated[str | None, Header(max_length=41)] = None,
+            str,
+            Query(
+                max_length=41,
+                pattern=RESUME_ID,
+                description="Resume after this event id (NDJSON; SSE uses Last-Event-ID).",
+            ),
+        ] = "",
+        # plain strings with "" as "absent": a header has no null, and fuzzers send the text "null"
+        last_event_id: Annotated[str, Header(max_length=41, pattern=RESUME_ID)] = "",
         accept: Annotated[str | None, Header()] = None,
     ) -> StreamingResponse:
         record = await jobs_get_tenant(job_id)

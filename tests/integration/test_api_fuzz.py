@@ -37,6 +37,8 @@ def test_schemathesis_finds_no_failures(
             "rate_limit": "1000000/minute",
             # small limits keep generated bodies small and positive long polls short
             "long_poll_max_s": 0.5,
+            "stream_max_s": 1.0,  # an open stream of a job nobody runs must end inside the fuzzer's timeout
+            "stream_heartbeat_s": 0.5,
             "max_documents_per_request": 20,
             "max_document_chars": 5_000,
             "max_question_chars": 500,
@@ -48,7 +50,10 @@ def test_schemathesis_finds_no_failures(
     with serve(create_app(s)) as url:
         proc = subprocess.run(
             [str(SCHEMATHESIS), "--no-color", "run", f"{url}/openapi.json", "--max-time", str(MAX_TIME_S),
-             "--checks", "all", "--exclude-path", "/readyz", "-H", f"Authorization: Bearer {key}"],
+             "--checks", "all", "--exclude-path", "/readyz",
+             # DELETE /v1/batches/{id} cancels: the cancelled batch and its results stay readable
+             # (documented in docs/http.md), so "deleted resource still available" does not apply
+             "--exclude-checks", "use_after_free", "-H", f"Authorization: Bearer {key}"],
             capture_output=True, text=True, timeout=MAX_TIME_S + 120, cwd=tmp_path,
         )  # fmt: skip
     out = proc.stdout + proc.stderr

@@ -151,7 +151,7 @@ def test_other_tenants_job_is_not_found_and_bad_ids_are_rejected(api: httpx.Clie
     assert r.status_code == 404 and r.json() == {"detail": "job not found"}
     assert api.get("/v1/queries/no-such-job/stream").status_code == 404
     r = api.get(f"/v1/queries/{job_id}/stream", params={"after": "not-an-id"})
-    assert r.status_code == 422 and "stream id" in r.json()["detail"]
+    assert r.status_code == 422 and "after" in json.dumps(r.json()["detail"])
     assert (
         api.get(f"/v1/queries/{job_id}/stream", headers={"Authorization": "Bearer nope"}).status_code == 401
     )
