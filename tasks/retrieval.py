@@ -10,7 +10,7 @@ from redis.exceptions import RedisError
 
 from ragfleet import metrics, querying
 from ragfleet.names import Priority, Queue, TaskName
-from ragfleet.producer import enqueue
+from ragfleet.producer import enqueue, reset_client_apps
 from ragfleet.resources import get_resources
 from ragfleet.schemas import ErrorCode, GeneratePayload, JobStatus, QueryPayload
 from tasks._common import (
@@ -89,14 +89,33 @@ def query(self: RagfleetTask, *, payload: dict[str, Any]) -> dict[str, Any]:
         stream=p.stream,
     )
     priority = (self.request.delivery_info or {}).get("priority")
-    enqueue(
-        TaskName.GENERATE,
-        hand_off.model_dump(mode="json"),
-        settings=res.settings,
-        job_id=f"{job_id}:gen",
-        priority=Priority(priority) if priority in {int(x) for x in Priority} else Priority.DEFAULT,
-    )
+    try:
+        _hand_off(
+            hand_off.model_dump(mode="json"),
+            res.settings,
+            f"{job_id}:gen",
+            Priority(priority) if priority in {int(x) for x in Priority} else Priority.DEFAULT,
+        )
+    except Exception as exc:  # kombu/redis connection errors: the broker is gone for now
+        message = f"could not hand the job to the generation pool: {type(exc).__name__}: {exc}"
+        fail(res, job_id, ErrorCode.UNAVAILABLE, message, retry_after=5)
+        return error_result(job_id, ErrorCode.UNAVAILABLE, message)
     return {"job_id": job_id, "status": "generating", "sources": len(r.sources), **r.timings_ms}
+
+
+def _hand_off(payload: dict[str, Any], settings: Any, task_id: str, priority: Priority) -> None:
+    """Publish with a few fresh-connection retries: after a Redis restart the pooled producer
+    connection is dead, and a lost hand-off would leave the job `retrieving` forever."""
+    delays = (0.2, 0.5, 1.0, 2.0, 4.0)
+    for attempt, delay in enumerate(delays):
+        try:
+            enqueue(TaskName.GENERATE, payload, settings=settings, job_id=task_id, priority=priority)
+            return
+        except Exception:
+            if attempt == len(delays) - 1:
+                raise
+            reset_client_apps()
+            time.sleep(delay)
 
 
 def _observe_total(res: Any, job_id: str) -> None:

@@ -161,6 +161,19 @@ def settings_env(settings: Settings) -> dict[str, str]:
 PYTHON = sys.executable
 
 
+def scifact_dir() -> Path:
+    """The evaluation set lives beside the checkout (`../shared/data/scifact`), never in the repo."""
+    candidates = [
+        Path(os.environ["RAGFLEET_SCIFACT_DIR"]) if os.environ.get("RAGFLEET_SCIFACT_DIR") else None,
+        REPO.parent / "shared" / "data" / "scifact",
+        Path("/work/shared/data/scifact"),
+    ]
+    for c in candidates:
+        if c is not None and (c / "corpus.jsonl").exists():
+            return c
+    return REPO.parent / "shared" / "data" / "scifact"
+
+
 @pytest.fixture(scope="session")
 def fleet(
     base_settings: Settings, redis_client: redis.Redis, tmp_path_factory: pytest.TempPathFactory

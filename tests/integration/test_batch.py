@@ -13,7 +13,6 @@ import statistics
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -23,14 +22,14 @@ from api_shim.app import create_app
 from ragfleet.client import FleetClient
 from ragfleet.producer import client_app
 from ragfleet.settings import Settings
-from tests.conftest import REPO, need
+from tests.conftest import REPO, need, scifact_dir
 from tests.fleet import Fleet
 from tests.integration.test_api import serve
 from tests.integration.test_fleet_e2e import DOCS, index, wait_job
 
 pytestmark = [pytest.mark.redis, pytest.mark.workers, pytest.mark.model]
 
-SCIFACT = Path("/work/shared/data/scifact")
+SCIFACT = scifact_dir()
 KEY = "batch-key-" + uuid.uuid4().hex[:8]
 OTHER_KEY = "batch-other-" + uuid.uuid4().hex[:8]
 

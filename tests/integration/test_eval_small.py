@@ -17,11 +17,11 @@ from ragfleet.client import BrokerTransport, FleetClient
 from ragfleet.corpus import read_documents
 from ragfleet.evaluation import evaluate_fleet, load_dataset
 from ragfleet.settings import Settings
-from tests.conftest import REPO, need
+from tests.conftest import need, scifact_dir
 
 pytestmark = [pytest.mark.redis, pytest.mark.workers, pytest.mark.model, pytest.mark.slow]
 
-DATA = REPO.parent / "shared" / "data" / "scifact"
+DATA = scifact_dir()
 N_QUERIES = 20
 N_DOCS = 200
 

@@ -65,7 +65,8 @@ def ask(settings: Settings, question: str, **kw: Any) -> dict[str, Any]:
 def test_index_then_query_runs_each_stage_on_its_own_pool(fleet: Fleet, base_settings: Settings) -> None:
     rec = index(base_settings, DOCS)
     assert rec["status"] == "done", rec
-    assert rec["result"]["documents_indexed"] == 3
+    # other test modules index the same DOCS first; either way all three are in the index now
+    assert rec["result"]["documents_indexed"] + rec["result"]["documents_unchanged"] == 3
     assert rec["stages"]["indexing"]["worker"] == fleet.workers["indexing"].node
 
     q = ask(base_settings, "Which database stores vectors on local disk?", use_cache=False)
