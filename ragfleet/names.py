@@ -30,6 +30,7 @@ class TaskName(StrEnum):
     EVAL_GOLDEN = "ragfleet.eval_golden"
     BATCH_DISPATCH = "ragfleet.batch.dispatch"
     HEARTBEAT = "ragfleet.heartbeat"
+    INDEX_FLUSH = "ragfleet.index_flush"
 
 
 class Priority(IntEnum):
@@ -53,6 +54,7 @@ TASK_QUEUES: dict[TaskName, Queue] = {
     TaskName.EVAL_GOLDEN: Queue.MAINTENANCE,
     TaskName.BATCH_DISPATCH: Queue.RETRIEVAL,
     TaskName.HEARTBEAT: Queue.MAINTENANCE,
+    TaskName.INDEX_FLUSH: Queue.INDEXING,
 }
 
 KEY_PREFIX = "ragfleet"

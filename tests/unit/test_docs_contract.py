@@ -18,5 +18,6 @@ def test_every_public_task_is_documented() -> None:
         TaskName.FEEDBACK_AGGREGATE,
         TaskName.EVAL_GOLDEN,
         TaskName.HEARTBEAT,
+        TaskName.INDEX_FLUSH,
     }
     assert set(TaskName) - internal_or_scheduled <= documented
