@@ -49,6 +49,9 @@ from api_shim.models import (
 from api_shim.ratelimit import RateLimiter
 from api_shim.readiness import Readiness, ReadyCheck, WorkerProbe, redis_probe
 from api_shim.streaming import stream_router
+from ragfleet.cache import AnswerCache, answer_key_for
+from ragfleet.events import JobEvents
+from ragfleet.index_state import IndexState
 from ragfleet.jobs import JobStore
 from ragfleet.names import Priority, Queue, TaskName
 from ragfleet.producer import client_app, enqueue
@@ -267,6 +270,27 @@ def create_app(
             raise _validation_error(["path"], exc) from exc
         return accepted(await submit(TaskName.DELETE_DOCUMENT, "delete", payload, who, rid, Priority.DEFAULT))
 
+    answer_cache = AnswerCache(rds, s)
+    index_state = IndexState(rds, s)
+    job_events = JobEvents(rds, s)
+
+    def serve_cached(payload: dict[str, Any], rid: str) -> JobRecord | None:
+        """A repeated question is answered here, from the two-layer cache keyed by the live index
+        version, without a round trip through the queues (~1 ms instead of a Celery hop)."""
+        p = QueryPayload.model_validate(payload)
+        hit = answer_cache.get(answer_key_for(s, p, index_state.version()))
+        if hit is None:
+            return None
+        answer, layer = hit
+        result = {**answer, "cached": layer}
+        job_id = uuid.uuid4().hex
+        jobs.create(job_id, "query", tenant=p.tenant, request_id=rid)
+        jobs.finish(job_id, result)
+        job_events.emit(job_id, "sources", {"sources": result.get("sources", [])})
+        job_events.emit(job_id, "answer_chunk", {"text": result.get("answer", "")})
+        job_events.emit(job_id, "done", {"latency_ms": 0.0, "cached": layer, "usage": result.get("usage")})
+        return jobs.get(job_id)
+
     @app.post(
         "/v1/queries",
         status_code=202,
@@ -301,6 +325,15 @@ def create_app(
             )
         except ValidationError as exc:
             raise _validation_error(["body"], exc) from exc
+        if payload.get("use_cache", True):
+            try:
+                served = await anyio.to_thread.run_sync(partial(serve_cached, payload, rid))
+            except UNAVAILABLE_ERRORS:
+                served = None  # the cache is an optimisation: fall through to the queue
+            if served is not None:
+                if wait is not None:
+                    return JSONResponse(served.model_dump(mode="json"), status_code=200)
+                return accepted(served.job_id)
         job_id = await submit(TaskName.QUERY, "query", payload, who, rid, Priority.INTERACTIVE)
         deadline = time.monotonic() + (wait or 0.0)
         try:

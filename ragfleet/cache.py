@@ -126,3 +126,16 @@ class EmbeddingCache:
         self._r.set(key, arr.tobytes().hex(), ex=self._s.cache_l2_ttl_s)
         with self._lock:
             self._l1[key] = arr
+
+
+def answer_key_for(settings: Settings, payload: Any, index_version: int) -> str:
+    """The one place the answer-cache key of a query is built (API fast path and retrieval pool)."""
+    return answer_key(
+        question=payload.question,
+        tenant=payload.tenant,
+        top_k=payload.top_k,
+        mode=payload.mode or settings.search_mode,
+        filters=payload.filters,
+        index_version=index_version,
+        generator=settings.generator + ":" + settings.llm_providers,
+    )

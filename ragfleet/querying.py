@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ragfleet.cache import Layer, answer_key
+from ragfleet.cache import Layer, answer_key_for
 from ragfleet.resources import Resources
 from ragfleet.schemas import Answer, QueryPayload, Source
 from ragfleet.stores.base import VectorStore
@@ -29,16 +29,7 @@ class Retrieval:
 
 
 def cache_key_for(res: Resources, p: QueryPayload, index_version: int) -> str:
-    s = res.settings
-    return answer_key(
-        question=p.question,
-        tenant=p.tenant,
-        top_k=p.top_k,
-        mode=p.mode or s.search_mode,
-        filters=p.filters,
-        index_version=index_version,
-        generator=s.generator + ":" + s.llm_providers,
-    )
+    return answer_key_for(res.settings, p, index_version)
 
 
 def lookup_cached(res: Resources, p: QueryPayload, index_version: int) -> tuple[Answer, Layer] | None:

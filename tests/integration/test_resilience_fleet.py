@@ -124,3 +124,26 @@ def test_breaker_opened_by_one_generation_worker_is_seen_by_another(
     finally:
         fleet.stop()
         llm.stop()
+
+
+def test_api_answers_a_repeated_question_from_cache_until_the_index_changes(
+    fleet: Any, base_settings: Settings
+) -> None:
+    index(base_settings, DOCS)
+    settings = base_settings.model_copy(update={"rate_limit": "100000/minute"})
+    question = f"What is Redis used as? ({uuid.uuid4().hex[:6]})"
+    with serve(create_app(settings)) as base, httpx.Client(base_url=base, timeout=30) as http:
+        first = http.post("/v1/queries", json={"question": question}, params={"wait": 20}).json()
+        assert first["status"] == "done" and first["result"]["cached"] is None
+        t0 = time.perf_counter()
+        again = http.post("/v1/queries", json={"question": question}, params={"wait": 20})
+        ms = (time.perf_counter() - t0) * 1000
+        rec = again.json()
+        assert again.status_code == 200 and rec["result"]["cached"] in ("l1", "l2")
+        assert rec["stages"] == {}, "served by the API itself, no pool touched it"
+        assert rec["result"]["answer"] == first["result"]["answer"]
+        print(f"\ncache hit through HTTP: {ms:.1f} ms")
+        index(base_settings, [{"id": "redis", "title": "Redis", "text": "Redis now also stores sessions."}])
+        fresh = http.post("/v1/queries", json={"question": question}, params={"wait": 20}).json()
+        assert fresh["result"]["cached"] is None
+        assert fresh["result"]["index_version"] > first["result"]["index_version"]
