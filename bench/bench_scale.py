@@ -1,0 +1,146 @@
+"""Scale: vector query latency, index build time and process RSS at 10k, 100k and 1M chunks.
+
+    python bench/bench_scale.py [--sizes 10000,100000,1000000] [--queries 200]
+
+Synthetic unit vectors (384-d, Gaussian, normalised) stand in for chunks above the real corpus, as the
+issue allows; queries are perturbed copies of stored vectors so the nearest neighbour is known and
+recall@10 of the ANN index can be reported next to its latency. Tables are written through the same
+LanceDBStore the retrieval pool uses; past `ANN_MIN_ROWS` the store builds IVF-PQ (`build_vector_index`).
+Prints a table, writes bench/out/scale.json and bench/out/scale.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from ragfleet.stores.lancedb_store import ANN_MIN_ROWS, LanceDBStore, _schema
+
+DIM = 384
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def build(store: LanceDBStore, n: int, rng: np.random.Generator) -> np.ndarray:
+    store.ensure()
+    tbl = store._tbl()
+    keep = []
+    for start in range(0, n, 100_000):
+        m = min(100_000, n - start)
+        vecs = rng.standard_normal((m, DIM), dtype=np.float32)
+        vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+        if start == 0:
+            keep.append(vecs[:500].copy())
+        ids = [f"s{start + i}" for i in range(m)]
+        table = pa.table(
+            {
+                "chunk_id": ids,
+                "doc_id": ids,
+                "tenant": ["default"] * m,
+                "chunk_index": pa.array([0] * m, pa.int32()),
+                "text": ["synthetic"] * m,
+                "title": [None] * m,
+                "start": pa.array([0] * m, pa.int32()),
+                "end": pa.array([0] * m, pa.int32()),
+                "content_hash": ids,
+                "embedding_model": ["synthetic"] * m,
+                "tags": [[] for _ in range(m)],
+                "metadata": ["{}"] * m,
+                "vector": pa.FixedSizeListArray.from_arrays(pa.array(vecs.reshape(-1)), DIM),
+            },
+            schema=_schema(DIM),
+        )
+        tbl.add(table)
+    return np.concatenate(keep)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", default="10000,100000,1000000")
+    ap.add_argument("--queries", type=int, default=200)
+    args = ap.parse_args()
+    rng = np.random.default_rng(7)
+    rows = []
+    for n in [int(x) for x in args.sizes.split(",")]:
+        root = Path(tempfile.mkdtemp(prefix="rf-scale-"))
+        try:
+            store = LanceDBStore(root, "chunks", dim=DIM)
+            t0 = time.perf_counter()
+            probes = build(store, n, rng)
+            write_s = time.perf_counter() - t0
+            index_s = 0.0
+            if n >= ANN_MIN_ROWS:
+                t1 = time.perf_counter()
+                store.build_vector_index()
+                index_s = time.perf_counter() - t1
+            store.refresh()
+            lat, hits = [], 0
+            for i in range(args.queries):
+                target = probes[i % len(probes)]
+                q = target + 0.05 * rng.standard_normal(DIM, dtype=np.float32)
+                q /= np.linalg.norm(q)
+                t2 = time.perf_counter()
+                res = store.search("default", vector=q.tolist(), text=None, mode="vector", top_k=10)
+                lat.append((time.perf_counter() - t2) * 1000)
+                hits += int(res and res[0].chunk_id == f"s{i % len(probes)}")
+            lat.sort()
+            row = {
+                "chunks": n,
+                "index": "IVF-PQ" if n >= ANN_MIN_ROWS else "exact",
+                "write_s": round(write_s, 1),
+                "index_build_s": round(index_s, 1),
+                "p50_ms": round(lat[len(lat) // 2], 2),
+                "p99_ms": round(lat[min(len(lat) - 1, int(0.99 * len(lat)))], 2),
+                "top1_recall": round(hits / args.queries, 3),
+                "rss_mb": round(rss_mb(), 0),
+            }
+            rows.append(row)
+            print(row, flush=True)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+    print(
+        "| chunks | index | write s | index build s | P50 ms | P99 ms | top-1 recall | process max RSS MB |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        print(
+            f"| {r['chunks']:,} | {r['index']} | {r['write_s']} | {r['index_build_s']} | {r['p50_ms']} | "
+            f"{r['p99_ms']} | {r['top1_recall']} | {r['rss_mb']:.0f} |"
+        )
+    out = Path("bench/out")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "scale.json").write_text(json.dumps(rows, indent=2))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    xs = [r["chunks"] for r in rows]
+    ax.plot(xs, [r["p50_ms"] for r in rows], "o-", label="P50")
+    ax.plot(xs, [r["p99_ms"] for r in rows], "o--", label="P99")
+    ax.set_xscale("log")
+    ax.set_xlabel("chunks")
+    ax.set_ylabel("vector query latency (ms)")
+    ax.set_title("LanceDB store: query latency vs size (2 cores)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "scale.png", dpi=100)
+    print(f"wrote {out / 'scale.json'} and {out / 'scale.png'}")
+
+
+if __name__ == "__main__":
+    main()
