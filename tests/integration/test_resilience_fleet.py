@@ -147,3 +147,45 @@ def test_api_answers_a_repeated_question_from_cache_until_the_index_changes(
         fresh = http.post("/v1/queries", json={"question": question}, params={"wait": 20}).json()
         assert fresh["result"]["cached"] is None
         assert fresh["result"]["index_version"] > first["result"]["index_version"]
+
+
+def test_identical_questions_in_flight_coalesce_onto_one_slow_llm_call(
+    base_settings: Settings, tmp_path: Path
+) -> None:
+    """While the leader waits on a slow provider, identical questions join its flight and get its answer."""
+    llm = FakeLLM(answer="Redis is used as a broker and a cache [1].").start()
+    llm.mode, llm.hang_s = "hang", 2.0  # answers after 2 s
+    settings = base_settings.model_copy(
+        update={
+            "key_prefix": f"{base_settings.key_prefix}-co2",
+            "broker_key_prefix": f"{base_settings.key_prefix}-co2:q:",
+            "data_dir": tmp_path / "data",
+            "generator": "openai",
+            "llm_base_url": llm.url,
+            "llm_max_retries": 0,
+            "llm_timeout_s": 10.0,
+        }
+    )
+    fleet = Fleet(settings, tmp_path)
+    try:
+        fleet.start("retrieval", "indexing", "generation")
+        index(settings, DOCS)
+        r = get_redis(settings)
+        runs = Coalescer(r, settings).runs_key()
+        question = f"What is Redis used as? ({uuid.uuid4().hex[:6]})"
+        jobs = [enqueue(TaskName.QUERY, {"question": question}, settings=settings) for _ in range(20)]
+        records = [wait_job(settings, j, timeout=60) for j in jobs]
+    finally:
+        fleet.stop()
+        llm.stop()
+    assert all(rec["status"] == "done" for rec in records)
+    assert {rec["result"]["answer"] for rec in records} == {"Redis is used as a broker and a cache [1]."}
+    followers = [rec for rec in records if rec["result"].get("coalesced_with")]
+    print(
+        f"\n20 identical queries during a 2 s LLM call: provider calls={llm.calls} "
+        f"coalesced={len(followers)} pipeline runs={r.get(runs)}"
+    )
+    assert llm.calls == 1
+    assert int(r.get(runs) or 0) == 1
+    assert len(followers) >= 10, "identical questions in flight must join the leader, not queue behind it"
+    assert len({f["result"]["coalesced_with"] for f in followers}) == 1, "one leader for the flight"
