@@ -57,10 +57,15 @@ def _pings(url: str) -> bool:
 
 
 class RedisServer:
-    """A private redis-server on a free port: for tests that stop, kill or restart Redis."""
+    """A private redis-server on a free port: for tests that stop, kill or restart Redis.
 
-    def __init__(self, port: int | None = None) -> None:
+    With `data_dir`, it keeps an append-only file fsynced on every write there (what production
+    should run): restarted on the same port and dir, it still holds what it acknowledged.
+    """
+
+    def __init__(self, port: int | None = None, *, data_dir: Path | None = None) -> None:
         self.port = port or free_port()
+        self.data_dir = data_dir
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -70,29 +75,22 @@ class RedisServer:
     def start(self) -> RedisServer:
         binary = shutil.which("redis-server")
         need(binary is not None, "redis-server binary not installed (apt-get install redis-server)")
-        self.proc = subprocess.Popen(
-            [
-                str(binary),
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
+        args = [str(binary), "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        if self.data_dir is None:
+            args += ["--appendonly", "no"]
+        else:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            args += ["--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.data_dir)]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             if _pings(self.url):
                 return self
             time.sleep(0.05)
-        raise RuntimeError("private redis-server did not start")
+        raise RuntimeError(f"private redis-server on port {self.port} did not start")
 
     def kill(self) -> None:
+        """SIGKILL: no shutdown save, no goodbye to clients, exactly a crash."""
         if self.proc and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(5)

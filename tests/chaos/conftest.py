@@ -13,8 +13,6 @@ starts polling and then every `unacked_restore_interval * unacked_restore_thrott
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -31,7 +29,7 @@ from ragfleet.schemas import TERMINAL, JobRecord
 from ragfleet.settings import Settings
 from ragfleet.stores import build_store
 from ragfleet.stores.base import VectorStore
-from tests.conftest import free_port, need
+from tests.conftest import RedisServer
 from tests.fleet import POOLS, Worker
 
 VISIBILITY_TIMEOUT_S = 12
@@ -172,63 +170,8 @@ def seed_documents(settings: Settings, docs: list[dict[str, Any]]) -> None:
         st.close()
 
 
-class DurableRedisServer:
-    """A private redis-server with an append-only file fsynced on every write, in its own dir.
-
-    What production should run: a message the API answered 202 for is on disk before the reply, so
-    it survives a Redis crash and restart. Restart it on the SAME port so clients reconnect.
-    """
+class DurableRedisServer(RedisServer):
+    """A private redis-server whose append-only file is fsynced on every write (see RedisServer)."""
 
     def __init__(self, data_dir: Path, port: int | None = None) -> None:
-        self.port = port or free_port()
-        self.data_dir = data_dir
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> DurableRedisServer:
-        binary = shutil.which("redis-server")
-        need(binary is not None, "redis-server binary not installed (apt-get install redis-server)")
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(
-            [
-                str(binary),
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--dir",
-                str(self.data_dir),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis.from_url(self.url, socket_timeout=1, socket_connect_timeout=1)
-        try:
-            ok = wait_until(lambda: _ping(client), 15, 0.05)
-        finally:
-            client.close()
-        if not ok:
-            raise RuntimeError(f"private redis-server on port {self.port} did not start")
-        return self
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown save, no goodbye to clients, exactly a crash."""
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(5)
-
-
-def _ping(client: redis.Redis) -> bool:
-    try:
-        return bool(client.ping())
-    except redis.RedisError:
-        return False
+        super().__init__(port, data_dir=data_dir)
