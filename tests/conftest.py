@@ -9,6 +9,7 @@ under our prefixes. Locally a missing service skips; in CI (`CI=true`) it fails.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -157,6 +158,36 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 PYTHON = sys.executable
+
+HEAVY_MODULES = (
+    "torch",
+    "sentence_transformers",
+    "lancedb",
+    "weaviate",
+    "tasks",
+    "workers",
+    "ragfleet.embedding",
+)
+
+
+def heavy_modules_loaded_by(script: str) -> list[str]:
+    """Run `script` in a fresh interpreter and list the heavy modules it ended up importing."""
+    probe = script + (
+        "\nimport json, sys\n"
+        "heavy = json.loads(sys.argv[1])\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in heavy or m in heavy)))\n"
+    )
+    proc = subprocess.run(
+        [PYTHON, "-c", probe, json.dumps(HEAVY_MODULES)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    loaded: list[str] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return loaded
 
 
 def scifact_dir() -> Path:
