@@ -50,7 +50,7 @@ from api_shim.ratelimit import RateLimiter
 from api_shim.readiness import Readiness, ReadyCheck, WorkerProbe, redis_probe
 from api_shim.streaming import stream_router
 from ragfleet.cache import AnswerCache, answer_key_for
-from ragfleet.events import JobEvents
+from ragfleet.events import JobEvents, finish_query
 from ragfleet.index_state import IndexState
 from ragfleet.jobs import JobStore
 from ragfleet.names import Priority, Queue, TaskName
@@ -285,10 +285,7 @@ def create_app(
         result = {**answer, "cached": layer}
         job_id = uuid.uuid4().hex
         jobs.create(job_id, "query", tenant=p.tenant, request_id=rid)
-        jobs.finish(job_id, result)
-        job_events.emit(job_id, "sources", {"sources": result.get("sources", [])})
-        job_events.emit(job_id, "answer_chunk", {"text": result.get("answer", "")})
-        job_events.emit(job_id, "done", {"latency_ms": 0.0, "cached": layer, "usage": result.get("usage")})
+        finish_query(jobs, job_events, job_id, result, replay=True)
         return jobs.get(job_id)
 
     @app.post(

@@ -15,6 +15,7 @@ from typing import Any, Literal, cast
 
 import redis
 
+from ragfleet.jobs import JobStore
 from ragfleet.settings import Settings
 
 EventType = Literal["sources", "answer_chunk", "done", "error"]
@@ -72,3 +73,29 @@ class JobEvents:
                 yield ev
                 if ev.type in TERMINAL_EVENTS:
                     return
+
+
+def finish_query(
+    jobs: JobStore, events: JobEvents, job_id: str, answer: dict[str, Any], *, replay: bool
+) -> bool:
+    """Finish a query job and close its stream; with `replay`, also emit the sources and the whole
+    answer first (answers that no generation worker streamed: cached or coalesced ones).
+    Returns False when the job was already terminal (nothing is emitted twice)."""
+    if replay and not jobs.is_terminal(job_id):
+        events.emit(job_id, "sources", {"sources": answer.get("sources", [])})
+        events.emit(job_id, "answer_chunk", {"text": answer.get("answer", "")})
+    if not jobs.finish(job_id, answer):
+        return False
+    rec = jobs.get(job_id)
+    events.emit(
+        job_id,
+        "done",
+        {
+            "latency_ms": (rec.updated_at - rec.created_at) * 1000 if rec else None,
+            "usage": answer.get("usage"),
+            "cached": answer.get("cached"),
+            "degraded": answer.get("degraded", False),
+            "coalesced_with": answer.get("coalesced_with"),
+        },
+    )
+    return True

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from ragfleet.batch import on_query_finished
+from ragfleet.events import finish_query
 from ragfleet.resources import Resources, get_resources
 from ragfleet.schemas import ErrorCode, JobStatus
 from ragfleet.settings import Settings
@@ -89,22 +90,6 @@ def fail(
 
 
 def finish_with_answer(res: Resources, job_id: str, answer: dict[str, Any], *, replay: bool) -> None:
-    """Finish a query job; with `replay`, also emit the whole stream (cached or coalesced answers)."""
-    if replay and not res.jobs.is_terminal(job_id):
-        res.events.emit(job_id, "sources", {"sources": answer.get("sources", [])})
-        res.events.emit(job_id, "answer_chunk", {"text": answer.get("answer", "")})
-    if res.jobs.finish(job_id, answer):
-        rec = res.jobs.get(job_id)
-        latency = (rec.updated_at - rec.created_at) * 1000 if rec else None
-        res.events.emit(
-            job_id,
-            "done",
-            {
-                "latency_ms": latency,
-                "usage": answer.get("usage"),
-                "cached": answer.get("cached"),
-                "degraded": answer.get("degraded", False),
-                "coalesced_with": answer.get("coalesced_with"),
-            },
-        )
+    """Finish a query job (see ragfleet.events.finish_query) and advance its batch, if any."""
+    if finish_query(res.jobs, res.events, job_id, answer, replay=replay):
         on_query_finished(res.redis, res.settings, job_id, ok=True)
