@@ -2,5 +2,6 @@
 
 It must stay importable without torch, store clients or task code (tests/unit/test_api_no_torch.py
 guards this), so that an API replica starts in well under a second and needs a few tens of MB.
-Serve with `uvicorn api_shim.app:app`; tests build isolated apps with `api_shim.app.create_app`.
+Serve with `python -m api_shim.serve --workers N` (api_shim/serve.py says why not plain uvicorn);
+tests build isolated apps with `api_shim.app.create_app`.
 """

@@ -44,8 +44,7 @@ class Ops:
             [
                 sys.executable,
                 "-m",
-                "uvicorn",
-                "api_shim.app:app",
+                "api_shim.serve",  # the Procfile's launcher: two workers, TCP_NODELAY kept
                 "--host",
                 "127.0.0.1",
                 "--port",
