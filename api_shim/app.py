@@ -14,7 +14,6 @@ body is `{"detail": ...}` and every status the API can answer is in the OpenAPI 
 
 import logging
 import math
-import time
 import uuid
 from collections.abc import Sequence
 from functools import partial
@@ -48,11 +47,11 @@ from api_shim.models import (
 )
 from api_shim.ratelimit import RateLimiter
 from api_shim.readiness import Readiness, ReadyCheck, WorkerProbe, redis_probe
-from api_shim.streaming import stream_router
+from api_shim.streaming import AsyncEventReader, follow, stream_router
 from ragfleet.cache import AnswerCache, answer_key_for
-from ragfleet.events import JobEvents, finish_query
+from ragfleet.events import TERMINAL_EVENTS, JobEvents, answer_at_once
 from ragfleet.index_state import IndexState
-from ragfleet.jobs import JobStore
+from ragfleet.jobs import JobStore, parse_record
 from ragfleet.names import Priority, Queue, TaskName
 from ragfleet.producer import client_app, enqueue
 from ragfleet.redis_conn import get_redis
@@ -67,10 +66,10 @@ from ragfleet.schemas import (
 from ragfleet.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
+TERMINAL_STATUS_VALUES = frozenset(st.value for st in TERMINAL)
 
 # The queues API requests feed: a query runs on retrieval then generation, documents on indexing.
 DEFAULT_REQUIRED_QUEUES: tuple[Queue, ...] = (Queue.RETRIEVAL, Queue.GENERATION, Queue.INDEXING)
-LONG_POLL_INTERVAL_S = 0.02
 
 UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
     redis.exceptions.ConnectionError,
@@ -208,15 +207,23 @@ def create_app(
         task: TaskName, kind: str, payload: dict[str, Any], who: Caller, rid: str, priority: Priority
     ) -> str:
         job_id = uuid.uuid4().hex
-        await anyio.to_thread.run_sync(partial(jobs.create, job_id, kind, tenant=who.tenant, request_id=rid))
-        send = partial(enqueue, task, payload, settings=enqueue_settings, job_id=job_id, priority=priority)
+        created = False
+
+        def create_and_send() -> None:  # one worker-thread hop for both, not two
+            nonlocal created
+            jobs.create(job_id, kind, tenant=who.tenant, request_id=rid)
+            created = True
+            enqueue(task, payload, settings=enqueue_settings, job_id=job_id, priority=priority)
+
         try:
             # kombu's Redis channel has no socket timeout: a frozen Redis would block forever.
             with anyio.fail_after(publish_timeout_s):
-                await anyio.to_thread.run_sync(send, abandon_on_cancel=True)
+                await anyio.to_thread.run_sync(create_and_send, abandon_on_cancel=True)
         except TimeoutError as exc:
             raise EnqueueFailedError(job_id, f"publish took over {publish_timeout_s:g} s") from exc
         except UNAVAILABLE_ERRORS as exc:
+            if not created:
+                raise  # no job record yet: a plain 503
             raise EnqueueFailedError(job_id, f"{type(exc).__name__}: {exc}") from exc
         return job_id
 
@@ -225,10 +232,11 @@ def create_app(
         return JSONResponse(body, status_code=202, headers={"Location": f"/v1/jobs/{job_id}"})
 
     async def finished_record(job_id: str) -> JobRecord | None:
-        """The record once the job is terminal (one HGET per poll until then), else None."""
-        if await anyio.to_thread.run_sync(jobs.status, job_id) in TERMINAL:
-            return await anyio.to_thread.run_sync(jobs.get, job_id)
-        return None
+        """The record if the job is terminal, else None: one HGETALL on redis.asyncio, no thread."""
+        raw = await events_reader.record(jobs.key(job_id))
+        if not raw or raw.get("status") not in TERMINAL_STATUS_VALUES:
+            return None
+        return parse_record(raw)
 
     # --- routes -----------------------------------------------------------------------------
     @app.post(
@@ -271,6 +279,7 @@ def create_app(
         return accepted(await submit(TaskName.DELETE_DOCUMENT, "delete", payload, who, rid, Priority.DEFAULT))
 
     answer_cache = AnswerCache(rds, s)
+    events_reader = AsyncEventReader(s)
     index_state = IndexState(rds, s)
     job_events = JobEvents(rds, s)
 
@@ -284,9 +293,7 @@ def create_app(
         answer, layer = hit
         result = {**answer, "cached": layer}
         job_id = uuid.uuid4().hex
-        jobs.create(job_id, "query", tenant=p.tenant, request_id=rid)
-        finish_query(jobs, job_events, job_id, result, replay=True)
-        return jobs.get(job_id)
+        return answer_at_once(rds, jobs, job_events, job_id, result, tenant=p.tenant, request_id=rid)
 
     @app.post(
         "/v1/queries",
@@ -332,15 +339,25 @@ def create_app(
                     return JSONResponse(served.model_dump(mode="json"), status_code=200)
                 return accepted(served.job_id)
         job_id = await submit(TaskName.QUERY, "query", payload, who, rid, Priority.INTERACTIVE)
-        deadline = time.monotonic() + (wait or 0.0)
+        if not wait:
+            return accepted(job_id)
         try:
-            while time.monotonic() < deadline:
-                record = await finished_record(job_id)
-                if record is not None:
-                    return JSONResponse(record.model_dump(mode="json"), status_code=200)
-                if await request.is_disconnected():
+            # Woken by the job's terminal event (a blocking XREAD on redis.asyncio: no thread, no
+            # polling interval added to the answer's latency); `follow` falls back to the record.
+            async for event in follow(
+                events_reader,
+                jobs,
+                job_id,
+                "0-0",
+                max_s=wait,
+                heartbeat_s=wait + 1,
+                is_disconnected=request.is_disconnected,
+            ):
+                if event is not None and event["type"] in TERMINAL_EVENTS:
                     break
-                await anyio.sleep(min(LONG_POLL_INTERVAL_S, max(0.0, deadline - time.monotonic())))
+            record = await finished_record(job_id)
+            if record is not None:
+                return JSONResponse(record.model_dump(mode="json"), status_code=200)
         except UNAVAILABLE_ERRORS as exc:
             # Not a 503: the job is queued already, and a retry would enqueue it twice.
             log.warning("long poll of %s gave up: %s", job_id, exc)
@@ -362,7 +379,7 @@ def create_app(
             raise HTTPException(404, "job not found")
         return record
 
-    app.include_router(stream_router(s, jobs, caller, v1_errors))
+    app.include_router(stream_router(s, jobs, caller, v1_errors, events_reader))
     app.include_router(batch_router(s, caller, request_id, v1_errors))
 
     @app.get("/healthz", response_model=HealthBody, tags=["ops"], summary="The process is up")

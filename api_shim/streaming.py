@@ -79,9 +79,14 @@ class AsyncEventReader:
                 out.append({"id": event_id, "type": fields["type"], "data": json.loads(fields["data"])})
         return out
 
+    async def record(self, key: str) -> dict[str, str]:
+        """The job record hash at `key` ({} if there is none)."""
+        raw: dict[str, str] = await self._client().hgetall(key)  # type: ignore[assignment]
+        return raw
+
     async def record_end(self, jobs: JobStore, job_id: str) -> dict[str, Any] | None:
         """A terminal event built from the job record, for jobs whose stream has none."""
-        raw: dict[str, str] = await self._client().hgetall(jobs.key(job_id))  # type: ignore[assignment]
+        raw = await self.record(jobs.key(job_id))
         if raw.get("status") not in _TERMINAL_VALUES:
             return None
         if raw["status"] == "done":
@@ -165,11 +170,15 @@ async def follow(
 
 
 def stream_router(
-    s: Settings, jobs: JobStore, caller: Callable[..., Any], error_codes: tuple[int, ...]
+    s: Settings,
+    jobs: JobStore,
+    caller: Callable[..., Any],
+    error_codes: tuple[int, ...],
+    events_reader: AsyncEventReader | None = None,
 ) -> APIRouter:
     """Built per app, with the app's own caller dependency (auth, tenant, rate limit)."""
     router = APIRouter(tags=["queries"])
-    reader = AsyncEventReader(s)
+    reader = events_reader or AsyncEventReader(s)
     CallerDep = Annotated[Caller, Depends(caller)]  # noqa: N806
 
     @router.get(

@@ -16,6 +16,7 @@ from typing import Any, Literal, cast
 import redis
 
 from ragfleet.jobs import JobStore
+from ragfleet.schemas import JobRecord
 from ragfleet.settings import Settings
 
 EventType = Literal["sources", "answer_chunk", "done", "error"]
@@ -38,12 +39,18 @@ class JobEvents:
         return self._s.key("events", job_id)
 
     def emit(self, job_id: str, type_: EventType, data: dict[str, Any]) -> str:
-        key = self.key(job_id)
         pipe = self._r.pipeline()
-        pipe.xadd(key, {"type": type_, "data": json.dumps(data)}, maxlen=10_000, approximate=True)
-        pipe.expire(key, self._s.job_ttl_s)
+        self.emit_to(pipe, job_id, type_, data)
         event_id, _ = pipe.execute()
         return event_id.decode() if isinstance(event_id, bytes) else str(event_id)
+
+    def emit_to(
+        self, pipe: redis.client.Pipeline, job_id: str, type_: EventType, data: dict[str, Any]
+    ) -> None:
+        """Queue the event onto `pipe`, to be written with whatever else goes in that round trip."""
+        key = self.key(job_id)
+        pipe.xadd(key, {"type": type_, "data": json.dumps(data)}, maxlen=10_000, approximate=True)
+        pipe.expire(key, self._s.job_ttl_s)
 
     def read(self, job_id: str, after: str = "0-0", *, block_ms: int = 0, count: int = 100) -> list[JobEvent]:
         """Events after `after` (exclusive). With block_ms, waits up to that long for new ones."""
@@ -77,25 +84,46 @@ class JobEvents:
 
 def finish_query(
     jobs: JobStore, events: JobEvents, job_id: str, answer: dict[str, Any], *, replay: bool
-) -> bool:
+) -> float | None:
     """Finish a query job and close its stream; with `replay`, also emit the sources and the whole
     answer first (answers that no generation worker streamed: cached or coalesced ones).
-    Returns False when the job was already terminal (nothing is emitted twice)."""
+    Returns the job's latency in ms, or None when the job was already terminal (nothing is
+    emitted twice)."""
     if replay and not jobs.is_terminal(job_id):
         events.emit(job_id, "sources", {"sources": answer.get("sources", [])})
         events.emit(job_id, "answer_chunk", {"text": answer.get("answer", "")})
-    if not jobs.finish(job_id, answer):
-        return False
-    rec = jobs.get(job_id)
-    events.emit(
-        job_id,
-        "done",
-        {
-            "latency_ms": (rec.updated_at - rec.created_at) * 1000 if rec else None,
-            "usage": answer.get("usage"),
-            "cached": answer.get("cached"),
-            "degraded": answer.get("degraded", False),
-            "coalesced_with": answer.get("coalesced_with"),
-        },
-    )
-    return True
+    latency_ms = jobs.finish_timed(job_id, answer)
+    if latency_ms is not None:
+        events.emit(job_id, "done", _done_data(answer, latency_ms))
+    return latency_ms
+
+
+def answer_at_once(
+    client: redis.Redis,
+    jobs: JobStore,
+    events: JobEvents,
+    job_id: str,
+    answer: dict[str, Any],
+    *,
+    tenant: str,
+    request_id: str | None,
+) -> JobRecord:
+    """A new query job answered on the spot (the API's cache path): the finished record and the
+    whole stream (sources, answer, done) go to Redis in one MULTI, so a reader sees all or none."""
+    pipe = client.pipeline(transaction=True)
+    rec = jobs.put_done(pipe, job_id, "query", answer, tenant=tenant, request_id=request_id)
+    events.emit_to(pipe, job_id, "sources", {"sources": answer.get("sources", [])})
+    events.emit_to(pipe, job_id, "answer_chunk", {"text": answer.get("answer", "")})
+    events.emit_to(pipe, job_id, "done", _done_data(answer, 0.0))
+    pipe.execute()
+    return rec
+
+
+def _done_data(answer: dict[str, Any], latency_ms: float | None) -> dict[str, Any]:
+    return {
+        "latency_ms": latency_ms,
+        "usage": answer.get("usage"),
+        "cached": answer.get("cached"),
+        "degraded": answer.get("degraded", False),
+        "coalesced_with": answer.get("coalesced_with"),
+    }

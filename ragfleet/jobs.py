@@ -11,7 +11,7 @@ import json
 import os
 import socket
 import time
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -26,12 +26,14 @@ from ragfleet.schemas import (
 from ragfleet.settings import Settings
 
 # Update fields only while the job is not terminal; returns 1 if applied, 0 if the job was terminal,
-# -1 if it does not exist (expired or never created).
+# -1 if it does not exist (expired or never created: nothing is written, so no key without a TTL).
+# ARGV[1] names a counter field to increment with the update ("" for none).
 _UPDATE_IF_OPEN = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 local st = redis.call('HGET', KEYS[1], 'status')
 if st == 'done' or st == 'failed' or st == 'cancelled' then return 0 end
-for i = 1, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i+1]) end
+for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i+1]) end
+if ARGV[1] ~= '' then redis.call('HINCRBY', KEYS[1], ARGV[1], 1) end
 return 1
 """
 
@@ -55,8 +57,10 @@ class JobStore:
         tenant: str = "default",
         request_id: str | None = None,
         extra: dict[str, str] | None = None,
-    ) -> None:
-        """Idempotent: a redelivered task re-creating its job keeps the existing record."""
+    ) -> JobStatus:
+        """Idempotent: a redelivered task re-creating its job keeps the existing record. Returns the
+        record's status after the call, read in the same round trip: a task checks it to skip a
+        job that is already terminal without asking Redis again."""
         now = time.time()
         key = self.key(job_id)
         fields: dict[str, str] = {
@@ -76,44 +80,105 @@ class JobStore:
         for field, value in fields.items():
             pipe.hsetnx(key, field, value)
         pipe.expire(key, self._s.job_ttl_s)
-        pipe.execute()
+        pipe.hget(key, "status")
+        return JobStatus(str(pipe.execute()[-1]))
 
-    def _apply(self, job_id: str, fields: dict[str, str]) -> int:
+    def put_done(
+        self,
+        pipe: redis.client.Pipeline,
+        job_id: str,
+        kind: str,
+        result: dict[str, Any],
+        *,
+        tenant: str = "default",
+        request_id: str | None = None,
+    ) -> JobRecord:
+        """Queue onto `pipe` the whole record of a new job that is done at birth (an answer served
+        from the cache), so that creating and finishing it costs one round trip, not six."""
+        now = repr(time.time())
+        fields = {
+            "job_id": job_id,
+            "kind": kind,
+            "status": JobStatus.DONE.value,
+            "tenant": tenant,
+            "created_at": now,
+            "updated_at": now,
+            "attempts": "0",
+            "result": json.dumps(result),
+            **({"request_id": request_id} if request_id else {}),
+        }
+        pipe.hset(self.key(job_id), mapping=cast("dict[Any, Any]", fields))
+        pipe.expire(self.key(job_id), self._s.job_ttl_s)
+        return parse_record(fields)
+
+    def _apply(
+        self,
+        job_id: str,
+        fields: dict[str, str],
+        pipe: redis.client.Pipeline | None = None,
+        *,
+        incr: str = "",
+    ) -> int:
+        """With `pipe`, the update is only queued (it runs with the pipeline; returns -2 here)."""
         fields = {**fields, "updated_at": repr(time.time())}
-        argv: list[str] = []
+        argv: list[str] = [incr]
         for k, v in fields.items():
             argv += [k, v]
+        if pipe is not None:
+            self._update(keys=[self.key(job_id)], args=argv, client=pipe)
+            return -2
         return int(self._update(keys=[self.key(job_id)], args=argv))
 
     def set_status(self, job_id: str, status: JobStatus) -> bool:
         return self._apply(job_id, {"status": status.value}) == 1
 
-    def stage_start(self, job_id: str, stage: str, queue: str, status: JobStatus) -> float:
-        started = time.time()
+    def stage_start(self, job_id: str, stage: str, queue: str, status: JobStatus) -> tuple[StageTiming, bool]:
+        """One round trip: status, who runs the stage, and its attempt count. Returns the timing
+        (keep it for `stage_end`, which then needs no read) and whether the job is open: False if it
+        is terminal already (cancelled, or finished by another delivery) or gone."""
         timing = StageTiming(
             worker=_HOSTNAME or socket.gethostname(),
             queue=queue,
             pid=os.getpid(),
-            started_at=started,
+            started_at=time.time(),
         )
-        self._apply(
+        applied = self._apply(
             job_id,
             {"status": status.value, f"stage:{stage}": timing.model_dump_json()},
+            incr=f"attempts:{stage}",
         )
-        self._r.hincrby(self.key(job_id), f"attempts:{stage}", 1)
-        return started
+        return timing, applied == 1
 
-    def stage_end(self, job_id: str, stage: str, started: float) -> float:
-        ms = (time.time() - started) * 1000.0
-        raw = self._r.hget(self.key(job_id), f"stage:{stage}")
-        if raw:
-            timing = StageTiming.model_validate_json(raw)
-            timing.ms = ms
-            self._apply(job_id, {f"stage:{stage}": timing.model_dump_json()})
-        return ms
+    def stage_end(
+        self,
+        job_id: str,
+        stage: str,
+        timing: StageTiming,
+        *,
+        fields: dict[str, Any] | None = None,
+        pipe: redis.client.Pipeline | None = None,
+    ) -> float:
+        """Record the stage's duration, with any `fields` (JSON-encoded) the stage produced; with
+        `pipe` it is only queued, so the caller can send more in the same round trip."""
+        timing.ms = (time.time() - timing.started_at) * 1000.0
+        update = {f"stage:{stage}": timing.model_dump_json()}
+        update.update({k: json.dumps(v) for k, v in (fields or {}).items()})
+        self._apply(job_id, update, pipe)
+        return timing.ms
 
     def finish(self, job_id: str, result: dict[str, Any]) -> bool:
-        return self._apply(job_id, {"status": JobStatus.DONE.value, "result": json.dumps(result)}) == 1
+        return self.finish_timed(job_id, result) is not None
+
+    def finish_timed(self, job_id: str, result: dict[str, Any]) -> float | None:
+        """Finish the job; returns its latency in ms (created to finished), or None if it was
+        terminal already. One round trip: the update and the read of the timestamps are pipelined."""
+        pipe = self._r.pipeline(transaction=False)
+        self._apply(job_id, {"status": JobStatus.DONE.value, "result": json.dumps(result)}, pipe)
+        pipe.hmget(self.key(job_id), ["created_at", "updated_at"])
+        applied, (created, updated) = pipe.execute()
+        if int(applied) != 1:
+            return None
+        return (float(updated) - float(created)) * 1000.0
 
     def fail(self, job_id: str, code: ErrorCode, message: str, *, retry_after: float | None = None) -> bool:
         err = JobError(code=code, message=message[:2_000], retry_after=retry_after)

@@ -79,6 +79,10 @@ def enqueue(
     client_app(s).send_task(
         task.value,
         kwargs={"payload": payload},
+        # Celery would saferepr() the whole payload for the message headers that Flower shows: slow
+        # for a hand-off carrying five source passages, and it would put user text in task events.
+        argsrepr="()",
+        kwargsrepr=f"{{'payload': {{'job_id': {task_id!r}, ...}}}}",
         task_id=task_id,
         queue=TASK_QUEUES[task].value,
         priority=int(priority),

@@ -7,12 +7,13 @@ import signal
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from ragfleet.batch import on_query_finished
-from ragfleet.events import finish_query
+from ragfleet.events import EventType, finish_query
 from ragfleet.resources import Resources, get_resources
 from ragfleet.schemas import ErrorCode, JobStatus
 from ragfleet.settings import Settings
@@ -66,18 +67,34 @@ def inject_fault(settings: Settings, question: str) -> None:
         time.sleep(settings.chaos_delay_s)
 
 
+@dataclass(slots=True)
+class StageRun:
+    """What a stage hands back: its duration, and `fields` for the job record that are written
+    with the stage's end, in the same round trip."""
+
+    fields: dict[str, Any] = field(default_factory=dict)
+    events: list[tuple[EventType, dict[str, Any]]] = field(default_factory=list)  # emitted at the end
+    ms: float = 0.0
+    seconds: float = 0.0
+    open: bool = True  # False: the job was terminal when the stage began; do no work for it
+
+
 @contextmanager
-def stage(
-    res: Resources, job_id: str, name: str, queue: str, status: JobStatus
-) -> Iterator[dict[str, float]]:
-    timing: dict[str, float] = {}
-    started = res.jobs.stage_start(job_id, name, queue, status)
+def stage(res: Resources, job_id: str, name: str, queue: str, status: JobStatus) -> Iterator[StageRun]:
+    """Stage bookkeeping in two round trips: one to start it, one to end it with its `fields` and
+    `events` (what would otherwise be a write each on the query's critical path)."""
+    timing, is_open = res.jobs.stage_start(job_id, name, queue, status)
+    run = StageRun(open=is_open)
     t0 = time.perf_counter()
     try:
-        yield timing
+        yield run
     finally:
-        timing["ms"] = res.jobs.stage_end(job_id, name, started)
-        timing["seconds"] = time.perf_counter() - t0
+        pipe = res.redis.pipeline(transaction=False)
+        run.ms = res.jobs.stage_end(job_id, name, timing, fields=run.fields, pipe=pipe)
+        for type_, data in run.events:
+            res.events.emit_to(pipe, job_id, type_, data)
+        pipe.execute()
+        run.seconds = time.perf_counter() - t0
 
 
 def fail(
@@ -89,7 +106,10 @@ def fail(
         on_query_finished(res.redis, res.settings, job_id, ok=False)
 
 
-def finish_with_answer(res: Resources, job_id: str, answer: dict[str, Any], *, replay: bool) -> None:
-    """Finish a query job (see ragfleet.events.finish_query) and advance its batch, if any."""
-    if finish_query(res.jobs, res.events, job_id, answer, replay=replay):
+def finish_with_answer(res: Resources, job_id: str, answer: dict[str, Any], *, replay: bool) -> float | None:
+    """Finish a query job (see ragfleet.events.finish_query) and advance its batch, if any.
+    Returns the job's latency in ms, or None if it was terminal already."""
+    latency_ms = finish_query(res.jobs, res.events, job_id, answer, replay=replay)
+    if latency_ms is not None:
         on_query_finished(res.redis, res.settings, job_id, ok=True)
+    return latency_ms

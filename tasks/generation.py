@@ -21,6 +21,7 @@ _s = get_resources().settings
     name=TaskName.GENERATE.value,
     bind=True,
     base=RagfleetTask,
+    ignore_result=True,  # the job record is the result (see tasks/retrieval.py)
     time_limit=_s.generate_time_limit_s,
     soft_time_limit=_s.generate_time_limit_s - 5,
 )
@@ -34,10 +35,10 @@ def generate(self: RagfleetTask, *, payload: dict[str, Any]) -> dict[str, Any]:
     def on_chunk(text: str) -> None:
         res.events.emit(p.job_id, "answer_chunk", {"text": text})
 
-    if res.jobs.is_terminal(p.job_id):
-        return {"job_id": p.job_id, "status": str(res.jobs.status(p.job_id))}
     try:
-        with stage(res, p.job_id, "generation", Queue.GENERATION.value, JobStatus.GENERATING) as timing:
+        with stage(res, p.job_id, "generation", Queue.GENERATION.value, JobStatus.GENERATING) as run:
+            if not run.open:  # cancelled, or answered by another delivery: no work, no second answer
+                return {"job_id": p.job_id, "status": str(res.jobs.status(p.job_id))}
             result = querying.answer(
                 res,
                 question=p.question,
@@ -50,13 +51,12 @@ def generate(self: RagfleetTask, *, payload: dict[str, Any]) -> dict[str, Any]:
         fail(res, p.job_id, ErrorCode.TIMEOUT, "generation exceeded its time limit", retry_after=5)
         return error_result(p.job_id, ErrorCode.TIMEOUT, "generation exceeded its time limit")
     out = result.model_dump(mode="json")
-    finish_with_answer(res, p.job_id, out, replay=False)
-    metrics.observe_stage("generation", timing["seconds"])
+    latency_ms = finish_with_answer(res, p.job_id, out, replay=False)
+    metrics.observe_stage("generation", run.seconds)
     u = result.usage
     metrics.record_usage(u.provider, u.prompt_tokens, u.completion_tokens, u.cost_usd)
-    rec = res.jobs.get(p.job_id)
-    if rec is not None:
-        metrics.observe_stage("total", max(0.0, rec.updated_at - rec.created_at))
+    if latency_ms is not None:
+        metrics.observe_stage("total", max(0.0, latency_ms / 1000))
     if p.cache_key:
         # single flight: every follower that joined while we ran gets this same answer
         for follower in res.coalescer.complete(p.cache_key, p.job_id):

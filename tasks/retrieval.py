@@ -12,7 +12,7 @@ from ragfleet import metrics, querying
 from ragfleet.names import Priority, Queue, TaskName
 from ragfleet.producer import enqueue, reset_client_apps
 from ragfleet.resources import get_resources
-from ragfleet.schemas import ErrorCode, GeneratePayload, JobStatus, QueryPayload
+from ragfleet.schemas import TERMINAL, ErrorCode, GeneratePayload, JobStatus, QueryPayload
 from tasks._common import (
     InvalidPayloadError,
     error_result,
@@ -28,10 +28,13 @@ from workers.base import RagfleetTask
 _s = get_resources().settings
 
 
+# ignore_result: a query's result is its job record (polled, streamed, TTL'd); Celery's copy would
+# add a STARTED and a SUCCESS write to the backend on the interactive path of both pools.
 @app.task(
     name=TaskName.QUERY.value,
     bind=True,
     base=RagfleetTask,
+    ignore_result=True,
     time_limit=_s.query_time_limit_s,
     soft_time_limit=_s.query_time_limit_s - 5,
     max_retries=2,
@@ -43,11 +46,11 @@ def query(self: RagfleetTask, *, payload: dict[str, Any]) -> dict[str, Any]:
         return exc.result
     res = get_resources()
     job_id = str(p.job_id)
-    res.jobs.create(job_id, "query", tenant=p.tenant, request_id=p.request_id)
-    if res.jobs.is_terminal(job_id):
-        return {"job_id": job_id, "status": str(res.jobs.status(job_id))}
+    status = res.jobs.create(job_id, "query", tenant=p.tenant, request_id=p.request_id)
+    if status in TERMINAL:
+        return {"job_id": job_id, "status": status.value}
     try:
-        with stage(res, job_id, "retrieval", Queue.RETRIEVAL.value, JobStatus.RETRIEVING) as timing:
+        with stage(res, job_id, "retrieval", Queue.RETRIEVAL.value, JobStatus.RETRIEVING) as run:
             store, pointer = res.live_store()
             key = querying.cache_key_for(res, p, pointer.version)
             cached = querying.lookup_cached(res, p, pointer.version)
@@ -64,7 +67,10 @@ def query(self: RagfleetTask, *, payload: dict[str, Any]) -> dict[str, Any]:
             inject_fault(res.settings, p.question)
             r = querying.search(res, p, store, pointer.version, key)
             res.coalescer.renew(key, job_id)
-        metrics.observe_stage("retrieval", timing["seconds"])
+            sources = [s.model_dump(mode="json") for s in r.sources]
+            run.fields["sources"] = sources
+            run.events.append(("sources", {"sources": sources, "index_version": r.index_version}))
+        metrics.observe_stage("retrieval", run.seconds)
     except SoftTimeLimitExceeded:
         fail(res, job_id, ErrorCode.TIMEOUT, "retrieval exceeded its time limit", retry_after=5)
         return error_result(job_id, ErrorCode.TIMEOUT, "retrieval exceeded its time limit")
@@ -75,9 +81,6 @@ def query(self: RagfleetTask, *, payload: dict[str, Any]) -> dict[str, Any]:
         fail(res, job_id, ErrorCode.RETRIEVAL_FAILED, message, retry_after=10)
         return error_result(job_id, ErrorCode.RETRIEVAL_FAILED, message)
 
-    sources = [s.model_dump(mode="json") for s in r.sources]
-    res.jobs.set_field(job_id, "sources", sources)
-    res.events.emit(job_id, "sources", {"sources": sources, "index_version": r.index_version})
     hand_off = GeneratePayload(
         job_id=job_id,
         question=r.question,
