@@ -64,6 +64,11 @@ class Settings(BaseSettings):
     search_mode: Literal["vector", "fts", "hybrid"] = "hybrid"
     hybrid_dense_weight: float = 0.5
     hybrid_candidates: int = 50
+    # ANN (LanceDB IVF-PQ, built past 100k chunks): partitions probed per query, and how many times
+    # top_k candidates are re-ranked on exact vectors (0 = off). bench/bench_scale.py --sweep shows
+    # the latency/recall trade-off they set.
+    ann_nprobes: int = 20
+    ann_refine_factor: int = 10
 
     # --- generation ---------------------------------------------------------------------------------
     generator: str = "extractive"  # extractive | openai

@@ -15,7 +15,13 @@ def build_store(settings: Settings, *, collection: str | None = None, dim: int =
     if settings.store == "lancedb":
         from ragfleet.stores.lancedb_store import LanceDBStore
 
-        return LanceDBStore(settings.data_dir / "lancedb", name, dim=dim)
+        return LanceDBStore(
+            settings.data_dir / "lancedb",
+            name,
+            dim=dim,
+            nprobes=settings.ann_nprobes,
+            refine_factor=settings.ann_refine_factor,
+        )
     if settings.store == "weaviate":
         from ragfleet.stores.weaviate_store import WeaviateStore
 
