@@ -7,6 +7,13 @@ issue allows; queries are perturbed copies of stored vectors so the nearest neig
 recall@10 of the ANN index can be reported next to its latency. Tables are written through the same
 LanceDBStore the retrieval pool uses; past `ANN_MIN_ROWS` the store builds IVF-PQ (`build_vector_index`).
 Prints a table, writes bench/out/scale.json and bench/out/scale.png.
+
+The process loads the embedding model before it queries, as a retrieval worker does, so the RSS
+column is what one retrieval worker process holds (model + store handle + index caches).
+`--sweep` also tries ANN settings (nprobes x refine_factor) at the largest ANN size: P50/P99 and
+recall for each, to choose `RAGFLEET_ANN_NPROBES` / `RAGFLEET_ANN_REFINE_FACTOR`.
+Indexes are built the way the fleet builds them: `LanceDBStore.optimize()` (scalar + FTS indexes,
+and IVF-PQ past `ANN_MIN_ROWS`). Queries are vector-only (synthetic chunks have no text to match).
 """
 
 from __future__ import annotations
@@ -31,7 +38,35 @@ DIM = 384
 
 
 def rss_mb() -> float:
+    """Resident set size now (not the peak: index building is transient)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_queries(
+    store: LanceDBStore, probes: np.ndarray, n: int, rng: np.random.Generator
+) -> tuple[list[float], float]:
+    lat, hits = [], 0
+    for i in range(n):
+        target = probes[i % len(probes)]
+        q = target + 0.05 * rng.standard_normal(DIM, dtype=np.float32)
+        q /= np.linalg.norm(q)
+        t2 = time.perf_counter()
+        res = store.search("default", vector=q.tolist(), text=None, mode="vector", top_k=10)
+        lat.append((time.perf_counter() - t2) * 1000)
+        hits += int(bool(res) and res[0].chunk_id == f"s{i % len(probes)}")
+    lat.sort()
+    return lat, hits / n
+
+
+def pct(lat: list[float], q: float) -> float:
+    return round(lat[min(len(lat) - 1, int(q * len(lat)))], 2)
 
 
 def build(store: LanceDBStore, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -70,59 +105,86 @@ def build(store: LanceDBStore, n: int, rng: np.random.Generator) -> np.ndarray:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="10000,100000,1000000")
-    ap.add_argument("--queries", type=int, default=200)
+    ap.add_argument("--queries", type=int, default=300)
+    ap.add_argument(
+        "--sweep", action="store_true", help="try nprobes x refine_factor at the largest ANN size"
+    )
     args = ap.parse_args()
+    from ragfleet.embedding import Embedder, pin_threads
+    from ragfleet.settings import Settings
+
+    settings = Settings()
+    pin_threads(settings.torch_threads)
+    Embedder(settings).warm_up()  # what a retrieval worker holds besides the store
+    model_rss = rss_mb()
+    print(f"RSS with the embedding model loaded: {model_rss:.0f} MB", flush=True)
     rng = np.random.default_rng(7)
-    rows = []
-    for n in [int(x) for x in args.sizes.split(",")]:
+    rows, sweep = [], []
+    sizes = [int(x) for x in args.sizes.split(",")]
+    for n in sizes:
         root = Path(tempfile.mkdtemp(prefix="rf-scale-"))
         try:
-            store = LanceDBStore(root, "chunks", dim=DIM)
+            store = LanceDBStore(
+                root,
+                "chunks",
+                dim=DIM,
+                nprobes=settings.ann_nprobes,
+                refine_factor=settings.ann_refine_factor,
+            )
             t0 = time.perf_counter()
             probes = build(store, n, rng)
             write_s = time.perf_counter() - t0
-            index_s = 0.0
-            if n >= ANN_MIN_ROWS:
-                t1 = time.perf_counter()
-                store.build_vector_index()
-                index_s = time.perf_counter() - t1
+            t1 = time.perf_counter()
+            store.optimize()  # as the fleet does: scalar + FTS indexes, IVF-PQ past ANN_MIN_ROWS
+            index_s = time.perf_counter() - t1
             store.refresh()
-            lat, hits = [], 0
-            for i in range(args.queries):
-                target = probes[i % len(probes)]
-                q = target + 0.05 * rng.standard_normal(DIM, dtype=np.float32)
-                q /= np.linalg.norm(q)
-                t2 = time.perf_counter()
-                res = store.search("default", vector=q.tolist(), text=None, mode="vector", top_k=10)
-                lat.append((time.perf_counter() - t2) * 1000)
-                hits += int(res and res[0].chunk_id == f"s{i % len(probes)}")
-            lat.sort()
+            run_queries(store, probes, 20, rng)  # warm the index caches, as a serving worker has them
+            lat, recall = run_queries(store, probes, args.queries, rng)
+            ann = n >= ANN_MIN_ROWS
             row = {
                 "chunks": n,
-                "index": "IVF-PQ" if n >= ANN_MIN_ROWS else "exact",
+                "index": f"IVF-PQ nprobes={store.nprobes} refine={store.refine_factor}" if ann else "exact",
                 "write_s": round(write_s, 1),
                 "index_build_s": round(index_s, 1),
-                "p50_ms": round(lat[len(lat) // 2], 2),
-                "p99_ms": round(lat[min(len(lat) - 1, int(0.99 * len(lat)))], 2),
-                "top1_recall": round(hits / args.queries, 3),
+                "p50_ms": pct(lat, 0.50),
+                "p99_ms": pct(lat, 0.99),
+                "top1_recall": round(recall, 3),
                 "rss_mb": round(rss_mb(), 0),
+                "peak_rss_mb": round(peak_rss_mb(), 0),
             }
             rows.append(row)
             print(row, flush=True)
+            if args.sweep and ann and n == max(x for x in sizes if x >= ANN_MIN_ROWS):
+                for nprobes in (10, 20, 40):
+                    for refine in (0, 5, 10, 20):
+                        store.nprobes, store.refine_factor = nprobes, refine
+                        lat, recall = run_queries(store, probes, args.queries, rng)
+                        sweep.append({"chunks": n, "nprobes": nprobes, "refine_factor": refine,
+                                      "p50_ms": pct(lat, 0.5), "p99_ms": pct(lat, 0.99),
+                                      "top1_recall": round(recall, 3)})  # fmt: skip
+                        print(sweep[-1], flush=True)
         finally:
             shutil.rmtree(root, ignore_errors=True)
     print(
-        "| chunks | index | write s | index build s | P50 ms | P99 ms | top-1 recall | process max RSS MB |"
+        "| chunks | index | write s | index build s | P50 ms | P99 ms | top-1 recall | worker RSS MB | peak |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         print(
             f"| {r['chunks']:,} | {r['index']} | {r['write_s']} | {r['index_build_s']} | {r['p50_ms']} | "
-            f"{r['p99_ms']} | {r['top1_recall']} | {r['rss_mb']:.0f} |"
+            f"{r['p99_ms']} | {r['top1_recall']} | {r['rss_mb']:.0f} | {r['peak_rss_mb']:.0f} |"
         )
+    if sweep:
+        print("\n| chunks | nprobes | refine_factor | P50 ms | P99 ms | top-1 recall |")
+        print("| --- | --- | --- | --- | --- | --- |")
+        for r in sweep:
+            print(f"| {r['chunks']:,} | {r['nprobes']} | {r['refine_factor']} | {r['p50_ms']} | "
+                  f"{r['p99_ms']} | {r['top1_recall']} |")  # fmt: skip
     out = Path("bench/out")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "scale.json").write_text(json.dumps(rows, indent=2))
+    (out / "scale.json").write_text(
+        json.dumps({"model_rss_mb": model_rss, "rows": rows, "sweep": sweep}, indent=2)
+    )
     import matplotlib
 
     matplotlib.use("Agg")

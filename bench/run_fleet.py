@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import redis
 
 from ragfleet.settings import Settings
@@ -130,6 +131,32 @@ class BenchFleet:
         self._save()
         self.wait_ready(timeout)
         return self
+
+    def start_api(self, port: int = 8765, *, workers: int = 2, env: dict[str, str] | None = None) -> str:
+        """The HTTP API in front of this fleet, as the Procfile runs it (`api_shim.serve`, `workers`
+        processes); returns its base URL once /healthz answers."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = (self.data_dir / "api.log").open("ab")
+        cmd = [
+            sys.executable, "-m", "api_shim.serve", "--host", "127.0.0.1", "--port", str(port),
+            "--workers", str(workers), "--log-level", "warning",
+        ]  # fmt: skip
+        proc = subprocess.Popen(
+            cmd, cwd=REPO, env={**self._env(), **(env or {})}, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        self.pids["api"] = proc.pid
+        self._save()
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    return url
+            if not _alive(proc.pid):
+                raise RuntimeError((self.data_dir / "api.log").read_text(errors="replace")[-3000:])
+            time.sleep(0.2)
+        raise TimeoutError(f"API on {url} not up after 60 s")
 
     def wait_ready(self, timeout: float = 180.0) -> None:
         r = redis.Redis.from_url(self.redis_url, decode_responses=True)
