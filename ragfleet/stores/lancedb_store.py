@@ -79,6 +79,8 @@ class LanceDBStore:
         self._table: Any = None
         self._lock = threading.RLock()
         self._fts_ready = False
+        # (version, tenant) -> "that snapshot holds no other tenant's rows"
+        self._sole_tenant: dict[str, bool] = {}
 
     # -- connection ------------------------------------------------------------------------------
     def _connect(self) -> Any:
@@ -107,10 +109,12 @@ class LanceDBStore:
     def refresh(self) -> None:
         if self._table is not None:
             self._table.checkout_latest()
+        self._sole_tenant.clear()
 
     def close(self) -> None:
         self._table = None
         self._db = None
+        self._sole_tenant.clear()
 
     # -- writes ----------------------------------------------------------------------------------
     def _rows(self, records: list[ChunkRecord]) -> pa.Table:
@@ -171,6 +175,7 @@ class LanceDBStore:
             )
 
         self._retry(write)
+        self._sole_tenant.clear()
         self._ensure_fts()
         return len(records)
 
@@ -208,6 +213,7 @@ class LanceDBStore:
         n = int(tbl.count_rows(where))
         if n:
             self._retry(lambda: tbl.delete(where))
+            self._sole_tenant.clear()
         return n
 
     def drop(self) -> None:
@@ -272,6 +278,25 @@ class LanceDBStore:
             where += f" AND array_has_all(tags, [{', '.join(_lit(t) for t in tags)}])"
         return where
 
+    def _search_filter(self, tenant: str, filters: dict[str, MetadataValue] | None) -> str | None:
+        """The prefilter for a search, or None when it would select every row.
+
+        LanceDB evaluates a prefilter over the whole table before the ANN search even when every
+        row matches: at 1M chunks `tenant = 'default'` took a vector query from 27 ms to 96 ms. So
+        the tenant condition is left out when this snapshot holds no other tenant (one count on
+        the bitmap index, ~1 ms, cached until the handle moves). Multi-tenant tables keep it.
+        """
+        if tags_for(filters or {}):
+            return self._where(tenant, filters)
+        tbl = self._tbl()
+        # keyed by the snapshot's version too: tenant isolation must not rest on cache hygiene alone
+        key = f"{tbl.version}\0{tenant}"
+        sole = self._sole_tenant.get(key)
+        if sole is None:
+            sole = int(tbl.count_rows(f"tenant != {_lit(tenant)}")) == 0
+            self._sole_tenant[key] = sole
+        return None if sole else self._where(tenant, None)
+
     def _hits(
         self, rows: list[dict[str, Any]], key: str, *, distance: bool
     ) -> dict[str, tuple[float, dict[str, Any]]]:
@@ -294,7 +319,7 @@ class LanceDBStore:
         candidates: int = 50,
     ) -> list[SearchHit]:
         tbl = self._tbl()
-        where = self._where(tenant, filters)
+        where = self._search_filter(tenant, filters)
         n = max(top_k, candidates) if mode == "hybrid" else top_k
         dense: dict[str, tuple[float, dict[str, Any]]] = {}
         sparse: dict[str, tuple[float, dict[str, Any]]] = {}
