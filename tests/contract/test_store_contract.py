@@ -217,6 +217,38 @@ class StoreContract:
         assert store.count("globex") == 3
         assert len(store.document_hashes("globex", ["shared"])["shared"]) == 2
 
+    def test_isolation_holds_when_a_second_tenant_arrives(
+        self, store: VectorStore, store_factory: StoreFactory
+    ) -> None:
+        """A store may skip the tenant filter while only one tenant exists (LanceDB does: the
+        filter costs ~70 ms at 1M rows); the moment another tenant's rows are in the snapshot,
+        every reader - the writer's handle and a refreshed second one - must filter again."""
+        texts = ["Wind turbines need regular maintenance.", "Turbine blades are inspected yearly."]
+        vecs = unit_vectors(2, 31)
+        reader = store_factory()
+        try:
+            store.replace_documents("acme", {"d": doc("acme", "d", texts, vecs)})
+            reader.refresh()
+            for handle in (store, reader):
+                for mode in MODES:
+                    hits = self.search(handle, "acme", mode, vector=vecs[0], text="turbines")
+                    assert hits and all(h.chunk_id.startswith("acme/") for h in hits), (mode, ids(hits))
+                    assert self.search(handle, "globex", mode, vector=vecs[0], text="turbines") == []
+            # the same words and vectors under another tenant: they would tie with acme's rows
+            store.replace_documents("globex", {"d": doc("globex", "d", texts, vecs)})
+            reader.refresh()
+            for handle in (store, reader):
+                for mode in MODES:
+                    for tenant in ("acme", "globex"):
+                        hits = self.search(handle, tenant, mode, vector=vecs[0], text="turbines")
+                        assert hits and all(h.chunk_id.startswith(f"{tenant}/") for h in hits), (
+                            mode,
+                            tenant,
+                            ids(hits),
+                        )
+        finally:
+            reader.close()
+
     # -- filters -----------------------------------------------------------------------------------
     def test_metadata_filters_match_equality_and_and_across_keys(self, store: VectorStore) -> None:
         vecs = unit_vectors(4, 12)
