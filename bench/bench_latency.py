@@ -248,14 +248,14 @@ def plot(result: dict[str, Any], path: Path) -> None:
     levels = result["fleet"]
     cs = [lv["concurrency"] for lv in levels]
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(cs, [lv["p50_ms"] for lv in levels], "o-", label="fleet P50")
-    ax.plot(cs, [lv["p99_ms"] for lv in levels], "o--", label="fleet P99")
+    ax.plot(cs, [lv["p50_ms"] for lv in levels], "o-", label="through HTTP, P50")
+    ax.plot(cs, [lv["p99_ms"] for lv in levels], "o--", label="through HTTP, P99")
     ax.axhline(result["inprocess"][0]["p50_ms"], color="gray", label="in-process P50 (serial)")
     ax.set_xscale("log", base=2)
     ax.set_xticks(cs, [str(c) for c in cs])
     ax.set_xlabel("jobs in flight")
     ax.set_ylabel("latency (ms)")
-    ax.set_title("Query latency, cache off (2 cores)")
+    ax.set_title("Query latency through the API, cache off (2 cores)")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)

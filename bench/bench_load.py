@@ -1,6 +1,6 @@
 """Load test at 2x the expected traffic (bench/locustfile.py states it) through the HTTP API.
 
-    python bench/bench_load.py [--use-running] [--docs 1000] [--users 20] [--rate 0.5] [--time 60]
+    python bench/bench_load.py [--use-running] [--docs 1000] [--users 32] [--rate 0.5] [--time 60]
 
 Starts the API (2 uvicorn workers, as the Procfile does) in front of a fleet - the one left by
 `bench_indexing.py --keep` with `--use-running`, else a fresh one with `--docs` SciFact documents -
@@ -56,7 +56,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=Path("../shared/data/scifact"))
     ap.add_argument("--use-running", action="store_true")
     ap.add_argument("--docs", type=int, default=1000)
-    ap.add_argument("--users", type=int, default=20)
+    ap.add_argument("--users", type=int, default=32)
     ap.add_argument("--rate", type=float, default=0.5, help="questions/s per user")
     ap.add_argument("--time", type=int, default=60, help="seconds")
     ap.add_argument("--port", type=int, default=8766)

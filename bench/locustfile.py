@@ -3,10 +3,11 @@
     python bench/bench_load.py            # starts fleet + API, runs this file headless, prints the table
 
 Expected traffic for one 2-core node (the number the fleet is sized for, stated here so the test
-means something): **5 questions/s**, of which 60 % are new questions (cache miss, the whole
-retrieval -> generation pipeline) and 40 % repeat a popular question (answered from the cache).
-The test runs at 2x that: 10 questions/s from `users` callers, each at a constant rate
-(`constant_throughput`), each with its own API key, as separate client services would be.
+means something): **8 questions/s** (~690k a day), of which 60 % are new questions (cache miss,
+the whole retrieval -> generation pipeline) and 40 % repeat a popular question (answered from the
+cache). That is about a third of the node's saturated miss throughput (bench_latency.py). The
+test runs at 2x: 16 questions/s from 32 callers at 0.5/s each (`constant_throughput`), each with
+its own API key, as separate client services would be.
 
 A request is a success only if `POST /v1/queries?wait=30` returns 200 with a `done` job record: a
 202 (not answered within the long poll), a 429, a 5xx or a failed job all count as errors.
