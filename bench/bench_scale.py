@@ -156,7 +156,7 @@ def main() -> None:
             print(row, flush=True)
             if args.sweep and ann and n == max(x for x in sizes if x >= ANN_MIN_ROWS):
                 for nprobes in (10, 20, 40):
-                    for refine in (0, 5, 10, 20):
+                    for refine in (0, 10):
                         store.nprobes, store.refine_factor = nprobes, refine
                         lat, recall = run_queries(store, probes, args.queries, rng)
                         sweep.append({"chunks": n, "nprobes": nprobes, "refine_factor": refine,
