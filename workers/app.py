@@ -16,6 +16,7 @@ from kombu.entity import Queue as KQueue
 
 from ragfleet.names import TASK_QUEUES, Queue
 from ragfleet.settings import Settings, get_settings
+from workers import kombu_fixes
 
 TASK_MODULES = [
     "tasks.retrieval",
@@ -28,6 +29,7 @@ TASK_MODULES = [
 
 def create_app(settings: Settings | None = None) -> Celery:
     s = settings or get_settings()
+    kombu_fixes.install()  # a worker must survive losing Redis with messages unacked (see module)
     app = Celery("ragfleet", broker=s.broker, backend=s.backend, include=TASK_MODULES)
     transport: dict[str, object] = {
         "visibility_timeout": s.visibility_timeout_s,
