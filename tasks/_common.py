@@ -97,6 +97,18 @@ def stage(res: Resources, job_id: str, name: str, queue: str, status: JobStatus)
         run.seconds = time.perf_counter() - t0
 
 
+def retry_or_fail(
+    task: RagfleetTask, res: Resources, job_id: str, what: str, exc: Exception, *, code: ErrorCode
+) -> dict[str, Any]:
+    """A transient error: retry with exponential backoff, and past `max_retries` fail the job
+    with `code` (retry_after 30 s) and return its error result."""
+    if task.request.retries < task.max_retries:
+        raise task.retry(exc=exc, countdown=2**task.request.retries) from exc
+    message = f"{what} failed: {type(exc).__name__}: {exc}"[:2_000]
+    res.jobs.fail(job_id, code, message, retry_after=30)
+    return error_result(job_id, code, message)
+
+
 def fail(
     res: Resources, job_id: str, code: ErrorCode, message: str, *, retry_after: float | None = None
 ) -> None:

@@ -23,7 +23,7 @@ from ragfleet.logs import get_logger
 from ragfleet.names import Queue, TaskName
 from ragfleet.resources import Resources, get_resources
 from ragfleet.schemas import ErrorCode, FeedbackPayload, JobStatus
-from tasks._common import InvalidPayloadError, error_result, stage
+from tasks._common import InvalidPayloadError, error_result, retry_or_fail, stage
 from workers.app import app
 from workers.base import RagfleetTask
 
@@ -57,14 +57,6 @@ def _sessions(res: Resources) -> sessionmaker[Session]:
     return repository.get_session_factory(url)
 
 
-def _give_up(task: RagfleetTask, res: Resources, job_id: str, what: str, exc: Exception) -> dict[str, Any]:
-    if task.request.retries < task.max_retries:
-        raise task.retry(exc=exc, countdown=2**task.request.retries) from exc
-    message = f"{what} failed: {type(exc).__name__}: {exc}"[:2_000]
-    res.jobs.fail(job_id, ErrorCode.UNAVAILABLE, message, retry_after=30)
-    return error_result(job_id, ErrorCode.UNAVAILABLE, message)
-
-
 @app.task(
     name=TaskName.FEEDBACK_RECORD.value,
     bind=True,
@@ -92,7 +84,7 @@ def record(self: RagfleetTask, *, payload: dict[str, Any]) -> dict[str, Any]:
         res.jobs.fail(job_id, ErrorCode.TIMEOUT, message)
         return error_result(job_id, ErrorCode.TIMEOUT, message)
     except _RETRYABLE as exc:
-        return _give_up(self, res, job_id, "recording feedback", exc)
+        return retry_or_fail(self, res, job_id, "recording feedback", exc, code=ErrorCode.UNAVAILABLE)
     res.jobs.finish(job_id, out)
     return {"job_id": job_id, **out}
 
@@ -128,7 +120,7 @@ def aggregate(self: RagfleetTask, *, payload: dict[str, Any] | None = None) -> d
         res.jobs.fail(job_id, ErrorCode.TIMEOUT, message)
         return error_result(job_id, ErrorCode.TIMEOUT, message)
     except _RETRYABLE as exc:
-        return _give_up(self, res, job_id, "feedback aggregation", exc)
+        return retry_or_fail(self, res, job_id, "feedback aggregation", exc, code=ErrorCode.UNAVAILABLE)
     # the heartbeat says the schedule ran, so only after the gauges are fresh
     metrics.beat_heartbeat(AGGREGATE_SCHEDULE, interval_s=AGGREGATE_INTERVAL_S)
     res.jobs.finish(job_id, out)

@@ -12,6 +12,7 @@ from ragfleet.names import Queue, TaskName
 from ragfleet.producer import client_app, enqueue
 from ragfleet.resources import get_resources
 from ragfleet.schemas import (
+    TERMINAL,
     DeleteDocumentPayload,
     ErrorCode,
     IndexDocumentPayload,
@@ -19,7 +20,7 @@ from ragfleet.schemas import (
     JobStatus,
 )
 from ragfleet.update_buffer import UpdateBuffer
-from tasks._common import InvalidPayloadError, error_result, parse, stage
+from tasks._common import InvalidPayloadError, error_result, parse, retry_or_fail, stage
 from workers.app import app
 from workers.base import RagfleetTask
 
@@ -57,11 +58,7 @@ def index_documents(self: RagfleetTask, *, payload: dict[str, Any]) -> dict[str,
         res.jobs.fail(job_id, ErrorCode.TIMEOUT, message)
         return error_result(job_id, ErrorCode.TIMEOUT, message)
     except (RedisError, OSError, RuntimeError) as exc:
-        if self.request.retries < self.max_retries:
-            raise self.retry(exc=exc, countdown=2**self.request.retries) from exc
-        message = f"indexing failed: {type(exc).__name__}: {exc}"
-        res.jobs.fail(job_id, ErrorCode.INTERNAL, message, retry_after=30)
-        return error_result(job_id, ErrorCode.INTERNAL, message)
+        return retry_or_fail(self, res, job_id, "indexing", exc, code=ErrorCode.INTERNAL)
     out = result.model_dump(mode="json")
     res.jobs.finish(job_id, out)
     if result.chunks_written:
@@ -90,11 +87,7 @@ def delete_document(self: RagfleetTask, *, payload: dict[str, Any]) -> dict[str,
         with stage(res, job_id, "indexing", Queue.INDEXING.value, JobStatus.INDEXING):
             result = indexing.delete_document(res, tenant=p.tenant, doc_id=p.doc_id)
     except (RedisError, OSError, RuntimeError) as exc:
-        if self.request.retries < self.max_retries:
-            raise self.retry(exc=exc, countdown=2**self.request.retries) from exc
-        message = f"delete failed: {type(exc).__name__}: {exc}"
-        res.jobs.fail(job_id, ErrorCode.INTERNAL, message, retry_after=30)
-        return error_result(job_id, ErrorCode.INTERNAL, message)
+        return retry_or_fail(self, res, job_id, "delete", exc, code=ErrorCode.INTERNAL)
     out = result.model_dump(mode="json")
     if result.documents_deleted == 0:
         res.jobs.fail(job_id, ErrorCode.NOT_FOUND, f"document {p.doc_id!r} not found")
@@ -118,9 +111,9 @@ def index_document(self: RagfleetTask, *, payload: dict[str, Any]) -> dict[str, 
         return exc.result
     res = get_resources()
     job_id = str(p.job_id)
-    res.jobs.create(job_id, "index", tenant=p.tenant, request_id=p.request_id)
-    if res.jobs.is_terminal(job_id):
-        return {"job_id": job_id, "status": str(res.jobs.status(job_id))}
+    status = res.jobs.create(job_id, "index", tenant=p.tenant, request_id=p.request_id)
+    if status in TERMINAL:
+        return {"job_id": job_id, "status": status.value}
     buf = UpdateBuffer(res)
     waiting = buf.add({"job_id": job_id, "tenant": p.tenant, "document": p.document})
     res.jobs.set_status(job_id, JobStatus.INDEXING)
