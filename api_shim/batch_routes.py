@@ -59,6 +59,15 @@ def _integral(value: Any) -> Any:
     return value
 
 
+def _not_null(value: Any) -> Any:
+    if value is None:
+        raise ValueError("may be left out, but not null")
+    return value
+
+
+NotNull = BeforeValidator(_not_null)
+
+
 def _request_schema(s: Settings) -> dict[str, Any]:
     """Hand-written (one body, three content types); `_models` enforce exactly this."""
     question = {"type": "string", "minLength": 1, "maxLength": s.max_question_chars, "pattern": NOT_BLANK}
@@ -108,19 +117,21 @@ def _models(s: Settings) -> type[BaseModel]:
     Question = Annotated[str, Field(min_length=1, max_length=s.max_question_chars, pattern=NOT_BLANK)]  # noqa: N806
     TopK = Annotated[int, BeforeValidator(_integral), Field(ge=1, le=s.max_top_k)]  # noqa: N806
 
+    # Optional fields may be left out but not sent as null: the documented schema (above) has no
+    # null. A default is not validated, so the check only meets a null the client actually sent.
     class BatchItem(_Strict):
         question: Question
-        top_k: TopK | None = None
-        mode: SearchMode | None = None
+        top_k: Annotated[TopK | None, NotNull] = None
+        mode: Annotated[SearchMode | None, NotNull] = None
         filters: dict[str, MetadataValue] = Field(default_factory=dict)
-        use_cache: bool | None = None
-        id: Annotated[str, Field(max_length=512)] | int | None = None
+        use_cache: Annotated[bool | None, NotNull] = None
+        id: Annotated[Annotated[str, Field(max_length=512)] | int | None, NotNull] = None
 
     class BatchRequest(_Strict):
         questions: list[Question | BatchItem] = Field(min_length=1, max_length=s.max_batch_questions)
-        top_k: TopK | None = None
-        mode: SearchMode | None = None
-        use_cache: bool | None = None
+        top_k: Annotated[TopK | None, NotNull] = None
+        mode: Annotated[SearchMode | None, NotNull] = None
+        use_cache: Annotated[bool | None, NotNull] = None
 
     return BatchRequest
 
