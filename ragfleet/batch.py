@@ -270,12 +270,13 @@ class Batches:
                 self.advance(batch_id, index, ok=False, claims=0)
 
     def on_job_finished(self, job_id: str, *, ok: bool) -> None:
-        """The worker hook: called after a query job became terminal. No-op unless it is a batch item."""
-        batch_id = self._r.hget(self.jobs.key(job_id), "batch_id")
-        if not batch_id:
+        """The worker hook: called after a query job became terminal. No-op unless it is a batch item
+        (whose job id is `<batch id>.<index>`: any other id is known not to be one without a read)."""
+        _, dot, index = job_id.rpartition(".")
+        if not dot or not index.isdigit():
             return
-        _, _, index = job_id.rpartition(".")
-        if index.isdigit():
+        batch_id = self._r.hget(self.jobs.key(job_id), "batch_id")
+        if batch_id:
             self.advance(str(batch_id), int(index), ok=ok)
 
     def reconcile(self, batch_id: str) -> None:

@@ -76,10 +76,11 @@ class AnswerCache:
             self._l1[key] = value
         return value, "l2"
 
-    def put(self, key: str, value: dict[str, Any]) -> None:
+    def put(self, key: str, value: dict[str, Any], pipe: redis.client.Pipeline | None = None) -> None:
+        """Store in both layers; with `pipe`, the Redis write is queued for the caller's round trip."""
         if not self._s.cache_enabled:
             return
-        self._r.set(self._rkey(key), json.dumps(value), ex=self._s.cache_l2_ttl_s)
+        (pipe or self._r).set(self._rkey(key), json.dumps(value), ex=self._s.cache_l2_ttl_s)
         with self._lock:
             self._l1[key] = value
 
@@ -120,10 +121,16 @@ class EmbeddingCache:
             self._l1[key] = arr
         return arr, "l2"
 
-    def put(self, question: str, vec: np.ndarray[Any, np.dtype[np.float32]]) -> None:
+    def put(
+        self,
+        question: str,
+        vec: np.ndarray[Any, np.dtype[np.float32]],
+        pipe: redis.client.Pipeline | None = None,
+    ) -> None:
+        """Store in both layers; with `pipe`, the Redis write is queued for the caller's round trip."""
         key = self._key(question)
         arr = np.asarray(vec, dtype=np.float32)
-        self._r.set(key, arr.tobytes().hex(), ex=self._s.cache_l2_ttl_s)
+        (pipe or self._r).set(key, arr.tobytes().hex(), ex=self._s.cache_l2_ttl_s)
         with self._lock:
             self._l1[key] = arr
 

@@ -70,7 +70,11 @@ class Coalescer:
         )
         return Flight("leader" if int(ok) == 1 else "follower", str(leader))
 
-    def renew(self, key: str, job_id: str) -> bool:
+    def renew(self, key: str, job_id: str, pipe: redis.client.Pipeline | None = None) -> bool:
+        """Extend the leader's lock; with `pipe` it is only queued (and this returns True)."""
+        if pipe is not None:
+            pipe.eval(_RENEW, 1, self._keys(key)[0], job_id, self.lock_ttl_ms)
+            return True
         return int(self._renew(keys=self._keys(key)[:1], args=[job_id, self.lock_ttl_ms])) == 1
 
     def complete(self, key: str, job_id: str) -> list[str]:
@@ -80,5 +84,9 @@ class Coalescer:
     def runs_key(self) -> str:
         return self._s.key("stats", "pipeline_runs")
 
-    def count_run(self) -> int:
+    def count_run(self, pipe: redis.client.Pipeline | None = None) -> int:
+        """Count a pipeline run (what coalescing saved is runs vs queries); with `pipe`, queued."""
+        if pipe is not None:
+            pipe.incr(self.runs_key())
+            return -1
         return int(self._r.incr(self.runs_key()))

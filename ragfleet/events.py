@@ -9,6 +9,7 @@ Redis's own, monotonic per stream. Streams expire with the job record.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, cast
@@ -21,6 +22,35 @@ from ragfleet.settings import Settings
 
 EventType = Literal["sources", "answer_chunk", "done", "error"]
 TERMINAL_EVENTS = frozenset({"done", "error"})
+STREAM_MAXLEN = 10_000  # approximate (MAXLEN ~): a bound for a runaway producer; no answer comes near it
+
+# Finish a query job and close its stream in one atomic round trip (the last thing on the critical
+# path of every answer). KEYS: job hash, event stream. ARGV: now, TTL, MAXLEN, the `done` event's
+# data (JSON; `latency_ms` is filled in here from the record's created_at), n, then n (type, data)
+# events to append before `done` (a replayed answer's sources and text), then field/value pairs
+# for the record. Nothing is written if the job is terminal (0) or gone (-1). Returns {applied,
+# latency_ms as a string} (a Lua number would reach the client truncated to an integer).
+_FINISH_QUERY = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, false} end
+local st = redis.call('HGET', KEYS[1], 'status')
+if st == 'done' or st == 'failed' or st == 'cancelled' then return {0, false} end
+local i = 6
+for _ = 1, tonumber(ARGV[5]) do
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'type', ARGV[i], 'data', ARGV[i + 1])
+  i = i + 2
+end
+while i < #ARGV do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+redis.call('HSET', KEYS[1], 'status', 'done', 'updated_at', ARGV[1])
+local latency = (tonumber(ARGV[1]) - tonumber(redis.call('HGET', KEYS[1], 'created_at'))) * 1000
+local done = cjson.decode(ARGV[4])
+done['latency_ms'] = latency
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'type', 'done', 'data', cjson.encode(done))
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+return {1, tostring(latency)}
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +64,7 @@ class JobEvents:
     def __init__(self, client: redis.Redis, settings: Settings) -> None:
         self._r = client
         self._s = settings
+        self._finish = client.register_script(_FINISH_QUERY)
 
     def key(self, job_id: str) -> str:
         return self._s.key("events", job_id)
@@ -49,8 +80,39 @@ class JobEvents:
     ) -> None:
         """Queue the event onto `pipe`, to be written with whatever else goes in that round trip."""
         key = self.key(job_id)
-        pipe.xadd(key, {"type": type_, "data": json.dumps(data)}, maxlen=10_000, approximate=True)
+        pipe.xadd(key, {"type": type_, "data": json.dumps(data)}, maxlen=STREAM_MAXLEN, approximate=True)
         pipe.expire(key, self._s.job_ttl_s)
+
+    def finish(
+        self,
+        job_key: str,
+        job_id: str,
+        done: dict[str, Any],
+        before: list[tuple[EventType, dict[str, Any]]],
+        fields: dict[str, str],
+        pipe: redis.client.Pipeline | None = None,
+    ) -> float | None:
+        """Mark the job `done` with `fields`, append `before` and then `done` (its `latency_ms`
+        filled in by Redis) to the stream: see _FINISH_QUERY. With `pipe`, runs it after whatever
+        is queued there. Returns the latency in ms, or None if the job was terminal or gone."""
+        argv: list[str] = [
+            repr(time.time()),
+            str(self._s.job_ttl_s),
+            str(STREAM_MAXLEN),
+            json.dumps(done),
+            str(len(before)),
+        ]
+        for type_, data in before:
+            argv += [type_, json.dumps(data)]
+        for k, v in fields.items():
+            argv += [k, v]
+        keys = [job_key, self.key(job_id)]
+        if pipe is None:
+            applied, latency = self._finish(keys=keys, args=argv)
+        else:
+            pipe.eval(_FINISH_QUERY, len(keys), *keys, *argv)  # EVAL: no SCRIPT EXISTS round trip
+            applied, latency = pipe.execute()[-1]
+        return float(latency) if int(applied) == 1 else None
 
     def read(self, job_id: str, after: str = "0-0", *, block_ms: int = 0, count: int = 100) -> list[JobEvent]:
         """Events after `after` (exclusive). With block_ms, waits up to that long for new ones."""
@@ -70,8 +132,6 @@ class JobEvents:
         self, job_id: str, after: str = "0-0", *, timeout_s: float = 60.0, block_ms: int = 1_000
     ) -> Iterator[JobEvent]:
         """Yield events until a terminal one (or the timeout); what a streaming endpoint serves."""
-        import time
-
         deadline = time.monotonic() + timeout_s
         last = after
         while time.monotonic() < deadline:
@@ -83,19 +143,31 @@ class JobEvents:
 
 
 def finish_query(
-    jobs: JobStore, events: JobEvents, job_id: str, answer: dict[str, Any], *, replay: bool
+    jobs: JobStore,
+    events: JobEvents,
+    job_id: str,
+    answer: dict[str, Any],
+    *,
+    replay: bool,
+    fields: dict[str, str] | None = None,
+    pipe: redis.client.Pipeline | None = None,
 ) -> float | None:
     """Finish a query job and close its stream; with `replay`, also emit the sources and the whole
     answer first (answers that no generation worker streamed: cached or coalesced ones).
+
+    One round trip, atomic (see _FINISH_QUERY): `fields` (already encoded, e.g. the last stage's
+    timing) are written with the result, and whatever the caller queued on `pipe` (e.g. the answer
+    cache entry) goes out in the same round trip, before the job turns done.
     Returns the job's latency in ms, or None when the job was already terminal (nothing is
     emitted twice)."""
-    if replay and not jobs.is_terminal(job_id):
-        events.emit(job_id, "sources", {"sources": answer.get("sources", [])})
-        events.emit(job_id, "answer_chunk", {"text": answer.get("answer", "")})
-    latency_ms = jobs.finish_timed(job_id, answer)
-    if latency_ms is not None:
-        events.emit(job_id, "done", _done_data(answer, latency_ms))
-    return latency_ms
+    before: list[tuple[EventType, dict[str, Any]]] = []
+    if replay:
+        before = [
+            ("sources", {"sources": answer.get("sources", [])}),
+            ("answer_chunk", {"text": answer.get("answer", "")}),
+        ]
+    record = {"result": json.dumps(answer), **(fields or {})}
+    return events.finish(jobs.key(job_id), job_id, _done_data(answer, None), before, record, pipe)
 
 
 def answer_at_once(

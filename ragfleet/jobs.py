@@ -11,6 +11,7 @@ import json
 import os
 import socket
 import time
+from dataclasses import dataclass
 from typing import Any, cast
 
 import redis
@@ -40,6 +41,15 @@ return 1
 _TERMINAL_VALUES = {s.value for s in TERMINAL}
 
 
+@dataclass(frozen=True, slots=True)
+class JobCreate:
+    """What `stage_start(create=...)` needs to create the record in the same round trip."""
+
+    kind: str
+    tenant: str = "default"
+    request_id: str | None = None
+
+
 class JobStore:
     def __init__(self, client: redis.Redis, settings: Settings) -> None:
         self._r = client
@@ -61,27 +71,39 @@ class JobStore:
         """Idempotent: a redelivered task re-creating its job keeps the existing record. Returns the
         record's status after the call, read in the same round trip: a task checks it to skip a
         job that is already terminal without asking Redis again."""
-        now = time.time()
+        pipe = self._r.pipeline()
+        self._queue_create(pipe, job_id, kind, tenant, request_id, extra)
+        return JobStatus(str(pipe.execute()[-1]))
+
+    def _queue_create(
+        self,
+        pipe: redis.client.Pipeline,
+        job_id: str,
+        kind: str,
+        tenant: str,
+        request_id: str | None,
+        extra: dict[str, str] | None = None,
+    ) -> None:
+        """Queue the idempotent create (HSETNX each field, TTL) and a read of the status after it."""
+        now = repr(time.time())
         key = self.key(job_id)
         fields: dict[str, str] = {
             "job_id": job_id,
             "kind": kind,
             "status": JobStatus.QUEUED.value,
             "tenant": tenant,
-            "created_at": repr(now),
-            "updated_at": repr(now),
+            "created_at": now,
+            "updated_at": now,
             "attempts": "0",
         }
         if request_id:
             fields["request_id"] = request_id
         if extra:
             fields.update(extra)
-        pipe = self._r.pipeline()
         for field, value in fields.items():
             pipe.hsetnx(key, field, value)
         pipe.expire(key, self._s.job_ttl_s)
         pipe.hget(key, "status")
-        return JobStatus(str(pipe.execute()[-1]))
 
     def put_done(
         self,
@@ -125,46 +147,55 @@ class JobStore:
         for k, v in fields.items():
             argv += [k, v]
         if pipe is not None:
-            self._update(keys=[self.key(job_id)], args=argv, client=pipe)
+            # EVAL, not the Script object: a Script in a pipeline costs a SCRIPT EXISTS round trip
+            # before every execute; Redis caches the compiled body by its SHA either way.
+            pipe.eval(_UPDATE_IF_OPEN, 1, self.key(job_id), *argv)
             return -2
         return int(self._update(keys=[self.key(job_id)], args=argv))
 
     def set_status(self, job_id: str, status: JobStatus) -> bool:
         return self._apply(job_id, {"status": status.value}) == 1
 
-    def stage_start(self, job_id: str, stage: str, queue: str, status: JobStatus) -> tuple[StageTiming, bool]:
+    def stage_start(
+        self,
+        job_id: str,
+        stage: str,
+        queue: str,
+        status: JobStatus,
+        *,
+        create: JobCreate | None = None,
+    ) -> tuple[StageTiming, bool]:
         """One round trip: status, who runs the stage, and its attempt count. Returns the timing
-        (keep it for `stage_end`, which then needs no read) and whether the job is open: False if it
-        is terminal already (cancelled, or finished by another delivery) or gone."""
+        (keep it for `stage_fields`, so the end needs no read) and whether the job is open: False if it
+        is terminal already (cancelled, or finished by another delivery) or gone.
+
+        With `create`, the record is first created (idempotently, as `create` does) in the same
+        round trip: the first stage of a job sent by task name has no record yet."""
         timing = StageTiming(
             worker=_HOSTNAME or socket.gethostname(),
             queue=queue,
             pid=os.getpid(),
             started_at=time.time(),
         )
-        applied = self._apply(
-            job_id,
-            {"status": status.value, f"stage:{stage}": timing.model_dump_json()},
-            incr=f"attempts:{stage}",
-        )
-        return timing, applied == 1
+        update = {"status": status.value, f"stage:{stage}": timing.model_dump_json()}
+        if create is None:
+            return timing, self._apply(job_id, update, incr=f"attempts:{stage}") == 1
+        pipe = self._r.pipeline()  # MULTI: nobody sees the record created but not started
+        self._queue_create(pipe, job_id, create.kind, create.tenant, create.request_id)
+        self._apply(job_id, update, pipe, incr=f"attempts:{stage}")
+        return timing, int(pipe.execute()[-1]) == 1
 
-    def stage_end(
-        self,
-        job_id: str,
-        stage: str,
-        timing: StageTiming,
-        *,
-        fields: dict[str, Any] | None = None,
-        pipe: redis.client.Pipeline | None = None,
-    ) -> float:
-        """Record the stage's duration, with any `fields` (JSON-encoded) the stage produced; with
-        `pipe` it is only queued, so the caller can send more in the same round trip."""
+    def stage_fields(self, stage: str, timing: StageTiming, fields: dict[str, Any]) -> dict[str, str]:
+        """End the stage's timing (its `ms`, from its start to now) and encode what its end writes:
+        the timing and the stage's own `fields` (JSON). `update_on` or a finish writes them."""
         timing.ms = (time.time() - timing.started_at) * 1000.0
-        update = {f"stage:{stage}": timing.model_dump_json()}
-        update.update({k: json.dumps(v) for k, v in (fields or {}).items()})
-        self._apply(job_id, update, pipe)
-        return timing.ms
+        out = {f"stage:{stage}": timing.model_dump_json()}
+        out.update({k: json.dumps(v) for k, v in fields.items()})
+        return out
+
+    def update_on(self, pipe: redis.client.Pipeline, job_id: str, fields: dict[str, str]) -> None:
+        """Queue an update of the record onto `pipe`, applied only while the job is open."""
+        self._apply(job_id, fields, pipe)
 
     def finish(self, job_id: str, result: dict[str, Any]) -> bool:
         return self.finish_timed(job_id, result) is not None

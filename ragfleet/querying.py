@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import redis
+
 from ragfleet.cache import Layer, answer_key_for
 from ragfleet.resources import Resources
 from ragfleet.schemas import Answer, QueryPayload, Source
@@ -44,23 +46,34 @@ def lookup_cached(res: Resources, p: QueryPayload, index_version: int) -> tuple[
     return answer, layer
 
 
-def embed_question(res: Resources, question: str) -> tuple[list[float], Layer | None]:
+def embed_question(
+    res: Resources, question: str, pipe: redis.client.Pipeline | None = None
+) -> tuple[list[float], Layer | None]:
     hit = res.embedding_cache.get(question)
     if hit is not None:
         return hit[0].tolist(), hit[1]
     vec = res.embedder.encode_one(question)
-    res.embedding_cache.put(question, vec)
+    res.embedding_cache.put(question, vec, pipe)
     return vec.tolist(), None
 
 
-def search(res: Resources, p: QueryPayload, store: VectorStore, index_version: int, key: str) -> Retrieval:
+def search(
+    res: Resources,
+    p: QueryPayload,
+    store: VectorStore,
+    index_version: int,
+    key: str,
+    pipe: redis.client.Pipeline | None = None,
+) -> Retrieval:
+    """Embed (cached) and search. Cache writes go on `pipe` when given: a task sends them with its
+    stage's end instead of spending a round trip on them mid-query."""
     s = res.settings
     timings: dict[str, float] = {}
     mode = p.mode or s.search_mode
     vector: list[float] | None = None
     if mode in ("vector", "hybrid"):
         t1 = time.perf_counter()
-        vector, _ = embed_question(res, p.question)
+        vector, _ = embed_question(res, p.question, pipe)
         timings["embed_ms"] = (time.perf_counter() - t1) * 1000
     t2 = time.perf_counter()
     hits = store.search(
@@ -111,7 +124,10 @@ def answer(
     index_version: int,
     cache_key: str | None,
     on_chunk: Callable[[str], None] | None = None,
+    pipe: redis.client.Pipeline | None = None,
 ) -> Answer:
+    """Generate (gateway: provider fallback, breaker, degradation) and cache the answer; with `pipe`,
+    the cache write is queued there (the task sends it in the round trip that finishes the job)."""
     outcome = res.gateway.generate(question, sources, on_chunk=on_chunk)
     result = Answer(
         question=question,
@@ -124,7 +140,7 @@ def answer(
     )
     # Degraded answers are not cached: once the provider is back, users should get the real answer.
     if cache_key and not result.degraded:
-        res.answer_cache.put(cache_key, result.model_dump(mode="json"))
+        res.answer_cache.put(cache_key, result.model_dump(mode="json"), pipe)
     return result
 
 

@@ -10,10 +10,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import redis
 from pydantic import BaseModel, ValidationError
 
 from ragfleet.batch import on_query_finished
 from ragfleet.events import EventType, finish_query
+from ragfleet.jobs import JobCreate
 from ragfleet.resources import Resources, get_resources
 from ragfleet.schemas import ErrorCode, JobStatus
 from ragfleet.settings import Settings
@@ -72,28 +74,48 @@ class StageRun:
     """What a stage hands back: its duration, and `fields` for the job record that are written
     with the stage's end, in the same round trip."""
 
+    pipe: redis.client.Pipeline  # writes queued here go out with the stage's end (cache entries)
     fields: dict[str, Any] = field(default_factory=dict)
     events: list[tuple[EventType, dict[str, Any]]] = field(default_factory=list)  # emitted at the end
+    answer: dict[str, Any] | None = None  # set by the last stage: the job is finished with its end
+    latency_ms: float | None = None  # with `answer`: the job's latency, None if it was terminal
     ms: float = 0.0
     seconds: float = 0.0
     open: bool = True  # False: the job was terminal when the stage began; do no work for it
 
 
 @contextmanager
-def stage(res: Resources, job_id: str, name: str, queue: str, status: JobStatus) -> Iterator[StageRun]:
-    """Stage bookkeeping in two round trips: one to start it, one to end it with its `fields` and
-    `events` (what would otherwise be a write each on the query's critical path)."""
-    timing, is_open = res.jobs.stage_start(job_id, name, queue, status)
-    run = StageRun(open=is_open)
+def stage(
+    res: Resources,
+    job_id: str,
+    name: str,
+    queue: str,
+    status: JobStatus,
+    *,
+    create: JobCreate | None = None,
+) -> Iterator[StageRun]:
+    """Stage bookkeeping in two round trips: one to start it (creating the record first, with
+    `create`), one to end it with its `fields`, `events` and whatever was queued on `pipe` (what
+    would otherwise be a write each on the query's critical path). A stage that sets `answer`
+    finishes the job in that same last round trip. A stage of a terminal job writes nothing."""
+    timing, is_open = res.jobs.stage_start(job_id, name, queue, status, create=create)
+    run = StageRun(pipe=res.redis.pipeline(transaction=False), open=is_open)
     t0 = time.perf_counter()
     try:
         yield run
     finally:
-        pipe = res.redis.pipeline(transaction=False)
-        run.ms = res.jobs.stage_end(job_id, name, timing, fields=run.fields, pipe=pipe)
-        for type_, data in run.events:
-            res.events.emit_to(pipe, job_id, type_, data)
-        pipe.execute()
+        if run.open:
+            fields = res.jobs.stage_fields(name, timing, run.fields)
+            run.ms = timing.ms or 0.0
+            if run.answer is not None:
+                run.latency_ms = finish_with_answer(
+                    res, job_id, run.answer, replay=False, fields=fields, pipe=run.pipe
+                )
+            else:
+                res.jobs.update_on(run.pipe, job_id, fields)
+                for type_, data in run.events:
+                    res.events.emit_to(run.pipe, job_id, type_, data)
+                run.pipe.execute()
         run.seconds = time.perf_counter() - t0
 
 
@@ -118,10 +140,18 @@ def fail(
         on_query_finished(res.redis, res.settings, job_id, ok=False)
 
 
-def finish_with_answer(res: Resources, job_id: str, answer: dict[str, Any], *, replay: bool) -> float | None:
+def finish_with_answer(
+    res: Resources,
+    job_id: str,
+    answer: dict[str, Any],
+    *,
+    replay: bool,
+    fields: dict[str, str] | None = None,
+    pipe: redis.client.Pipeline | None = None,
+) -> float | None:
     """Finish a query job (see ragfleet.events.finish_query) and advance its batch, if any.
     Returns the job's latency in ms, or None if it was terminal already."""
-    latency_ms = finish_query(res.jobs, res.events, job_id, answer, replay=replay)
+    latency_ms = finish_query(res.jobs, res.events, job_id, answer, replay=replay, fields=fields, pipe=pipe)
     if latency_ms is not None:
         on_query_finished(res.redis, res.settings, job_id, ok=True)
     return latency_ms

@@ -46,12 +46,14 @@ def generate(self: RagfleetTask, *, payload: dict[str, Any]) -> dict[str, Any]:
                 index_version=p.index_version,
                 cache_key=p.cache_key,
                 on_chunk=on_chunk,
+                pipe=run.pipe,
             )
+            out = result.model_dump(mode="json")
+            run.answer = out  # the stage's end finishes the job: result, timing, cache entry, `done`
     except SoftTimeLimitExceeded:
         fail(res, p.job_id, ErrorCode.TIMEOUT, "generation exceeded its time limit", retry_after=5)
         return error_result(p.job_id, ErrorCode.TIMEOUT, "generation exceeded its time limit")
-    out = result.model_dump(mode="json")
-    latency_ms = finish_with_answer(res, p.job_id, out, replay=False)
+    latency_ms = run.latency_ms
     metrics.observe_stage("generation", run.seconds)
     u = result.usage
     metrics.record_usage(u.provider, u.prompt_tokens, u.completion_tokens, u.cost_usd)

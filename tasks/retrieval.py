@@ -9,10 +9,11 @@ from celery.exceptions import SoftTimeLimitExceeded
 from redis.exceptions import RedisError
 
 from ragfleet import metrics, querying
+from ragfleet.jobs import JobCreate
 from ragfleet.names import Priority, Queue, TaskName
 from ragfleet.producer import enqueue, reset_client_apps
 from ragfleet.resources import get_resources
-from ragfleet.schemas import TERMINAL, ErrorCode, GeneratePayload, JobStatus, QueryPayload
+from ragfleet.schemas import ErrorCode, GeneratePayload, JobStatus, QueryPayload
 from tasks._common import (
     InvalidPayloadError,
     error_result,
@@ -46,11 +47,14 @@ def query(self: RagfleetTask, *, payload: dict[str, Any]) -> dict[str, Any]:
         return exc.result
     res = get_resources()
     job_id = str(p.job_id)
-    status = res.jobs.create(job_id, "query", tenant=p.tenant, request_id=p.request_id)
-    if status in TERMINAL:
-        return {"job_id": job_id, "status": status.value}
+    # A producer that enqueues by task name has created no record: the stage creates it (in its
+    # first round trip; a no-op when the API or a redelivery did already).
+    create = JobCreate("query", tenant=p.tenant, request_id=p.request_id)
+    start = (res, job_id, "retrieval", Queue.RETRIEVAL.value, JobStatus.RETRIEVING)
     try:
-        with stage(res, job_id, "retrieval", Queue.RETRIEVAL.value, JobStatus.RETRIEVING) as run:
+        with stage(*start, create=create) as run:
+            if not run.open:  # cancelled before it ran, or answered by another delivery
+                return {"job_id": job_id, "status": str(res.jobs.status(job_id))}
             store, pointer = res.live_store()
             key = querying.cache_key_for(res, p, pointer.version)
             cached = querying.lookup_cached(res, p, pointer.version)
@@ -63,10 +67,11 @@ def query(self: RagfleetTask, *, payload: dict[str, Any]) -> dict[str, Any]:
                 metrics.coalesced(flight.role)
                 if flight.role == "follower":
                     return _follow(self, job_id, flight.leader)
-            res.coalescer.count_run()
+            res.coalescer.count_run(run.pipe)
             inject_fault(res.settings, p.question)
-            r = querying.search(res, p, store, pointer.version, key)
-            res.coalescer.renew(key, job_id)
+            r = querying.search(res, p, store, pointer.version, key, run.pipe)
+            if p.use_cache:
+                res.coalescer.renew(key, job_id, run.pipe)
             sources = [s.model_dump(mode="json") for s in r.sources]
             run.fields["sources"] = sources
             run.events.append(("sources", {"sources": sources, "index_version": r.index_version}))
