@@ -14,6 +14,7 @@ body is `{"detail": ...}` and every status the API can answer is in the OpenAPI 
 
 import logging
 import math
+import time
 import uuid
 from collections.abc import Sequence
 from functools import partial
@@ -47,9 +48,9 @@ from api_shim.models import (
 )
 from api_shim.ratelimit import RateLimiter
 from api_shim.readiness import Readiness, ReadyCheck, WorkerProbe, redis_probe
-from api_shim.streaming import AsyncEventReader, follow, stream_router
+from api_shim.streaming import AsyncEventReader, stream_router
 from ragfleet.cache import AnswerCache, answer_key_for
-from ragfleet.events import TERMINAL_EVENTS, JobEvents, answer_at_once
+from ragfleet.events import JobEvents, answer_at_once
 from ragfleet.index_state import IndexState
 from ragfleet.jobs import JobStore, parse_record
 from ragfleet.names import Priority, Queue, TaskName
@@ -342,22 +343,21 @@ def create_app(
         if not wait:
             return accepted(job_id)
         try:
-            # Woken by the job's terminal event (a blocking XREAD on redis.asyncio: no thread, no
-            # polling interval added to the answer's latency); `follow` falls back to the record.
-            async for event in follow(
-                events_reader,
-                jobs,
-                job_id,
-                "0-0",
-                max_s=wait,
-                heartbeat_s=wait + 1,
-                is_disconnected=request.is_disconnected,
-            ):
-                if event is not None and event["type"] in TERMINAL_EVENTS:
+            # Woken once, by the job's end stream (a blocking XREAD on redis.asyncio: no thread, no
+            # polling interval added to the answer's latency, no wake per answer chunk). A job that
+            # ends with no event (an invalid payload, a cancel) is seen in its record, re-read
+            # after every block.
+            deadline = time.monotonic() + wait
+            while True:
+                remaining_ms = int((deadline - time.monotonic()) * 1000)
+                ended = remaining_ms > 0 and await events_reader.wait_end(
+                    job_id, block_ms=max(1, min(events_reader.block_ms, remaining_ms))
+                )
+                record = await finished_record(job_id)
+                if record is not None:
+                    return JSONResponse(record.model_dump(mode="json"), status_code=200)
+                if ended or remaining_ms <= 0 or await request.is_disconnected():
                     break
-            record = await finished_record(job_id)
-            if record is not None:
-                return JSONResponse(record.model_dump(mode="json"), status_code=200)
         except UNAVAILABLE_ERRORS as exc:
             # Not a 503: the job is queued already, and a retry would enqueue it twice.
             log.warning("long poll of %s gave up: %s", job_id, exc)

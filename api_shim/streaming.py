@@ -31,7 +31,7 @@ from fastapi.responses import StreamingResponse
 
 from api_shim.auth import Caller
 from api_shim.models import JOB_ID_MAX, error_responses
-from ragfleet.events import TERMINAL_EVENTS
+from ragfleet.events import TERMINAL_EVENTS, end_key
 from ragfleet.jobs import JobStore
 from ragfleet.schemas import TERMINAL
 from ragfleet.settings import Settings
@@ -78,6 +78,12 @@ class AsyncEventReader:
             for event_id, fields in entries:
                 out.append({"id": event_id, "type": fields["type"], "data": json.loads(fields["data"])})
         return out
+
+    async def wait_end(self, job_id: str, *, block_ms: int) -> bool:
+        """Block until the job's stream has its terminal event (True) or `block_ms` passes (False).
+        Reads the job's small end stream (`ragfleet.events.end_key`), not its events."""
+        resp: Any = await self._client().xread({end_key(self._s, job_id): "0-0"}, count=1, block=block_ms)
+        return bool(resp)
 
     async def record(self, key: str) -> dict[str, str]:
         """The job record hash at `key` ({} if there is none)."""

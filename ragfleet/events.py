@@ -25,11 +25,12 @@ TERMINAL_EVENTS = frozenset({"done", "error"})
 STREAM_MAXLEN = 10_000  # approximate (MAXLEN ~): a bound for a runaway producer; no answer comes near it
 
 # Finish a query job and close its stream in one atomic round trip (the last thing on the critical
-# path of every answer). KEYS: job hash, event stream. ARGV: now, TTL, MAXLEN, the `done` event's
-# data (JSON; `latency_ms` is filled in here from the record's created_at), n, then n (type, data)
-# events to append before `done` (a replayed answer's sources and text), then field/value pairs
-# for the record. Nothing is written if the job is terminal (0) or gone (-1). Returns {applied,
-# latency_ms as a string} (a Lua number would reach the client truncated to an integer).
+# path of every answer). KEYS: job hash, event stream, end stream (see `end_key`). ARGV: now, TTL,
+# MAXLEN, the `done` event's data (JSON; `latency_ms` is filled in here from the record's
+# created_at), n, then n (type, data) events to append before `done` (a replayed answer's sources
+# and text), then field/value pairs for the record. Nothing is written if the job is terminal (0)
+# or gone (-1). Returns {applied, latency_ms as a string} (a Lua number would reach the client
+# truncated to an integer).
 _FINISH_QUERY = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, false} end
 local st = redis.call('HGET', KEYS[1], 'status')
@@ -49,8 +50,17 @@ local done = cjson.decode(ARGV[4])
 done['latency_ms'] = latency
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'type', 'done', 'data', cjson.encode(done))
 redis.call('EXPIRE', KEYS[2], ARGV[2])
+redis.call('XADD', KEYS[3], '*', 'type', 'done')
+redis.call('EXPIRE', KEYS[3], ARGV[2])
 return {1, tostring(latency)}
 """
+
+
+def end_key(settings: Settings, job_id: str) -> str:
+    """A second, tiny stream per job that gets one entry when the job's stream gets its terminal
+    event. A long poll waits on this one: it wakes once, when the answer is there, instead of once
+    per source list and answer chunk (an LLM streams hundreds)."""
+    return settings.key("events", job_id, "end")
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +82,7 @@ class JobEvents:
     def emit(self, job_id: str, type_: EventType, data: dict[str, Any]) -> str:
         pipe = self._r.pipeline()
         self.emit_to(pipe, job_id, type_, data)
-        event_id, _ = pipe.execute()
+        event_id = pipe.execute()[0]
         return event_id.decode() if isinstance(event_id, bytes) else str(event_id)
 
     def emit_to(
@@ -82,6 +92,10 @@ class JobEvents:
         key = self.key(job_id)
         pipe.xadd(key, {"type": type_, "data": json.dumps(data)}, maxlen=STREAM_MAXLEN, approximate=True)
         pipe.expire(key, self._s.job_ttl_s)
+        if type_ in TERMINAL_EVENTS:
+            end = end_key(self._s, job_id)
+            pipe.xadd(end, {"type": type_})
+            pipe.expire(end, self._s.job_ttl_s)
 
     def finish(
         self,
@@ -106,7 +120,7 @@ class JobEvents:
             argv += [type_, json.dumps(data)]
         for k, v in fields.items():
             argv += [k, v]
-        keys = [job_key, self.key(job_id)]
+        keys = [job_key, self.key(job_id), end_key(self._s, job_id)]
         if pipe is None:
             applied, latency = self._finish(keys=keys, args=argv)
         else:

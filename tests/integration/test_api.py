@@ -29,6 +29,7 @@ from fastapi import FastAPI
 from pydantic import ValidationError
 
 from api_shim.app import create_app
+from ragfleet.events import JobEvents, finish_query
 from ragfleet.jobs import JobStore
 from ragfleet.names import Queue
 from ragfleet.producer import client_app
@@ -366,6 +367,35 @@ def test_long_poll_returns_200_with_record_when_job_finishes_in_time(
     assert body["status"] == "done"
     assert body["result"] == {"answer": "42"}
     assert elapsed < 1.9  # answered when the job finished, not at the wait bound
+
+
+def test_long_poll_wakes_on_the_workers_finish_not_on_its_record_recheck(
+    api: httpx.Client, api_settings: Settings, redis_client: redis.Redis
+) -> None:
+    """The worker's finish writes the job's end stream; the long poll blocks on it and answers at
+    once. (A finish without it, as above, is only seen when the ~1 s block times out.)"""
+    store, events = JobStore(redis_client, api_settings), JobEvents(redis_client, api_settings)
+    finished_at: list[float] = []
+
+    def finisher() -> None:
+        msg = take_task(api_settings, Queue.RETRIEVAL, request_id=rid, timeout=5)
+        job_id = msg["payload"]["job_id"]
+        events.emit(job_id, "answer_chunk", {"text": "4"})  # not the end: the poll keeps waiting
+        time.sleep(0.3)
+        finished_at.append(time.monotonic())
+        assert finish_query(store, events, job_id, {"answer": "42"}, replay=False) is not None
+
+    rid = "lp-" + uuid.uuid4().hex
+    t = threading.Thread(target=finisher)
+    t.start()
+    resp = api.post(
+        "/v1/queries", params={"wait": 2}, json={"question": "q"}, headers={**AUTH_A, "X-Request-ID": rid}
+    )
+    answered_at = time.monotonic()
+    t.join()
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["result"] == {"answer": "42"}
+    assert answered_at - finished_at[0] < 0.5, "the poll slept through the end event"
 
 
 def test_long_poll_returns_202_after_the_wait_bound(api: httpx.Client) -> None:

@@ -14,7 +14,7 @@ import pytest
 import redis
 from redis.connection import Connection
 
-from ragfleet.events import JobEvents, finish_query
+from ragfleet.events import JobEvents, end_key, finish_query
 from ragfleet.jobs import JobCreate, JobStore
 from ragfleet.schemas import JobStatus, StageTiming
 from ragfleet.settings import Settings
@@ -86,7 +86,7 @@ def test_a_cancelled_job_is_not_reopened_by_its_first_stage(
 
 
 def test_finish_writes_result_fields_and_done_with_latency_in_one_round_trip(
-    store: tuple[JobStore, JobEvents, redis.Redis], monkeypatch: pytest.MonkeyPatch
+    store: tuple[JobStore, JobEvents, redis.Redis], monkeypatch: pytest.MonkeyPatch, base_settings: Settings
 ) -> None:
     jobs, events, client = store
     job_id = uuid.uuid4().hex
@@ -108,6 +108,8 @@ def test_finish_writes_result_fields_and_done_with_latency_in_one_round_trip(
     assert rec.stages["generation"].ms == 1.5
     [(type_, data)] = events_of(events, job_id)
     assert type_ == "done"
+    [(_, end)] = client.xrange(end_key(base_settings, job_id))  # what a long poll waits on
+    assert end == {"type": "done"}
     assert data["latency_ms"] == pytest.approx(latency, abs=0.01)
     assert data["usage"] == {"provider": "x"} and data["degraded"] is False
     assert data["cached"] is None and data["coalesced_with"] is None
@@ -128,7 +130,7 @@ def test_replayed_answer_streams_sources_and_text_before_done(
 
 
 def test_finish_of_a_terminal_or_missing_job_writes_nothing(
-    store: tuple[JobStore, JobEvents, redis.Redis],
+    store: tuple[JobStore, JobEvents, redis.Redis], base_settings: Settings
 ) -> None:
     jobs, events, client = store
     job_id = uuid.uuid4().hex
@@ -137,7 +139,20 @@ def test_finish_of_a_terminal_or_missing_job_writes_nothing(
     assert finish_query(jobs, events, job_id, {"answer": "late"}, replay=True) is None
     assert jobs.status(job_id) == JobStatus.CANCELLED and jobs.get(job_id).result is None  # type: ignore[union-attr]
     assert events_of(events, job_id) == []
+    assert client.exists(end_key(base_settings, job_id)) == 0
 
     gone = uuid.uuid4().hex
     assert finish_query(jobs, events, gone, {"answer": "x"}, replay=False) is None
     assert client.exists(jobs.key(gone), events.key(gone)) == 0  # no record without a TTL
+
+
+def test_an_error_event_also_ends_the_job_for_long_polls(
+    store: tuple[JobStore, JobEvents, redis.Redis], base_settings: Settings
+) -> None:
+    _, events, client = store
+    job_id = uuid.uuid4().hex
+    events.emit(job_id, "sources", {"sources": []})
+    assert client.exists(end_key(base_settings, job_id)) == 0
+    events.emit(job_id, "error", {"code": "timeout", "message": "m"})
+    assert [f for _, f in client.xrange(end_key(base_settings, job_id))] == [{"type": "error"}]
+    assert client.ttl(end_key(base_settings, job_id)) > 0
