@@ -13,6 +13,7 @@ from typing import Any
 
 from celery import Celery
 
+from ragfleet import kombu_fixes
 from ragfleet.names import TASK_QUEUES, Priority, TaskName
 from ragfleet.settings import Settings, get_settings
 
@@ -22,6 +23,7 @@ def _client_app(broker: str, backend: str, visibility_timeout: int, key_prefix: 
     # No result backend: producers poll job records, and a Redis result backend makes every send_task
     # subscribe to a result channel it never leaves (a leak, and a 19 s stall when Redis is down).
     del backend
+    kombu_fixes.install()  # one redis client per broker pool, not one per publish (see module)
     app = Celery("ragfleet-client", broker=broker, backend=None, set_as_current=False)
     app.conf.update(
         task_serializer="json",

@@ -14,9 +14,9 @@ from __future__ import annotations
 from celery import Celery
 from kombu.entity import Queue as KQueue
 
+from ragfleet import kombu_fixes
 from ragfleet.names import TASK_QUEUES, Queue
 from ragfleet.settings import Settings, get_settings
-from workers import kombu_fixes
 
 TASK_MODULES = [
     "tasks.retrieval",
@@ -29,7 +29,7 @@ TASK_MODULES = [
 
 def create_app(settings: Settings | None = None) -> Celery:
     s = settings or get_settings()
-    kombu_fixes.install()  # a worker must survive losing Redis with messages unacked (see module)
+    kombu_fixes.install()  # survive losing Redis with messages unacked; one client per pool (see module)
     app = Celery("ragfleet", broker=s.broker, backend=s.backend, include=TASK_MODULES)
     transport: dict[str, object] = {
         "visibility_timeout": s.visibility_timeout_s,

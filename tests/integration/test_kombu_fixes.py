@@ -1,4 +1,4 @@
-"""workers.kombu_fixes against a real Redis: closing a consumer connection that Celery has already
+"""ragfleet.kombu_fixes against a real Redis: closing a consumer connection that Celery has already
 `collect()`ed, with a message still unacknowledged, must be a connection error Celery ignores -
 not the AttributeError that shut a generation worker down in the Redis-outage chaos test."""
 
@@ -11,7 +11,7 @@ import redis
 from kombu import Connection, Exchange, Queue
 from kombu.common import ignore_errors
 
-from workers import kombu_fixes
+from ragfleet import kombu_fixes
 
 pytestmark = pytest.mark.redis
 
@@ -58,3 +58,39 @@ def test_guarded_close_is_a_connection_error_celery_ignores(collected_with_unack
     with pytest.raises(redis.exceptions.ConnectionError):
         channel._connparams()
     ignore_errors(collected_with_unacked, collected_with_unacked.close)  # no AttributeError
+
+
+def test_a_channel_reuses_one_sync_client_per_pool_and_messages_still_flow(
+    redis_base_url: str, session_prefix: str, redis_client: redis.Redis
+) -> None:
+    """kombu builds a redis client per publish/ack/event; with the fix a channel keeps the one it
+    built until its pool is replaced (a reconnect), and publish -> get -> ack behave as before."""
+    kombu_fixes.install()
+    prefix = f"{session_prefix}:kombu-client:"
+    conn = Connection(redis_base_url, transport_options={"global_keyprefix": prefix})
+    try:
+        channel = conn.default_channel
+        with channel.conn_or_acquire() as first, channel.conn_or_acquire() as second:
+            assert first is second
+        queue = Queue("q", Exchange("q"), "q")
+        with conn.Producer() as producer:
+            for n in range(3):
+                producer.publish({"n": n}, exchange=queue.exchange, routing_key="q", declare=[queue])
+        got = []
+        for _ in range(3):
+            message = queue(channel).get(no_ack=False)
+            assert message is not None
+            got.append(message.payload["n"])
+            message.ack()
+        assert sorted(got) == [0, 1, 2]
+        assert redis_client.hlen(f"{prefix}unacked") == 0  # acks went through the shared client
+        with channel.conn_or_acquire() as before_reset:
+            pass
+        channel._disconnect_pools()  # what a reconnect does: a new pool, so a new client
+        with channel.conn_or_acquire() as after_reset:
+            assert after_reset is not before_reset
+            assert after_reset.connection_pool is channel.pool
+    finally:
+        conn.release()
+        for key in redis_client.scan_iter(f"{prefix}*", count=1000):
+            redis_client.delete(key)
