@@ -124,11 +124,13 @@ def answer(
     index_version: int,
     cache_key: str | None,
     on_chunk: Callable[[str], None] | None = None,
+    on_whole: Callable[[str], None] | None = None,
     pipe: redis.client.Pipeline | None = None,
 ) -> Answer:
     """Generate (gateway: provider fallback, breaker, degradation) and cache the answer; with `pipe`,
-    the cache write is queued there (the task sends it in the round trip that finishes the job)."""
-    outcome = res.gateway.generate(question, sources, on_chunk=on_chunk)
+    the cache write is queued there (the task sends it in the round trip that finishes the job).
+    `on_chunk` / `on_whole`: see `LLMGateway.generate`."""
+    outcome = res.gateway.generate(question, sources, on_chunk=on_chunk, on_whole=on_whole)
     result = Answer(
         question=question,
         answer=outcome.answer,

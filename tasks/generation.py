@@ -32,13 +32,17 @@ def generate(self: RagfleetTask, *, payload: dict[str, Any]) -> dict[str, Any]:
         return exc.result
     res = get_resources()
 
-    def on_chunk(text: str) -> None:
+    def on_chunk(text: str) -> None:  # an LLM's stream: each piece reaches readers at once
         res.events.emit(p.job_id, "answer_chunk", {"text": text})
 
     try:
         with stage(res, p.job_id, "generation", Queue.GENERATION.value, JobStatus.GENERATING) as run:
             if not run.open:  # cancelled, or answered by another delivery: no work, no second answer
                 return {"job_id": p.job_id, "status": str(res.jobs.status(p.job_id))}
+
+            def on_whole(text: str) -> None:  # written just before `done`, in the finish's round trip
+                res.events.emit_to(run.pipe, p.job_id, "answer_chunk", {"text": text})
+
             result = querying.answer(
                 res,
                 question=p.question,
@@ -46,6 +50,7 @@ def generate(self: RagfleetTask, *, payload: dict[str, Any]) -> dict[str, Any]:
                 index_version=p.index_version,
                 cache_key=p.cache_key,
                 on_chunk=on_chunk,
+                on_whole=on_whole,
                 pipe=run.pipe,
             )
             out = result.model_dump(mode="json")

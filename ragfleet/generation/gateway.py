@@ -224,13 +224,13 @@ class LLMGateway:
         )
 
     def _extractive(
-        self, question: str, sources: list[Source], on_chunk: Callable[[str], None] | None, **fields: Any
+        self, question: str, sources: list[Source], sink: Callable[[str], None] | None, **fields: Any
     ) -> GenerationOutcome:
         answer, quotes = answer_from_passages(question, sources, n_sentences=self.settings.answer_sentences)
-        if on_chunk is not None:
+        if sink is not None:
             # The extractive answer exists whole in about a millisecond: one chunk, one Redis write.
             # A chunk per quote would cost a round trip each and reach the reader at the same moment.
-            on_chunk(answer)
+            sink(answer)
         return GenerationOutcome(answer=answer, quotes=quotes, **fields)
 
     def generate(
@@ -239,18 +239,22 @@ class LLMGateway:
         sources: list[Source],
         *,
         on_chunk: Callable[[str], None] | None = None,
+        on_whole: Callable[[str], None] | None = None,
     ) -> GenerationOutcome:
         """Answer `question` from `sources`, citing them as [n].
 
         `on_chunk` receives the answer as it is produced. If a provider fails mid-stream, the pieces
         it already sent are not taken back and the next provider's (or the extractive) answer
-        follows: `GenerationOutcome.answer` is the authoritative text.
+        follows: `GenerationOutcome.answer` is the authoritative text. An answer that exists whole
+        at once (extractive, or no sources) goes to `on_whole` if given, else to `on_chunk` as one
+        chunk: a caller can write it with the job's finish instead of in a round trip of its own.
         """
+        whole = on_whole or on_chunk
         if not self.specs:
-            return self._extractive(question, sources, on_chunk)
+            return self._extractive(question, sources, whole)
         if not sources:  # an LLM without sources can only make things up
-            if on_chunk is not None:
-                on_chunk(NO_SOURCES_ANSWER)
+            if whole is not None:
+                whole(NO_SOURCES_ANSWER)
             return GenerationOutcome(answer=NO_SOURCES_ANSWER)
         messages = build_messages(question, sources)
         errors: dict[str, str] = {}
@@ -269,4 +273,4 @@ class LLMGateway:
                 provider=spec.name,
                 errors=errors,
             )
-        return self._extractive(question, sources, on_chunk, degraded=True, errors=errors)
+        return self._extractive(question, sources, whole, degraded=True, errors=errors)

@@ -367,6 +367,32 @@ def test_no_providers_means_extractive_not_degraded(
     assert out.quotes and chunks == [out.answer]
 
 
+def test_a_whole_answer_goes_to_on_whole_and_a_stream_to_on_chunk(
+    base_settings: Settings, redis_bytes: redis.Redis, fake_llm: Callable[..., FakeLLM], redis_cleanup: None
+) -> None:
+    """The generation task writes a whole answer with the job's finish (one round trip fewer) and
+    an LLM's pieces as they come; a provider that fails mid-stream keeps its pieces, and the
+    fallback's whole answer follows through `on_whole`."""
+    extractive = LLMGateway(base_settings.model_copy(update={"generator": "extractive"}), redis_bytes)
+    chunks: list[str] = []
+    wholes: list[str] = []
+    out = extractive.generate(QUESTION, SOURCES, on_chunk=chunks.append, on_whole=wholes.append)
+    assert chunks == [] and wholes == [out.answer] and out.quotes
+
+    server = fake_llm(answer="Yes [1], quickly [1].")
+    gw = LLMGateway(gateway_settings(base_settings, {unique("primary"): server}), redis_bytes)
+    chunks, wholes = [], []
+    out = gw.generate(QUESTION, SOURCES, on_chunk=chunks.append, on_whole=wholes.append)
+    assert wholes == [] and len(chunks) > 1 and "".join(chunks) == out.answer
+
+    cut = fake_llm()
+    cut.mode = "cut"
+    gw = LLMGateway(gateway_settings(base_settings, {unique("primary"): cut}), redis_bytes)
+    chunks, wholes = [], []
+    out = gw.generate(QUESTION, SOURCES, on_chunk=chunks.append, on_whole=wholes.append)
+    assert out.degraded and chunks and wholes == [out.answer]
+
+
 def test_no_sources_does_not_call_the_llm(
     base_settings: Settings, redis_bytes: redis.Redis, fake_llm: Callable[..., FakeLLM], redis_cleanup: None
 ) -> None:
