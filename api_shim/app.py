@@ -46,7 +46,7 @@ from api_shim.models import (
     build_request_models,
     error_responses,
 )
-from api_shim.ratelimit import RateLimiter
+from api_shim.ratelimit import AsyncRateLimiter
 from api_shim.readiness import Readiness, ReadyCheck, WorkerProbe, redis_probe
 from api_shim.streaming import AsyncEventReader, stream_router
 from ragfleet.cache import AnswerCache, answer_key_for
@@ -132,7 +132,7 @@ def create_app(
     celery_app = client_app(enqueue_settings)
     rds = get_redis(s)
     jobs = JobStore(rds, s)
-    limiter = RateLimiter(s) if s.rate_limit.strip() else None
+    limiter = AsyncRateLimiter(s) if s.rate_limit.strip() else None
     retry_after = str(max(1, math.ceil(s.redis_socket_timeout_s)))
     publish_timeout_s = max(0.5, s.redis_socket_timeout_s)
     readiness = Readiness(
@@ -183,7 +183,7 @@ def create_app(
 
     async def caller(who: Annotated[Caller, Depends(authenticate)]) -> Caller:
         if limiter is not None:
-            wait = await anyio.to_thread.run_sync(limiter.hit, who.identity)
+            wait = await limiter.hit(who.identity)
             if wait is not None:
                 raise HTTPException(
                     429,
