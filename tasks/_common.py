@@ -13,9 +13,9 @@ from typing import Any, TypeVar
 import redis
 from pydantic import BaseModel, ValidationError
 
-from ragfleet.batch import on_query_finished
-from ragfleet.events import EventType, finish_query
+from ragfleet.events import EventType
 from ragfleet.jobs import JobCreate
+from ragfleet.outcomes import finish_with_answer
 from ragfleet.resources import Resources, get_resources
 from ragfleet.schemas import ErrorCode, JobStatus
 from ragfleet.settings import Settings
@@ -56,15 +56,25 @@ def parse(task: RagfleetTask, model: type[M], payload: Any, *, kind: str) -> M:
         raise InvalidPayloadError(error_result(jid, ErrorCode.INVALID_PAYLOAD, message)) from exc
 
 
+class ChaosError(Exception):
+    """What `chaos_error_marker` raises: an exception no task expects."""
+
+
 def inject_fault(settings: Settings, question: str) -> None:
     """Fault injection for the chaos suite (tests/chaos), off unless `chaos_*` settings are set.
 
     A kill marker in the question makes this delivery die like an OOM kill would, every time: the
-    redelivery cap in `workers.base` must park it. A delay keeps the task busy so a test can kill
-    its worker mid-query.
+    redelivery cap in `workers.base` must park it. An error marker raises what no task handles; a
+    hang marker blocks the soft time limit's signal (SIGUSR1 in a prefork child) and sleeps, so
+    only the hard limit can end it. A delay keeps the task busy so a test can kill its worker.
     """
     if settings.chaos_kill_marker and settings.chaos_kill_marker in question:
         os.kill(os.getpid(), signal.SIGKILL)
+    if settings.chaos_error_marker and settings.chaos_error_marker in question:
+        raise ChaosError(f"injected failure ({settings.chaos_error_marker})")
+    if settings.chaos_hang_marker and settings.chaos_hang_marker in question:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+        time.sleep(3_600)
     if settings.chaos_delay_s > 0:
         time.sleep(settings.chaos_delay_s)
 
@@ -129,29 +139,3 @@ def retry_or_fail(
     message = f"{what} failed: {type(exc).__name__}: {exc}"[:2_000]
     res.jobs.fail(job_id, code, message, retry_after=30)
     return error_result(job_id, code, message)
-
-
-def fail(
-    res: Resources, job_id: str, code: ErrorCode, message: str, *, retry_after: float | None = None
-) -> None:
-    """Fail the job record and tell any stream reader, so a streaming client never waits in vain."""
-    if res.jobs.fail(job_id, code, message, retry_after=retry_after):
-        res.events.emit(job_id, "error", {"code": code.value, "message": message, "retry_after": retry_after})
-        on_query_finished(res.redis, res.settings, job_id, ok=False)
-
-
-def finish_with_answer(
-    res: Resources,
-    job_id: str,
-    answer: dict[str, Any],
-    *,
-    replay: bool,
-    fields: dict[str, str] | None = None,
-    pipe: redis.client.Pipeline | None = None,
-) -> float | None:
-    """Finish a query job (see ragfleet.events.finish_query) and advance its batch, if any.
-    Returns the job's latency in ms, or None if it was terminal already."""
-    latency_ms = finish_query(res.jobs, res.events, job_id, answer, replay=replay, fields=fields, pipe=pipe)
-    if latency_ms is not None:
-        on_query_finished(res.redis, res.settings, job_id, ok=True)
-    return latency_ms

@@ -8,9 +8,10 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from ragfleet import metrics, querying
 from ragfleet.names import Queue, TaskName
+from ragfleet.outcomes import fail_job, finish_with_answer
 from ragfleet.resources import get_resources
 from ragfleet.schemas import ErrorCode, GeneratePayload, JobStatus
-from tasks._common import InvalidPayloadError, error_result, fail, finish_with_answer, parse, stage
+from tasks._common import InvalidPayloadError, error_result, parse, stage
 from workers.app import app
 from workers.base import RagfleetTask
 
@@ -56,7 +57,7 @@ def generate(self: RagfleetTask, *, payload: dict[str, Any]) -> dict[str, Any]:
             out = result.model_dump(mode="json")
             run.answer = out  # the stage's end finishes the job: result, timing, cache entry, `done`
     except SoftTimeLimitExceeded:
-        fail(res, p.job_id, ErrorCode.TIMEOUT, "generation exceeded its time limit", retry_after=5)
+        fail_job(res, p.job_id, ErrorCode.TIMEOUT, "generation exceeded its time limit", retry_after=5)
         return error_result(p.job_id, ErrorCode.TIMEOUT, "generation exceeded its time limit")
     latency_ms = run.latency_ms
     metrics.observe_stage("generation", run.seconds)

@@ -11,18 +11,11 @@ from redis.exceptions import RedisError
 from ragfleet import metrics, querying
 from ragfleet.jobs import JobCreate
 from ragfleet.names import Priority, Queue, TaskName
+from ragfleet.outcomes import fail_job, finish_with_answer
 from ragfleet.producer import enqueue, reset_client_apps
 from ragfleet.resources import get_resources
 from ragfleet.schemas import ErrorCode, GeneratePayload, JobStatus, QueryPayload
-from tasks._common import (
-    InvalidPayloadError,
-    error_result,
-    fail,
-    finish_with_answer,
-    inject_fault,
-    parse,
-    stage,
-)
+from tasks._common import InvalidPayloadError, error_result, inject_fault, parse, stage
 from workers.app import app
 from workers.base import RagfleetTask
 
@@ -77,13 +70,13 @@ def query(self: RagfleetTask, *, payload: dict[str, Any]) -> dict[str, Any]:
             run.events.append(("sources", {"sources": sources, "index_version": r.index_version}))
         metrics.observe_stage("retrieval", run.seconds)
     except SoftTimeLimitExceeded:
-        fail(res, job_id, ErrorCode.TIMEOUT, "retrieval exceeded its time limit", retry_after=5)
+        fail_job(res, job_id, ErrorCode.TIMEOUT, "retrieval exceeded its time limit", retry_after=5)
         return error_result(job_id, ErrorCode.TIMEOUT, "retrieval exceeded its time limit")
     except (RedisError, OSError, RuntimeError, ValueError) as exc:
         if self.request.retries < self.max_retries:
             raise self.retry(exc=exc, countdown=0.2 * (2**self.request.retries)) from exc
         message = f"retrieval failed: {type(exc).__name__}: {exc}"
-        fail(res, job_id, ErrorCode.RETRIEVAL_FAILED, message, retry_after=10)
+        fail_job(res, job_id, ErrorCode.RETRIEVAL_FAILED, message, retry_after=10)
         return error_result(job_id, ErrorCode.RETRIEVAL_FAILED, message)
 
     hand_off = GeneratePayload(
@@ -106,7 +99,7 @@ def query(self: RagfleetTask, *, payload: dict[str, Any]) -> dict[str, Any]:
         )
     except Exception as exc:  # kombu/redis connection errors: the broker is gone for now
         message = f"could not hand the job to the generation pool: {type(exc).__name__}: {exc}"
-        fail(res, job_id, ErrorCode.UNAVAILABLE, message, retry_after=5)
+        fail_job(res, job_id, ErrorCode.UNAVAILABLE, message, retry_after=5)
         return error_result(job_id, ErrorCode.UNAVAILABLE, message)
     return {"job_id": job_id, "status": "generating", "sources": len(r.sources), **r.timings_ms}
 
@@ -143,7 +136,7 @@ def _follow(task: RagfleetTask, job_id: str, leader: str) -> dict[str, Any]:
     deadline = (rec.created_at if rec else time.time()) + res.settings.query_expires_s
     if time.time() >= deadline:
         message = f"coalesced with {leader}, which did not answer before the deadline"
-        fail(res, job_id, ErrorCode.TIMEOUT, message, retry_after=5)
+        fail_job(res, job_id, ErrorCode.TIMEOUT, message, retry_after=5)
         return error_result(job_id, ErrorCode.TIMEOUT, message)
     res.jobs.set_field(job_id, "coalesced_with", leader)
     countdown = min(res.settings.coalesce_lock_ttl_s, max(0.5, deadline - time.time()))

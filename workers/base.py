@@ -4,16 +4,24 @@ Celery has no limit on redeliveries of an acks_late message whose worker died: a
 crashes its worker (OOM, segfault, SIGKILL) would loop forever. We count deliveries per task id in
 Redis and park the message once it exceeds `max_redeliveries`, with its error visible in the job
 record and in the `<prefix>:parked` list.
+
+A task that ends in an exception its body did not turn into an error result (a bug, or the hard
+time limit, which kills the process mid-call: Celery then runs `on_failure` in the pool's main
+process) still ends its job, with `internal` or `timeout`: otherwise the job would stay
+`retrieving` until its TTL and every caller polling it would wait in vain.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from typing import Any
 
 from celery import Task
+from celery.exceptions import TimeLimitExceeded
 
+from ragfleet.outcomes import fail_job
 from ragfleet.resources import get_resources
 from ragfleet.schemas import ErrorCode
 
@@ -53,19 +61,26 @@ class RagfleetTask(Task):  # type: ignore[misc]
                 return self.park(n)
         return super().__call__(*args, **kwargs)
 
+    def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        if isinstance(exc, TimeLimitExceeded):
+            code = ErrorCode.TIMEOUT
+            message = f"task {self.name} exceeded its hard time limit ({exc}) and was stopped"
+        else:
+            code = ErrorCode.INTERNAL
+            message = f"task {self.name} failed: {type(exc).__name__}: {exc}"
+        try:
+            fail_job(get_resources(), job_id_of(task_id, kwargs), code, message, retry_after=5)
+        except Exception:  # Redis is down too: the job's TTL ends it; the worker must go on
+            logging.getLogger("ragfleet.worker").exception("could not fail the job of task %s", task_id)
+
     def park(self, deliveries: int) -> dict[str, Any]:
         res = get_resources()
-        # the job the caller polls: a hand-off task (`<job>:gen`) carries it in its payload
-        payload = (self.request.kwargs or {}).get("payload")
-        job_id = str(self.request.id)
-        if isinstance(payload, dict) and payload.get("job_id"):
-            job_id = str(payload["job_id"])
+        job_id = job_id_of(str(self.request.id), self.request.kwargs)
         message = (
             f"task {self.name} was delivered {deliveries} times and its worker died each time; "
             "parked as a poison message"
         )
-        if res.jobs.fail(job_id, ErrorCode.WORKER_LOST, message):  # a streaming client must not wait in vain
-            res.events.emit(job_id, "error", {"code": ErrorCode.WORKER_LOST.value, "message": message})
+        fail_job(res, job_id, ErrorCode.WORKER_LOST, message)  # a streaming client must not wait in vain
         res.redis.lpush(
             res.settings.key("parked"),
             json.dumps(
@@ -79,3 +94,12 @@ class RagfleetTask(Task):  # type: ignore[misc]
             ),
         )
         return {"error": {"code": ErrorCode.WORKER_LOST.value, "message": message}}
+
+
+def job_id_of(task_id: str, kwargs: Any) -> str:
+    """The job a caller polls for this task: a hand-off task (`<job>:gen`) carries it in its
+    payload; a task sent by name without one is its own job."""
+    payload = (kwargs or {}).get("payload") if isinstance(kwargs, dict) else None
+    if isinstance(payload, dict) and payload.get("job_id"):
+        return str(payload["job_id"])
+    return str(task_id).removesuffix(":gen")

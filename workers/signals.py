@@ -22,6 +22,7 @@ from ragfleet import metrics
 from ragfleet.jobs import set_worker_hostname
 from ragfleet.logs import configure_logging
 from ragfleet.names import Queue
+from ragfleet.outcomes import fail_job
 from ragfleet.redis_conn import reset_clients
 from ragfleet.resources import get_resources, reset_resources
 from ragfleet.schemas import ErrorCode
@@ -104,5 +105,4 @@ def _revoked(request: Any = None, expired: bool = False, terminated: bool = Fals
         code = ErrorCode.TIMEOUT
     else:
         message, code = "the task was revoked", ErrorCode.CANCELLED
-    if res.jobs.fail(job_id, code, message, retry_after=30 if expired else None):
-        res.events.emit(job_id, "error", {"code": code.value, "message": message})
+    fail_job(res, job_id, code, message, retry_after=30 if expired else None)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import time
+import uuid
 from collections import Counter
 from typing import Any
 
@@ -279,3 +280,45 @@ def test_poison_message_is_parked_after_max_redeliveries(
     ok = wait_terminal(s, ok_id, 60, fleet)
     assert ok.status == JobStatus.DONE, (ok, fleet.logs())
     assert jobs.status(job_id) == JobStatus.FAILED
+
+
+def test_an_unhandled_error_and_a_hard_time_limit_each_end_their_job(
+    base_settings: Settings, tmp_path: Any, chaos_fleet_factory: Any
+) -> None:
+    """A job must end even when its task does not: an exception no task handles fails it with
+    `internal`; a retrieval stuck where the soft limit cannot reach it is stopped by the hard
+    limit (its prefork child killed) and fails with `timeout`. Both tell stream readers, and the
+    pool goes on answering."""
+    error_marker, hang_marker = "BUG-" + uuid.uuid4().hex[:6], "HANG-" + uuid.uuid4().hex[:6]
+    s = isolated_settings(
+        base_settings,
+        tmp_path,
+        chaos_error_marker=error_marker,
+        chaos_hang_marker=hang_marker,
+        query_time_limit_s=8,  # soft 3 s, hard 8 s
+    )
+    seed_documents(s, CORPUS)
+    fleet: ChaosFleet = chaos_fleet_factory(s)
+    fleet.start("retrieval", "generation")
+    events = JobEvents(get_redis(s), s)
+
+    bug = enqueue(TaskName.QUERY, {"question": f"What is Redis? {error_marker}"}, settings=s)
+    t0 = time.monotonic()
+    hang = enqueue(TaskName.QUERY, {"question": f"What is Redis? {hang_marker}"}, settings=s)
+    rec = wait_terminal(s, bug, 60, fleet)
+    assert rec.status == JobStatus.FAILED and rec.error is not None, rec
+    assert rec.error.code == "internal" and "ChaosError" in rec.error.message
+    assert [e.type for e in events.read(bug)][-1:] == ["error"]
+
+    rec = wait_terminal(s, hang, 90, fleet)
+    stopped_after = time.monotonic() - t0
+    print(f"\n[chaos] hang: job failed {stopped_after:.1f} s after enqueue (hard limit 8 s)")
+    assert rec.status == JobStatus.FAILED and rec.error is not None, rec
+    assert rec.error.code == "timeout" and "hard time limit" in rec.error.message
+    assert stopped_after >= 8
+    assert [e.type for e in events.read(hang)][-1:] == ["error"]
+
+    ok = wait_terminal(
+        s, enqueue(TaskName.QUERY, {"question": "What is Redis used as?"}, settings=s), 90, fleet
+    )
+    assert ok.status == JobStatus.DONE, (ok, fleet.logs())

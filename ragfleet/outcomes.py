@@ -1,0 +1,49 @@
+"""How a query or document job ends, the same way from every place that ends one: a task's body,
+the Celery hooks in `workers` (a hard time limit, an exception no task handled, a parked poison
+message, an expired or revoked message) and the API's cache path.
+
+Ending a job is three writes that must not drift apart: the record turns terminal (only if it
+was open: a late or redelivered task never overwrites an answer), stream readers get the terminal
+event (which also wakes long polls), and the job's batch, if any, advances.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+
+from ragfleet.batch import on_query_finished
+from ragfleet.events import finish_query
+from ragfleet.resources import Resources
+from ragfleet.schemas import ErrorCode
+
+
+def fail_job(
+    res: Resources, job_id: str, code: ErrorCode, message: str, *, retry_after: float | None = None
+) -> bool:
+    """Fail the job and tell any stream reader, so a streaming or long-polling client never waits
+    in vain. Returns False (and writes nothing) if the job was terminal already or is gone."""
+    message = message[:2_000]
+    if not res.jobs.fail(job_id, code, message, retry_after=retry_after):
+        return False
+    res.events.emit(job_id, "error", {"code": code.value, "message": message, "retry_after": retry_after})
+    on_query_finished(res.redis, res.settings, job_id, ok=False)
+    return True
+
+
+def finish_with_answer(
+    res: Resources,
+    job_id: str,
+    answer: dict[str, Any],
+    *,
+    replay: bool,
+    fields: dict[str, str] | None = None,
+    pipe: redis.client.Pipeline | None = None,
+) -> float | None:
+    """Finish a query job (see ragfleet.events.finish_query) and advance its batch, if any.
+    Returns the job's latency in ms, or None if it was terminal already."""
+    latency_ms = finish_query(res.jobs, res.events, job_id, answer, replay=replay, fields=fields, pipe=pipe)
+    if latency_ms is not None:
+        on_query_finished(res.redis, res.settings, job_id, ok=True)
+    return latency_ms
