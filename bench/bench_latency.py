@@ -146,7 +146,29 @@ def http_level(
     }
 
 
-def paired_c1(url: str, res: Any, questions: list[str]) -> tuple[dict[str, Any], dict[str, Any], list[float]]:
+# Where one answer's time goes, from the client's clock and the job record's timestamps (one
+# machine, one clock): the API before the record exists, queue hop to retrieval (publish, broker,
+# the pool's dispatch), the retrieval stage, the hand-off hop, the generation stage, and the
+# finish until the client has the answer (wake, read, respond).
+SEGMENTS = ("api_in", "hop_retrieval", "retrieval_stage", "hop_generation", "generation_stage", "api_out")
+
+
+def segments_of(rec: dict[str, Any], t_sent: float, t_answered: float) -> dict[str, float]:
+    r, g = rec["stages"]["retrieval"], rec["stages"]["generation"]
+    r_end = r["started_at"] + r["ms"] / 1000
+    return {
+        "api_in": (rec["created_at"] - t_sent) * 1000,
+        "hop_retrieval": (r["started_at"] - rec["created_at"]) * 1000,
+        "retrieval_stage": r["ms"],
+        "hop_generation": (g["started_at"] - r_end) * 1000,
+        "generation_stage": g["ms"],
+        "api_out": (t_answered - rec["updated_at"]) * 1000,
+    }
+
+
+def paired_c1(
+    url: str, res: Any, questions: list[str]
+) -> tuple[dict[str, Any], dict[str, Any], list[float], dict[str, list[float]]]:
     """One query in flight, HTTP and in-process on the SAME questions, interleaved (alternating
     which goes first), so per-question cost and machine drift cancel out of the overhead. Both
     compute the query embedding: the shared Redis embedding cache entry the first one wrote is
@@ -158,14 +180,20 @@ def paired_c1(url: str, res: Any, questions: list[str]) -> tuple[dict[str, Any],
 
     client = httpx.Client(base_url=url, timeout=60)
 
+    segments: dict[str, list[float]] = {k: [] for k in SEGMENTS}
+
     def via_http(q: str) -> float:
+        sent = time.time()
         t0 = time.perf_counter()
         r = client.post(
             "/v1/queries", params={"wait": 30}, json={"question": q, "top_k": 5, "use_cache": False}
         )
         ms = (time.perf_counter() - t0) * 1000
+        answered = time.time()
         if r.status_code != 200 or r.json().get("status") != "done":
             raise RuntimeError(f"HTTP query failed: {r.status_code} {r.text[:300]}")
+        for k, v in segments_of(r.json(), sent, answered).items():
+            segments[k].append(v)
         return ms
 
     def in_process(q: str) -> float:
@@ -199,7 +227,7 @@ def paired_c1(url: str, res: Any, questions: list[str]) -> tuple[dict[str, Any],
         }
 
     diffs = [h - n for h, n in zip(http_ms, inproc_ms, strict=True)]
-    return summary(http_ms, t_http), summary(inproc_ms, t_inproc), diffs
+    return summary(http_ms, t_http), summary(inproc_ms, t_inproc), diffs, segments
 
 
 def inprocess_level(res: Any, questions: list[str], threads: int) -> dict[str, Any]:
@@ -247,7 +275,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
     levels = result["fleet"]
     cs = [lv["concurrency"] for lv in levels]
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [3, 2]})
     ax.plot(cs, [lv["p50_ms"] for lv in levels], "o-", label="through HTTP, P50")
     ax.plot(cs, [lv["p99_ms"] for lv in levels], "o--", label="through HTTP, P99")
     ax.axhline(result["inprocess"][0]["p50_ms"], color="gray", label="in-process P50 (serial)")
@@ -257,6 +285,16 @@ def plot(result: dict[str, Any], path: Path) -> None:
     ax.set_ylabel("latency (ms)")
     ax.set_title("Query latency through the API, cache off (2 cores)")
     ax.legend()
+    # one answer at 1 in flight, segment by segment, beside the in-process pipeline
+    seg = result["c1_segments_p50_ms"]
+    bottom = 0.0
+    for name in SEGMENTS:
+        bx.bar(["through HTTP"], [seg[name]], bottom=bottom, label=name.replace("_", " "))
+        bottom += seg[name]
+    bx.bar(["in-process"], [result["inprocess"][0]["p50_ms"]], color="gray")
+    bx.set_ylabel("ms (P50 of each segment)")
+    bx.set_title("Where one answer's time goes")
+    bx.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -328,7 +366,7 @@ def main() -> None:
         noop = measure_noop()
         http_level(url, slices["warm"], 2)  # connections, API workers' first requests
         inprocess_level(res, slices["warm"], 1)
-        http_c1, inproc_c1, diffs = paired_c1(url, res, slices["c1"])
+        http_c1, inproc_c1, diffs, segments = paired_c1(url, res, slices["c1"])
         inproc = [inproc_c1, inprocess_level(res, slices["inproc2"], 2)]
         fleet_levels = [
             http_c1,
@@ -367,6 +405,7 @@ def main() -> None:
         "fleet": fleet_levels,
         "broker_job_record_c1": broker,
         "saturated_throughput_ratio": fleet_levels[-1]["throughput_qps"] / inproc[-1]["throughput_qps"],
+        "c1_segments_p50_ms": {k: _pct(v, 50) for k, v in segments.items()},
     }
     print("| path | in flight | n | failed | P50 ms | P99 ms | q/s | overhead P50 ms | in no-op RTs |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
@@ -387,6 +426,11 @@ def main() -> None:
     print(
         f"\nsaturated throughput HTTP(16)/in-process(2 threads) = {result['saturated_throughput_ratio']:.2f}"
     )
+    seg = result["c1_segments_p50_ms"]
+    print("\none answer through HTTP at 1 in flight, P50 of each segment (ms; they need not sum to the P50):")
+    print("| " + " | ".join(SEGMENTS) + " | in-process run_inline |")
+    print("| " + " | ".join("---" for _ in SEGMENTS) + " | --- |")
+    print("| " + " | ".join(f"{seg[k]:.2f}" for k in SEGMENTS) + f" | {inproc[0]['p50_ms']:.2f} |")
     OUT.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path = OUT / f"latency-{stamp}.json"
