@@ -294,7 +294,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     bx.bar(["in-process"], [result["inprocess"][0]["p50_ms"]], color="gray")
     bx.set_ylabel("ms (P50 of each segment)")
     bx.set_title("Where one answer's time goes")
-    bx.legend(fontsize=7, loc="lower right")
+    bx.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
