@@ -14,7 +14,6 @@ import pytest
 from sqlalchemy import select
 
 from api_shim.app import create_app
-from api_shim.feedback_routes import router as feedback_router
 from ragfleet.feedback import repository
 from ragfleet.feedback.models import Feedback
 from ragfleet.names import TaskName
@@ -157,8 +156,7 @@ def api(fb_settings: Settings, feedback_worker: Worker) -> Iterator[httpx.Client
     settings = fb_settings.model_copy(
         update={"api_keys": f"{KEY_A}:default,{KEY_B}:tenant-b", "rate_limit": "10000/minute"}
     )
-    app = create_app(settings)
-    app.include_router(feedback_router)
+    app = create_app(settings)  # it mounts the feedback routes itself
     with serve(app) as url, httpx.Client(base_url=url, timeout=10) as client:
         yield client
 
