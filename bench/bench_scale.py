@@ -130,6 +130,7 @@ def main() -> None:
                 dim=DIM,
                 nprobes=settings.ann_nprobes,
                 refine_factor=settings.ann_refine_factor,
+                storage_version=settings.lancedb_storage_version,
             )
             t0 = time.perf_counter()
             probes = build(store, n, rng)

@@ -21,6 +21,7 @@ def build_store(settings: Settings, *, collection: str | None = None, dim: int =
             dim=dim,
             nprobes=settings.ann_nprobes,
             refine_factor=settings.ann_refine_factor,
+            storage_version=settings.lancedb_storage_version,
         )
     if settings.store == "weaviate":
         from ragfleet.stores.weaviate_store import WeaviateStore

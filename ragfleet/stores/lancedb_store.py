@@ -68,9 +68,17 @@ class LanceDBStore:
     stems = True  # native FTS with an English stemmer
 
     def __init__(
-        self, root: Path, name: str, *, dim: int, nprobes: int = 20, refine_factor: int = 10
+        self,
+        root: Path,
+        name: str,
+        *,
+        dim: int,
+        nprobes: int = 20,
+        refine_factor: int = 10,
+        storage_version: str = "2.1",
     ) -> None:
         self.root = Path(root)
+        self.storage_version = storage_version  # for tables this store creates (see Settings)
         self.name = name
         self.dim = dim
         self.nprobes = nprobes  # both only matter once an IVF index exists (past ANN_MIN_ROWS)
@@ -101,7 +109,12 @@ class LanceDBStore:
     def ensure(self) -> None:
         with self._lock:
             db = self._connect()
-            self._table = db.create_table(self.name, schema=_schema(self.dim), exist_ok=True)
+            self._table = db.create_table(
+                self.name,
+                schema=_schema(self.dim),
+                exist_ok=True,
+                data_storage_version=self.storage_version,
+            )
 
     def exists(self) -> bool:
         return self.name in self._connect().table_names()

@@ -450,6 +450,25 @@ class TestLanceDBContract(StoreContract):
 
         return lambda: LanceDBStore(tmp_path / "lancedb", "contract_chunks", dim=DIM)
 
+    @pytest.mark.parametrize(("version", "footer"), [(None, (2, 1)), ("2.0", (0, 3))])
+    def test_tables_are_written_in_the_configured_lance_format(
+        self, tmp_path: Path, version: str | None, footer: tuple[int, int]
+    ) -> None:
+        """The format decides random-access cost at scale (Settings.lancedb_storage_version): check
+        what reaches disk, from the version in each data file's footer (major, minor, b"LANC")."""
+        from ragfleet.settings import Settings
+        from ragfleet.stores import build_store
+
+        overrides = {"lancedb_storage_version": version} if version else {}
+        store = build_store(Settings(data_dir=tmp_path, **overrides), collection="fmt", dim=DIM)
+        store.replace_documents("t1", {"d1": doc("t1", "d1", FILLER[:2], unit_vectors(2, 9))})
+        files = list((tmp_path / "lancedb" / "fmt.lance" / "data").glob("*.lance"))
+        assert files
+        for f in files:
+            tail = f.read_bytes()[-8:]
+            assert tail[4:] == b"LANC"
+            assert (int.from_bytes(tail[0:2], "little"), int.from_bytes(tail[2:4], "little")) == footer
+
 
 @pytest.mark.weaviate
 @pytest.mark.skipif(
