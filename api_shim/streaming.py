@@ -55,7 +55,8 @@ class AsyncEventReader:
         # a blocking read must return before the socket timeout fires
         self.block_ms = max(50, int(min(1.0, settings.redis_socket_timeout_s / 2) * 1000))
 
-    def _client(self) -> aioredis.Redis:
+    def client(self) -> aioredis.Redis:
+        """This event loop's client (decode_responses=True)."""
         loop = asyncio.get_running_loop()
         client = self._clients.get(loop)
         if client is None:
@@ -70,7 +71,7 @@ class AsyncEventReader:
         return client
 
     async def read(self, job_id: str, after: str, *, block_ms: int) -> list[dict[str, Any]]:
-        resp: Any = await self._client().xread(
+        resp: Any = await self.client().xread(
             {events_key(self._s, job_id): after}, count=100, block=block_ms or None
         )
         out: list[dict[str, Any]] = []
@@ -82,12 +83,12 @@ class AsyncEventReader:
     async def wait_end(self, job_id: str, *, block_ms: int) -> bool:
         """Block until the job's stream has its terminal event (True) or `block_ms` passes (False).
         Reads the job's small end stream (`ragfleet.events.end_key`), not its events."""
-        resp: Any = await self._client().xread({end_key(self._s, job_id): "0-0"}, count=1, block=block_ms)
+        resp: Any = await self.client().xread({end_key(self._s, job_id): "0-0"}, count=1, block=block_ms)
         return bool(resp)
 
     async def record(self, key: str) -> dict[str, str]:
         """The job record hash at `key` ({} if there is none)."""
-        raw: dict[str, str] = await self._client().hgetall(key)  # type: ignore[assignment]
+        raw: dict[str, str] = await self.client().hgetall(key)  # type: ignore[assignment]
         return raw
 
     async def record_end(self, jobs: JobStore, job_id: str) -> dict[str, Any] | None:
@@ -247,7 +248,7 @@ def stream_router(
         return StreamingResponse(body(), media_type=SSE if use_sse else NDJSON, headers=headers)
 
     async def jobs_get_tenant(job_id: str) -> str | None:
-        tenant = await reader._client().hget(jobs.key(job_id), "tenant")
+        tenant = await reader.client().hget(jobs.key(job_id), "tenant")
         return None if tenant is None else str(tenant)
 
     return router

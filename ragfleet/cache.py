@@ -56,18 +56,29 @@ class AnswerCache:
         )
         self._lock = threading.Lock()
 
-    def _rkey(self, key: str) -> str:
+    def redis_key(self, key: str) -> str:
         return self._s.key("cache", "answer", key)
 
     def get(self, key: str) -> tuple[dict[str, Any], Layer] | None:
         if not self._s.cache_enabled:
             return None
+        local = self.get_local(key)
+        if local is not None:
+            return local
+        return self.accept_remote(key, self._r.get(self.redis_key(key)))
+
+    def get_local(self, key: str) -> tuple[dict[str, Any], Layer] | None:
+        """The in-process layer alone. With `accept_remote`, a caller on redis.asyncio (the API's
+        event loop) does the Redis half itself: same layers, same metrics, no thread."""
+        if not self._s.cache_enabled:
+            return None
         with self._lock:
             hit = self._l1.get(key)
         metrics.cache_event("l1", hit is not None)
-        if hit is not None:
-            return hit, "l1"
-        raw = self._r.get(self._rkey(key))
+        return (hit, "l1") if hit is not None else None
+
+    def accept_remote(self, key: str, raw: str | bytes | None) -> tuple[dict[str, Any], Layer] | None:
+        """What the Redis layer held for `key` (None: a miss); a hit is kept in the local layer."""
         metrics.cache_event("l2", raw is not None)
         if raw is None:
             return None
@@ -80,7 +91,7 @@ class AnswerCache:
         """Store in both layers; with `pipe`, the Redis write is queued for the caller's round trip."""
         if not self._s.cache_enabled:
             return
-        (pipe or self._r).set(self._rkey(key), json.dumps(value), ex=self._s.cache_l2_ttl_s)
+        (pipe or self._r).set(self.redis_key(key), json.dumps(value), ex=self._s.cache_l2_ttl_s)
         with self._lock:
             self._l1[key] = value
 

@@ -16,7 +16,7 @@ from typing import Any, Literal, cast
 
 import redis
 
-from ragfleet.jobs import JobStore
+from ragfleet.jobs import AnyPipeline, JobStore
 from ragfleet.schemas import JobRecord
 from ragfleet.settings import Settings
 
@@ -85,9 +85,7 @@ class JobEvents:
         event_id = pipe.execute()[0]
         return event_id.decode() if isinstance(event_id, bytes) else str(event_id)
 
-    def emit_to(
-        self, pipe: redis.client.Pipeline, job_id: str, type_: EventType, data: dict[str, Any]
-    ) -> None:
+    def emit_to(self, pipe: AnyPipeline, job_id: str, type_: EventType, data: dict[str, Any]) -> None:
         """Queue the event onto `pipe`, to be written with whatever else goes in that round trip."""
         key = self.key(job_id)
         pipe.xadd(key, {"type": type_, "data": json.dumps(data)}, maxlen=STREAM_MAXLEN, approximate=True)
@@ -184,8 +182,8 @@ def finish_query(
     return events.finish(jobs.key(job_id), job_id, _done_data(answer, None), before, record, pipe)
 
 
-def answer_at_once(
-    client: redis.Redis,
+def queue_answer_at_once(
+    pipe: AnyPipeline,
     jobs: JobStore,
     events: JobEvents,
     job_id: str,
@@ -195,13 +193,12 @@ def answer_at_once(
     request_id: str | None,
 ) -> JobRecord:
     """A new query job answered on the spot (the API's cache path): the finished record and the
-    whole stream (sources, answer, done) go to Redis in one MULTI, so a reader sees all or none."""
-    pipe = client.pipeline(transaction=True)
+    whole stream (sources, answer, done) queued on `pipe`, a MULTI (sync or redis.asyncio) the
+    caller executes, so a reader sees all or none."""
     rec = jobs.put_done(pipe, job_id, "query", answer, tenant=tenant, request_id=request_id)
     events.emit_to(pipe, job_id, "sources", {"sources": answer.get("sources", [])})
     events.emit_to(pipe, job_id, "answer_chunk", {"text": answer.get("answer", "")})
     events.emit_to(pipe, job_id, "done", _done_data(answer, 0.0))
-    pipe.execute()
     return rec
 
 

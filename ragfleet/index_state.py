@@ -28,12 +28,12 @@ class IndexState:
     def __init__(self, client: redis.Redis, settings: Settings) -> None:
         self._r = client
         self._s = settings
-        self._version = settings.key("index", "version")
+        self.version_key = settings.key("index", "version")  # read on redis.asyncio by the API
         self._active = settings.key("index", "active")
         self._previous = settings.key("index", "previous")
 
     def read(self) -> IndexPointer:
-        version, active, previous = self._r.mget(self._version, self._active, self._previous)
+        version, active, previous = self._r.mget(self.version_key, self._active, self._previous)
         return IndexPointer(
             version=int(version or 0),
             active=str(active) if active else self._s.collection,
@@ -41,10 +41,10 @@ class IndexState:
         )
 
     def version(self) -> int:
-        return int(self._r.get(self._version) or 0)
+        return int(self._r.get(self.version_key) or 0)
 
     def bump(self) -> int:
-        return int(self._r.incr(self._version))
+        return int(self._r.incr(self.version_key))
 
     def switch(self, new_active: str) -> IndexPointer:
         """Atomically make `new_active` live and remember the old one for rollback."""
@@ -52,7 +52,7 @@ class IndexState:
         pipe = self._r.pipeline(transaction=True)
         pipe.set(self._active, new_active)
         pipe.set(self._previous, current.active)
-        pipe.incr(self._version)
+        pipe.incr(self.version_key)
         _, _, version = pipe.execute()
         return IndexPointer(version=int(version), active=new_active, previous=current.active)
 

@@ -12,9 +12,10 @@ import os
 import socket
 import time
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, TypeAlias, cast
 
 import redis
+import redis.asyncio
 
 from ragfleet.schemas import (
     TERMINAL,
@@ -25,6 +26,9 @@ from ragfleet.schemas import (
     StageTiming,
 )
 from ragfleet.settings import Settings
+
+# commands queued on either client's pipeline are executed by whoever made it
+AnyPipeline: TypeAlias = redis.client.Pipeline | redis.asyncio.client.Pipeline
 
 # Update fields only while the job is not terminal; returns 1 if applied, 0 if the job was terminal,
 # -1 if it does not exist (expired or never created: nothing is written, so no key without a TTL).
@@ -107,7 +111,7 @@ class JobStore:
 
     def put_done(
         self,
-        pipe: redis.client.Pipeline,
+        pipe: AnyPipeline,
         job_id: str,
         kind: str,
         result: dict[str, Any],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -142,6 +143,10 @@ def test_api_answers_a_repeated_question_from_cache_until_the_index_changes(
         assert again.status_code == 200 and rec["result"]["cached"] in ("l1", "l2")
         assert rec["stages"] == {}, "served by the API itself, no pool touched it"
         assert rec["result"]["answer"] == first["result"]["answer"]
+        polled = http.get(f"/v1/jobs/{rec['job_id']}")  # a job answered at birth is a job like any other
+        assert polled.status_code == 200 and polled.json() == rec
+        streamed = http.get(f"/v1/queries/{rec['job_id']}/stream").text.splitlines()
+        assert [json.loads(line)["type"] for line in streamed] == ["sources", "answer_chunk", "done"]
         samples = []
         for _ in range(50):
             t1 = time.perf_counter()
