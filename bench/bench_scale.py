@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -102,6 +103,28 @@ def build(store: LanceDBStore, n: int, rng: np.random.Generator) -> np.ndarray:
     return np.concatenate(keep)
 
 
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """P50/P99 against size, with the 1M target line (`--plot-only` redraws it from scale.json)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    xs = [r["chunks"] for r in rows]
+    ax.plot(xs, [r["p50_ms"] for r in rows], "o-", label="P50")
+    ax.plot(xs, [r["p99_ms"] for r in rows], "o--", label="P99")
+    ax.axhline(50, ls=":", color="gray", label="P99 target at 1M (50 ms)")
+    ax.set_xscale("log")
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("chunks (IVF-PQ from 100k)")
+    ax.set_ylabel("vector query latency (ms)")
+    ax.set_title("LanceDB store: query latency vs size (2 cores)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="10000,100000,1000000")
@@ -109,7 +132,12 @@ def main() -> None:
     ap.add_argument(
         "--sweep", action="store_true", help="try nprobes x refine_factor at the largest ANN size"
     )
+    ap.add_argument("--plot-only", action="store_true", help="redraw bench/out/scale.png from scale.json")
     args = ap.parse_args()
+    out = Path("bench/out")
+    if args.plot_only:
+        plot(json.loads((out / "scale.json").read_text())["rows"], out / "scale.png")
+        return
     from ragfleet.embedding import Embedder, pin_threads
     from ragfleet.settings import Settings
 
@@ -181,27 +209,11 @@ def main() -> None:
         for r in sweep:
             print(f"| {r['chunks']:,} | {r['nprobes']} | {r['refine_factor']} | {r['p50_ms']} | "
                   f"{r['p99_ms']} | {r['top1_recall']} |")  # fmt: skip
-    out = Path("bench/out")
     out.mkdir(parents=True, exist_ok=True)
     (out / "scale.json").write_text(
         json.dumps({"model_rss_mb": model_rss, "rows": rows, "sweep": sweep}, indent=2)
     )
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    xs = [r["chunks"] for r in rows]
-    ax.plot(xs, [r["p50_ms"] for r in rows], "o-", label="P50")
-    ax.plot(xs, [r["p99_ms"] for r in rows], "o--", label="P99")
-    ax.set_xscale("log")
-    ax.set_xlabel("chunks")
-    ax.set_ylabel("vector query latency (ms)")
-    ax.set_title("LanceDB store: query latency vs size (2 cores)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "scale.png", dpi=100)
+    plot(rows, out / "scale.png")
     print(f"wrote {out / 'scale.json'} and {out / 'scale.png'}")
 
 

@@ -133,7 +133,10 @@ def retry_or_fail(
     task: RagfleetTask, res: Resources, job_id: str, what: str, exc: Exception, *, code: ErrorCode
 ) -> dict[str, Any]:
     """A transient error: retry with exponential backoff, and past `max_retries` fail the job
-    with `code` (retry_after 30 s) and return its error result."""
+    with `code` (retry_after 30 s) and return its error result.
+
+    For the index, delete and feedback jobs that use it, the record is the whole outcome: they
+    have no event stream and belong to no batch (queries end through `ragfleet.outcomes`)."""
     if task.request.retries < task.max_retries:
         raise task.retry(exc=exc, countdown=2**task.request.retries) from exc
     message = f"{what} failed: {type(exc).__name__}: {exc}"[:2_000]
