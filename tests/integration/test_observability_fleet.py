@@ -181,21 +181,23 @@ def test_prometheus_scrapes_fleet_series_with_labels(ops: Ops) -> None:
     stage: list[dict[str, Any]] = []
     http_reqs: list[dict[str, Any]] = []
     depth: list[dict[str, Any]] = []
+    gen: list[dict[str, Any]] = []
+    # each pool is its own scrape target: wait until every one of them has been scraped since the queries
     while time.monotonic() < deadline:
         try:
             stage = ops.prom_query('ragfleet_stage_duration_seconds_count{stage="retrieval"}')
             http_reqs = ops.prom_query('ragfleet_http_requests_total{route="/v1/queries"}')
             depth = ops.prom_query("ragfleet_queue_depth")
+            gen = ops.prom_query('ragfleet_stage_duration_seconds_count{stage="generation"}')
         except httpx.HTTPError:
             pass
-        if stage and http_reqs and depth:
+        if stage and http_reqs and depth and gen:
             break
         time.sleep(1)
     print("\nprometheus series:", json.dumps({"stage": stage, "http": http_reqs, "depth": depth[:2]})[:2000])
     assert any(s["metric"]["pool"] == "retrieval" and float(s["value"][1]) >= 5 for s in stage), stage
     assert any(s["metric"].get("status") in ("200", "2xx") for s in http_reqs), http_reqs
     assert {s["metric"]["queue"] for s in depth} >= {"retrieval", "generation", "indexing"}
-    gen = ops.prom_query('ragfleet_stage_duration_seconds_count{stage="generation"}')
     assert any(s["metric"]["pool"] == "generation" for s in gen), gen
 
 
