@@ -48,7 +48,7 @@ class Settings(BaseSettings):
     collection: str = "chunks"
     # Lance file format of tables the LanceDB store creates (an existing table keeps its own; a
     # reindex writes a new one). LanceDB 0.40 defaults to 2.2; 2.1 measured faster on random access
-    # of the hit columns at 1M chunks (vector query P50 38 -> 24 ms; bench/README.md, "Scale").
+    # of the hit columns at 1M chunks (vector query P50/P99 38/53 -> 22/33 ms; bench/README.md, "Scale").
     lancedb_storage_version: str = "2.1"
 
     # --- embedding / chunking -----------------------------------------------------------------------
