@@ -206,7 +206,7 @@ def paired_c1(
     for i, q in enumerate(questions):
         first, second = (via_http, in_process) if i % 2 == 0 else (in_process, via_http)
         a = first(q)
-        res.redis.delete(res.embedding_cache._key(q))
+        res.redis.delete(res.embedding_cache.redis_key(q))
         b = second(q)
         h, n = (a, b) if first is via_http else (b, a)
         http_ms.append(h)

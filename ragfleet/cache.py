@@ -112,18 +112,30 @@ class EmbeddingCache:
         )
         self._lock = threading.Lock()
 
-    def _key(self, question: str) -> str:
+    def redis_key(self, question: str) -> str:
         digest = hashlib.sha256(f"{self._model}\0{normalize_question(question)}".encode()).hexdigest()
         return self._s.key("cache", "qvec", digest)
 
     def get(self, question: str) -> tuple[np.ndarray[Any, np.dtype[np.float32]], Layer] | None:
-        key = self._key(question)
+        local = self.get_local(question)
+        if local is not None:
+            return local
+        return self.accept_remote(question, self._r.get(self.redis_key(question)))
+
+    def get_local(self, question: str) -> tuple[np.ndarray[Any, np.dtype[np.float32]], Layer] | None:
+        """The in-process layer alone (a hit is counted; a miss is counted by `accept_remote`, which
+        takes what the caller read from Redis in a round trip it had to make anyway)."""
         with self._lock:
-            vec = self._l1.get(key)
-        if vec is not None:
-            metrics.cache_event("embedding", True)
-            return vec, "l1"
-        raw = self._r.get(key)
+            vec = self._l1.get(self.redis_key(question))
+        if vec is None:
+            return None
+        metrics.cache_event("embedding", True)
+        return vec, "l1"
+
+    def accept_remote(
+        self, question: str, raw: str | bytes | None
+    ) -> tuple[np.ndarray[Any, np.dtype[np.float32]], Layer] | None:
+        key = self.redis_key(question)
         metrics.cache_event("embedding", raw is not None)
         if raw is None:
             return None
@@ -139,7 +151,7 @@ class EmbeddingCache:
         pipe: redis.client.Pipeline | None = None,
     ) -> None:
         """Store in both layers; with `pipe`, the Redis write is queued for the caller's round trip."""
-        key = self._key(question)
+        key = self.redis_key(question)
         arr = np.asarray(vec, dtype=np.float32)
         (pipe or self._r).set(key, arr.tobytes().hex(), ex=self._s.cache_l2_ttl_s)
         with self._lock:

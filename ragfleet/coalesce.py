@@ -17,7 +17,13 @@ import redis
 
 from ragfleet.settings import Settings
 
+# With a third key (the Redis answer-cache entry), an answer already there is returned instead
+# ({2, answer}) and nothing is joined: the cache lookup and the join cost one round trip, not two.
 _JOIN = """
+if #KEYS > 2 then
+  local cached = redis.call('GET', KEYS[3])
+  if cached then return {2, cached} end
+end
 local got = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
 if got then
   redis.call('SREM', KEYS[2], ARGV[1])  -- a follower taking over is no longer its own follower
@@ -65,10 +71,21 @@ class Coalescer:
         return [self._s.key("flight", key), self._s.key("flight", key, "followers")]
 
     def join(self, key: str, job_id: str) -> Flight:
-        ok, leader = self._join(
-            keys=self._keys(key), args=[job_id, self.lock_ttl_ms, self._s.query_expires_s * 1000]
-        )
-        return Flight("leader" if int(ok) == 1 else "follower", str(leader))
+        flight = self._call_join(key, job_id, [])
+        assert isinstance(flight, Flight)
+        return flight
+
+    def join_unless_cached(self, key: str, job_id: str, cache_key: str) -> Flight | str:
+        """Look up `cache_key` (the answer cache's Redis entry) and, only on a miss, join the flight
+        of `key`: a hit returns the raw entry and joins nothing."""
+        return self._call_join(key, job_id, [cache_key])
+
+    def _call_join(self, key: str, job_id: str, extra_keys: list[str]) -> Flight | str:
+        args: list[str | int] = [job_id, self.lock_ttl_ms, self._s.query_expires_s * 1000]
+        ok, value = self._join(keys=[*self._keys(key), *extra_keys], args=args)
+        if int(ok) == 2:
+            return str(value)
+        return Flight("leader" if int(ok) == 1 else "follower", str(value))
 
     def renew(self, key: str, job_id: str, pipe: redis.client.Pipeline | None = None) -> bool:
         """Extend the leader's lock; with `pipe` it is only queued (and this returns True)."""

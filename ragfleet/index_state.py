@@ -11,6 +11,7 @@ the previous one for rollback.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
@@ -33,7 +34,14 @@ class IndexState:
         self._previous = settings.key("index", "previous")
 
     def read(self) -> IndexPointer:
-        version, active, previous = self._r.mget(self.version_key, self._active, self._previous)
+        return self.parse(self._r.mget(*self.keys()))
+
+    def keys(self) -> tuple[str, str, str]:
+        """What to MGET, in order, for `parse`: a stage reads the pointer in its first round trip."""
+        return self.version_key, self._active, self._previous
+
+    def parse(self, values: list[Any]) -> IndexPointer:
+        version, active, previous = values
         return IndexPointer(
             version=int(version or 0),
             active=str(active) if active else self._s.collection,

@@ -11,6 +11,7 @@ import json
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeAlias, cast
 
@@ -168,13 +169,17 @@ class JobStore:
         status: JobStatus,
         *,
         create: JobCreate | None = None,
-    ) -> tuple[StageTiming, bool]:
+        reads: Callable[[redis.client.Pipeline], None] | None = None,
+    ) -> tuple[StageTiming, bool, list[Any]]:
         """One round trip: status, who runs the stage, and its attempt count. Returns the timing
-        (keep it for `stage_fields`, so the end needs no read) and whether the job is open: False if it
-        is terminal already (cancelled, or finished by another delivery) or gone.
+        (keep it for `stage_fields`, so the end needs no read), whether the job is open (False if it
+        is terminal already: cancelled, or finished by another delivery, or gone) and the replies
+        to `reads`.
 
         With `create`, the record is first created (idempotently, as `create` does) in the same
-        round trip: the first stage of a job sent by task name has no record yet."""
+        round trip: the first stage of a job sent by task name has no record yet. `reads` queues
+        what the stage will need first (the index pointer, a cached query vector) onto the same
+        round trip, instead of one round trip each once the stage has begun."""
         timing = StageTiming(
             worker=_HOSTNAME or socket.gethostname(),
             queue=queue,
@@ -182,12 +187,18 @@ class JobStore:
             started_at=time.time(),
         )
         update = {"status": status.value, f"stage:{stage}": timing.model_dump_json()}
-        if create is None:
-            return timing, self._apply(job_id, update, incr=f"attempts:{stage}") == 1
-        pipe = self._r.pipeline()  # MULTI: nobody sees the record created but not started
-        self._queue_create(pipe, job_id, create.kind, create.tenant, create.request_id)
+        if create is None and reads is None:
+            return timing, self._apply(job_id, update, incr=f"attempts:{stage}") == 1, []
+        # MULTI with a create: nobody sees the record created but not started
+        pipe = self._r.pipeline(transaction=create is not None)
+        if create is not None:
+            self._queue_create(pipe, job_id, create.kind, create.tenant, create.request_id)
+        at = len(pipe)
         self._apply(job_id, update, pipe, incr=f"attempts:{stage}")
-        return timing, int(pipe.execute()[-1]) == 1
+        if reads is not None:
+            reads(pipe)
+        replies = pipe.execute()
+        return timing, int(replies[at]) == 1, list(replies[at + 1 :])
 
     def stage_fields(self, stage: str, timing: StageTiming, fields: dict[str, Any]) -> dict[str, str]:
         """End the stage's timing (its `ms`, from its start to now) and encode what its end writes:

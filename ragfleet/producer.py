@@ -64,6 +64,64 @@ def default_expires(task: TaskName, settings: Settings) -> int:
     return settings.index_expires_s
 
 
+class _Collected:
+    """Stands in for kombu's Redis publish batch (kombu 5.7, `Producer.batch()`): the Redis
+    channel hands a batch the final commands of each publish (`add("lpush", queue_key, message)`)
+    instead of running them. Collected here, they run in the caller's own pipeline."""
+
+    def __init__(self) -> None:
+        self.commands: list[tuple[str, tuple[Any, ...]]] = []
+        self.keyprefix = ""
+
+    def add(self, name: str, *args: Any) -> None:
+        self.commands.append((name, args))
+
+    def publish(self, channel: Any, message: Any, **kwargs: Any) -> None:
+        """What kombu's batch state does per message (kombu.messaging._ProducerBatchState)."""
+        self.keyprefix = getattr(channel, "global_keyprefix", "") or ""
+        channel.basic_publish(message, _publish_batch=self, **kwargs)
+
+
+def enqueue_on(
+    pipe: Any,
+    task: TaskName,
+    payload: dict[str, Any],
+    *,
+    settings: Settings | None = None,
+    job_id: str | None = None,
+    priority: Priority = Priority.DEFAULT,
+    expires: float | None = None,
+) -> str:
+    """`enqueue`, queued onto the caller's Redis pipeline (redis-py, sync or asyncio) instead of sent.
+
+    The message is built by Celery and kombu exactly as `enqueue` builds it; only its LPUSH runs
+    in the caller's round trip. A stage's last writes and the next stage's message then go out
+    together, or not at all with a MULTI: no window in which the record says "handed off" and the
+    broker has no message, and one round trip fewer on the query's critical path.
+    """
+    collected = _Collected()
+    app = client_app(settings)
+    with app.producer_or_acquire() as producer:
+        producer._batch_local.current = collected  # kombu's batch hook, see _Collected
+        try:
+            task_id = enqueue(
+                task,
+                payload,
+                settings=settings,
+                job_id=job_id,
+                priority=priority,
+                expires=expires,
+                producer=producer,
+            )
+        finally:
+            del producer._batch_local.current
+    if [name for name, _ in collected.commands] != ["lpush"]:
+        raise RuntimeError(f"unexpected broker commands for one publish: {collected.commands!r}")
+    (_, (key, message)) = collected.commands[0]
+    pipe.lpush(collected.keyprefix + key, message)
+    return task_id
+
+
 def enqueue(
     task: TaskName,
     payload: dict[str, Any],
@@ -73,6 +131,7 @@ def enqueue(
     priority: Priority = Priority.DEFAULT,
     expires: float | None = None,
     headers: dict[str, Any] | None = None,
+    producer: Any = None,
 ) -> str:
     """Send `task` with `kwargs={"payload": payload}`; the Celery task id is the job id."""
     s = settings or get_settings()
@@ -90,5 +149,6 @@ def enqueue(
         priority=int(priority),
         expires=expires if expires is not None else default_expires(task, s),
         headers=headers or {},
+        producer=producer,
     )
     return task_id

@@ -12,9 +12,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import redis
 
 from ragfleet.cache import Layer, answer_key_for
+from ragfleet.coalesce import Flight
+from ragfleet.index_state import IndexPointer
 from ragfleet.resources import Resources
 from ragfleet.schemas import Answer, QueryPayload, Source
 from ragfleet.stores.base import VectorStore
@@ -38,18 +41,82 @@ def lookup_cached(res: Resources, p: QueryPayload, index_version: int) -> tuple[
     if not p.use_cache:
         return None
     hit = res.answer_cache.get(cache_key_for(res, p, index_version))
-    if hit is None:
-        return None
+    return None if hit is None else _cached_answer(hit)
+
+
+def _cached_answer(hit: tuple[dict[str, Any], Layer]) -> tuple[Answer, Layer]:
     value, layer = hit
     answer = Answer.model_validate(value)
     answer.cached = layer
     return answer, layer
 
 
+def lookup_and_join(
+    res: Resources, p: QueryPayload, key: str, job_id: str
+) -> tuple[tuple[Answer, Layer] | None, Flight | None]:
+    """The answer cache's two layers and, on a miss, the flight of `key` (coalescing): the Redis
+    layer and the join are one round trip. Neither, for a query that asked for no cache."""
+    if not p.use_cache:
+        return None, None
+    local = res.answer_cache.get_local(key)
+    if local is not None:
+        return _cached_answer(local), None
+    if not res.settings.cache_enabled:
+        return None, res.coalescer.join(key, job_id)
+    flight = res.coalescer.join_unless_cached(key, job_id, res.answer_cache.redis_key(key))
+    raw = flight if isinstance(flight, str) else None
+    hit = res.answer_cache.accept_remote(key, raw)  # counts the hit or the miss
+    if hit is not None:
+        return _cached_answer(hit), None
+    assert isinstance(flight, Flight)
+    return None, flight
+
+
+@dataclass(slots=True)
+class Prefetch:
+    """What the retrieval stage reads in its first round trip, with its job-record start: the index
+    pointer, and the cached query vector unless this process holds it. Three round trips of the
+    critical path become one."""
+
+    res: Resources
+    question: str
+    wants_vector: bool
+    vector: np.ndarray[Any, np.dtype[np.float32]] | None = None
+    _queued_vector: bool = False
+
+    @classmethod
+    def for_query(cls, res: Resources, p: QueryPayload) -> Prefetch:
+        pre = cls(res, p.question, (p.mode or res.settings.search_mode) in ("vector", "hybrid"))
+        if pre.wants_vector:
+            local = res.embedding_cache.get_local(p.question)
+            pre.vector = None if local is None else local[0]
+        return pre
+
+    def queue(self, pipe: redis.client.Pipeline) -> None:
+        pipe.mget(*self.res.index_state.keys())
+        if self.wants_vector and self.vector is None:
+            pipe.get(self.res.embedding_cache.redis_key(self.question))
+            self._queued_vector = True
+
+    def accept(self, replies: list[Any]) -> IndexPointer:
+        """The pointer; the vector, if Redis had it (`search` then skips the cache)."""
+        if self._queued_vector:
+            hit = self.res.embedding_cache.accept_remote(self.question, replies[1])
+            self.vector = None if hit is None else hit[0]
+        return self.res.index_state.parse(replies[0])
+
+
 def embed_question(
-    res: Resources, question: str, pipe: redis.client.Pipeline | None = None
+    res: Resources,
+    question: str,
+    pipe: redis.client.Pipeline | None = None,
+    prefetched: Prefetch | None = None,
 ) -> tuple[list[float], Layer | None]:
-    hit = res.embedding_cache.get(question)
+    """The query vector: from the cache (looked up here, or by `prefetched`), else encoded and
+    cached."""
+    if prefetched is not None and prefetched.vector is not None:
+        return prefetched.vector.tolist(), "l2"
+    hit = res.embedding_cache.get(question) if prefetched is None else None
     if hit is not None:
         return hit[0].tolist(), hit[1]
     vec = res.embedder.encode_one(question)
@@ -64,16 +131,18 @@ def search(
     index_version: int,
     key: str,
     pipe: redis.client.Pipeline | None = None,
+    prefetched: Prefetch | None = None,
 ) -> Retrieval:
     """Embed (cached) and search. Cache writes go on `pipe` when given: a task sends them with its
-    stage's end instead of spending a round trip on them mid-query."""
+    stage's end instead of spending a round trip on them mid-query. With `prefetched`, the vector
+    cache was read already."""
     s = res.settings
     timings: dict[str, float] = {}
     mode = p.mode or s.search_mode
     vector: list[float] | None = None
     if mode in ("vector", "hybrid"):
         t1 = time.perf_counter()
-        vector, _ = embed_question(res, p.question, pipe)
+        vector, _ = embed_question(res, p.question, pipe, prefetched)
         timings["embed_ms"] = (time.perf_counter() - t1) * 1000
     t2 = time.perf_counter()
     hits = store.search(

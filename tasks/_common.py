@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -92,6 +92,9 @@ class StageRun:
     ms: float = 0.0
     seconds: float = 0.0
     open: bool = True  # False: the job was terminal when the stage began; do no work for it
+    reads: list[Any] = field(default_factory=list)  # replies to `stage(reads=...)`, from its start
+    # queued after the end's own writes, in the same round trip: the next stage's message
+    then: Callable[[redis.client.Pipeline], None] | None = None
 
 
 @contextmanager
@@ -103,13 +106,15 @@ def stage(
     status: JobStatus,
     *,
     create: JobCreate | None = None,
+    reads: Callable[[redis.client.Pipeline], None] | None = None,
 ) -> Iterator[StageRun]:
     """Stage bookkeeping in two round trips: one to start it (creating the record first, with
-    `create`), one to end it with its `fields`, `events` and whatever was queued on `pipe` (what
-    would otherwise be a write each on the query's critical path). A stage that sets `answer`
-    finishes the job in that same last round trip. A stage of a terminal job writes nothing."""
-    timing, is_open = res.jobs.stage_start(job_id, name, queue, status, create=create)
-    run = StageRun(pipe=res.redis.pipeline(transaction=False), open=is_open)
+    `create`, and reading what the stage needs first, with `reads`: replies in `run.reads`), one to
+    end it with its `fields`, `events` and whatever was queued on `pipe` (what would otherwise be a
+    write each on the query's critical path). A stage that sets `answer` finishes the job in that
+    same last round trip. A stage of a terminal job writes nothing."""
+    timing, is_open, replies = res.jobs.stage_start(job_id, name, queue, status, create=create, reads=reads)
+    run = StageRun(pipe=res.redis.pipeline(transaction=False), open=is_open, reads=replies)
     t0 = time.perf_counter()
     try:
         yield run
@@ -125,6 +130,8 @@ def stage(
                 res.jobs.update_on(run.pipe, job_id, fields)
                 for type_, data in run.events:
                     res.events.emit_to(run.pipe, job_id, type_, data)
+                if run.then is not None:
+                    run.then(run.pipe)
                 run.pipe.execute()
         run.seconds = time.perf_counter() - t0
 

@@ -6,13 +6,14 @@ import time
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
+from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 
 from ragfleet import metrics, querying
 from ragfleet.jobs import JobCreate
 from ragfleet.names import Priority, Queue, TaskName
 from ragfleet.outcomes import fail_job, finish_with_answer
-from ragfleet.producer import enqueue, reset_client_apps
+from ragfleet.producer import enqueue_on
 from ragfleet.resources import get_resources
 from ragfleet.schemas import ErrorCode, GeneratePayload, JobStatus, QueryPayload
 from tasks._common import InvalidPayloadError, error_result, inject_fault, parse, stage
@@ -45,78 +46,74 @@ def query(self: RagfleetTask, *, payload: dict[str, Any]) -> dict[str, Any]:
     create = JobCreate("query", tenant=p.tenant, request_id=p.request_id)
     start = (res, job_id, "retrieval", Queue.RETRIEVAL.value, JobStatus.RETRIEVING)
     try:
-        with stage(*start, create=create) as run:
+        # the index pointer and the cached query vector come with the stage's first round trip
+        pre = querying.Prefetch.for_query(res, p)
+        with stage(*start, create=create, reads=pre.queue) as run:
             if not run.open:  # cancelled before it ran, or answered by another delivery
                 return {"job_id": job_id, "status": str(res.jobs.status(job_id))}
-            store, pointer = res.live_store()
+            store, pointer = res.live_store(pre.accept(run.reads))
             key = querying.cache_key_for(res, p, pointer.version)
-            cached = querying.lookup_cached(res, p, pointer.version)
+            cached, flight = querying.lookup_and_join(res, p, key, job_id)
             if cached is not None:
                 finish_with_answer(res, job_id, cached[0].model_dump(mode="json"), replay=True)
                 _observe_total(res, job_id)
                 return {"job_id": job_id, "status": "done", "cached": cached[1]}
-            if p.use_cache:
-                flight = res.coalescer.join(key, job_id)
+            if flight is not None:
                 metrics.coalesced(flight.role)
                 if flight.role == "follower":
                     return _follow(self, job_id, flight.leader)
             res.coalescer.count_run(run.pipe)
             inject_fault(res.settings, p.question)
-            r = querying.search(res, p, store, pointer.version, key, run.pipe)
+            r = querying.search(res, p, store, pointer.version, key, run.pipe, pre)
             if p.use_cache:
                 res.coalescer.renew(key, job_id, run.pipe)
             sources = [s.model_dump(mode="json") for s in r.sources]
             run.fields["sources"] = sources
             run.events.append(("sources", {"sources": sources, "index_version": r.index_version}))
+            hand_off = GeneratePayload(
+                job_id=job_id,
+                question=r.question,
+                sources=r.sources,
+                index_version=r.index_version,
+                cache_key=r.cache_key if p.use_cache else None,
+                tenant=p.tenant,
+                request_id=p.request_id,
+                stream=p.stream,
+            ).model_dump(mode="json")
+            priority = _priority_of(self)
+
+            def hand_off_on(pipe: Any) -> None:
+                # The generation task's message is the stage end's last command: the record says
+                # `sources` before a generation worker can pop it, and a broker that is down fails
+                # the whole round trip (retried below) instead of leaving the job `retrieving`.
+                enqueue_on(
+                    pipe,
+                    TaskName.GENERATE,
+                    hand_off,
+                    settings=res.settings,
+                    job_id=f"{job_id}:gen",
+                    priority=priority,
+                )
+
+            run.then = hand_off_on
         metrics.observe_stage("retrieval", run.seconds)
     except SoftTimeLimitExceeded:
         fail_job(res, job_id, ErrorCode.TIMEOUT, "retrieval exceeded its time limit", retry_after=5)
         return error_result(job_id, ErrorCode.TIMEOUT, "retrieval exceeded its time limit")
-    except (RedisError, OSError, RuntimeError, ValueError) as exc:
+    except (RedisError, OperationalError, OSError, RuntimeError, ValueError) as exc:
         if self.request.retries < self.max_retries:
             raise self.retry(exc=exc, countdown=0.2 * (2**self.request.retries)) from exc
         message = f"retrieval failed: {type(exc).__name__}: {exc}"
         fail_job(res, job_id, ErrorCode.RETRIEVAL_FAILED, message, retry_after=10)
         return error_result(job_id, ErrorCode.RETRIEVAL_FAILED, message)
 
-    hand_off = GeneratePayload(
-        job_id=job_id,
-        question=r.question,
-        sources=r.sources,
-        index_version=r.index_version,
-        cache_key=r.cache_key if p.use_cache else None,
-        tenant=p.tenant,
-        request_id=p.request_id,
-        stream=p.stream,
-    )
-    priority = (self.request.delivery_info or {}).get("priority")
-    try:
-        _hand_off(
-            hand_off.model_dump(mode="json"),
-            res.settings,
-            f"{job_id}:gen",
-            Priority(priority) if priority in {int(x) for x in Priority} else Priority.DEFAULT,
-        )
-    except Exception as exc:  # kombu/redis connection errors: the broker is gone for now
-        message = f"could not hand the job to the generation pool: {type(exc).__name__}: {exc}"
-        fail_job(res, job_id, ErrorCode.UNAVAILABLE, message, retry_after=5)
-        return error_result(job_id, ErrorCode.UNAVAILABLE, message)
     return {"job_id": job_id, "status": "generating", "sources": len(r.sources), **r.timings_ms}
 
 
-def _hand_off(payload: dict[str, Any], settings: Any, task_id: str, priority: Priority) -> None:
-    """Publish with a few fresh-connection retries: after a Redis restart the pooled producer
-    connection is dead, and a lost hand-off would leave the job `retrieving` forever."""
-    delays = (0.2, 0.5, 1.0, 2.0, 4.0)
-    for attempt, delay in enumerate(delays):
-        try:
-            enqueue(TaskName.GENERATE, payload, settings=settings, job_id=task_id, priority=priority)
-            return
-        except Exception:
-            if attempt == len(delays) - 1:
-                raise
-            reset_client_apps()
-            time.sleep(delay)
+def _priority_of(task: RagfleetTask) -> Priority:
+    """The generation task inherits the query's priority (interactive before batch)."""
+    priority = (task.request.delivery_info or {}).get("priority")
+    return Priority(priority) if priority in {int(x) for x in Priority} else Priority.DEFAULT
 
 
 def _observe_total(res: Any, job_id: str) -> None:

@@ -52,7 +52,7 @@ def test_first_stage_creates_and_starts_the_record_in_one_round_trip(
     job_id = uuid.uuid4().hex
     client.ping()  # a connection exists before counting
     with round_trips(monkeypatch) as sent:
-        timing, is_open = jobs.stage_start(
+        timing, is_open, _ = jobs.stage_start(
             job_id, "retrieval", "retrieval", JobStatus.RETRIEVING, create=JobCreate("query", tenant="t1")
         )
     assert len(sent) == 1 and is_open
@@ -66,10 +66,61 @@ def test_first_stage_creates_and_starts_the_record_in_one_round_trip(
     # a redelivery: the record is kept (created_at too), the attempt is counted
     created = rec.created_at
     start = (job_id, "retrieval", "retrieval", JobStatus.RETRIEVING)
-    _, again = jobs.stage_start(*start, create=JobCreate("query"))
+    _, again, _ = jobs.stage_start(*start, create=JobCreate("query"))
     rec2 = jobs.get(job_id)
     assert again and rec2 is not None and rec2.created_at == created and rec2.tenant == "t1"
     assert client.hget(jobs.key(job_id), "attempts:retrieval") == "2"
+
+
+def test_retrieval_stage_reads_pointer_and_query_vector_with_its_start(
+    base_settings: Settings, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stage's first round trip also brings the index pointer and the cached query vector
+    (`Prefetch`), and the cache lookup and the coalescing join are a second one: two round trips
+    before the search, where five were sequential."""
+    import numpy as np
+
+    from ragfleet.querying import Prefetch, lookup_and_join
+    from ragfleet.resources import Resources
+    from ragfleet.schemas import QueryPayload
+
+    settings = base_settings.model_copy(
+        update={"key_prefix": f"{base_settings.key_prefix}-pre{uuid.uuid4().hex[:6]}"}
+    )
+    writer, reader = Resources(settings), Resources(settings)  # two processes: no shared local layer
+    question = f"what does the prefetch read? {uuid.uuid4().hex[:6]}"
+    vec = np.arange(384, dtype=np.float32) / 384
+    writer.embedding_cache.put(question, vec)
+    writer.redis.set(writer.index_state.version_key, 7)
+    p = QueryPayload(job_id=uuid.uuid4().hex, question=question)
+    pre = Prefetch.for_query(reader, p)
+    reader.coalescer.join_unless_cached("warm", "warm", "warm")  # connected, script loaded in Redis
+    try:
+        with round_trips(monkeypatch) as sent:
+            _, is_open, replies = reader.jobs.stage_start(
+                p.job_id,
+                "retrieval",
+                "retrieval",
+                JobStatus.RETRIEVING,
+                create=JobCreate("query"),
+                reads=pre.queue,
+            )
+            pointer = pre.accept(replies)
+            cached, flight = lookup_and_join(reader, p, f"answer-{p.job_id}", p.job_id)
+        assert len(sent) == 2 and is_open
+        assert pointer.version == 7 and pointer.active == settings.collection
+        assert pre.vector is not None and np.array_equal(pre.vector, vec)
+        assert cached is None and flight is not None and flight.role == "leader"
+        assert reader.jobs.status(p.job_id) == JobStatus.RETRIEVING
+
+        # the answer cached under that key: found in the same script, and no flight is joined
+        writer.answer_cache.put("answered", {"question": question, "answer": "yes [1]", "sources": []})
+        cached, flight = lookup_and_join(reader, p, "answered", "another-job")
+        assert cached is not None and cached[1] == "l2" and cached[0].answer == "yes [1]"
+        assert flight is None and not redis_client.exists(settings.key("flight", "answered"))
+    finally:
+        for key in redis_client.scan_iter(f"{settings.key_prefix}:*"):
+            redis_client.delete(key)
 
 
 def test_a_cancelled_job_is_not_reopened_by_its_first_stage(
@@ -80,7 +131,7 @@ def test_a_cancelled_job_is_not_reopened_by_its_first_stage(
     jobs.create(job_id, "query")
     assert jobs.cancel(job_id)
     start = (job_id, "retrieval", "retrieval", JobStatus.RETRIEVING)
-    _, is_open = jobs.stage_start(*start, create=JobCreate("query"))
+    _, is_open, _ = jobs.stage_start(*start, create=JobCreate("query"))
     assert not is_open
     assert jobs.status(job_id) == JobStatus.CANCELLED
 

@@ -75,3 +75,58 @@ def test_send_task_by_name_without_project_import(
     result = json.loads(record["result"])
     assert result["sources"][0]["doc_id"] == "lancedb"
     assert "[1]" in result["answer"]
+
+
+def test_enqueue_on_a_pipeline_pushes_the_message_enqueue_sends(base_settings: Settings) -> None:
+    """The hand-off rides in the retrieval stage's last round trip (`enqueue_on`): the message must
+    be the one Celery and kombu publish by themselves, on the same queue key, so any worker reads it."""
+    import base64
+    import uuid
+
+    import redis
+
+    from ragfleet.names import Priority, TaskName
+    from ragfleet.producer import enqueue, enqueue_on
+
+    tag = uuid.uuid4().hex[:8]
+    s = base_settings.model_copy(update={"broker_key_prefix": f"{base_settings.key_prefix}-eo{tag}:q:"})
+    r = redis.Redis.from_url(s.redis_url, decode_responses=True)
+    payload = {"job_id": f"job-{tag}", "question": "q", "sources": [{"n": 1, "text": "a passage"}]}
+    try:
+        enqueue(
+            TaskName.GENERATE, payload, settings=s, job_id=f"job-{tag}:gen", priority=Priority.INTERACTIVE
+        )
+        pipe = r.pipeline(transaction=True)
+        pipe.set(f"{s.broker_key_prefix}probe", "1")  # the caller's own write, in the same round trip
+        assert (
+            enqueue_on(
+                pipe,
+                TaskName.GENERATE,
+                payload,
+                settings=s,
+                job_id=f"job-{tag}:gen",
+                priority=Priority.INTERACTIVE,
+            )
+            == f"job-{tag}:gen"
+        )
+        keys = r.keys(f"{s.broker_key_prefix}*")
+        assert len(keys) == 3 and r.llen(f"{s.broker_key_prefix}generation") == 1  # nothing sent yet
+        pipe.execute()
+        assert r.get(f"{s.broker_key_prefix}probe") == "1"
+        assert sorted(r.keys(f"{s.broker_key_prefix}*")) == sorted([*keys, f"{s.broker_key_prefix}probe"])
+        keys = [f"{s.broker_key_prefix}generation"]  # priority 0 is the bare queue name
+        sent_by_kombu, sent_by_us = (json.loads(m) for m in r.lrange(keys[0], 0, -1)[::-1])
+
+        def comparable(m: dict[str, Any]) -> dict[str, Any]:
+            m = json.loads(json.dumps(m))
+            del m["properties"]["delivery_tag"], m["headers"]["expires"]
+            m["headers"].pop("ragfleet_enqueued_at", None)  # a clock reading, when metrics are on
+            return m
+
+        assert comparable(sent_by_us) == comparable(sent_by_kombu)
+        body = json.loads(base64.b64decode(sent_by_us["body"]))
+        assert body[1] == {"payload": payload} and sent_by_us["headers"]["task"] == "ragfleet.generate"
+        assert sent_by_us["properties"]["priority"] == 0
+    finally:
+        for k in r.scan_iter(f"{s.broker_key_prefix}*"):
+            r.delete(k)
