@@ -53,7 +53,7 @@ from ragfleet.events import JobEvents, queue_answer_at_once
 from ragfleet.index_state import IndexState
 from ragfleet.jobs import JobStore, parse_record
 from ragfleet.names import Priority, Queue, TaskName
-from ragfleet.producer import client_app, enqueue
+from ragfleet.producer import MessageProducer, client_app, enqueue_on
 from ragfleet.redis_conn import get_redis
 from ragfleet.schemas import (
     TERMINAL,
@@ -203,28 +203,34 @@ def create_app(
     app.include_router(build_router(caller=caller, request_id=request_id, error_codes=v1_errors))
 
     # --- enqueue ----------------------------------------------------------------------------
+    messages = MessageProducer(enqueue_settings)
+
     async def submit(
         task: TaskName, kind: str, payload: dict[str, Any], who: Caller, rid: str, priority: Priority
     ) -> str:
+        """The job record and its message in one MULTI on redis.asyncio: both or neither (a failure
+        is a plain 503 that leaves nothing behind), one round trip, no worker thread."""
         job_id = uuid.uuid4().hex
-        created = False
-
-        def create_and_send() -> None:  # one worker-thread hop for both, not two
-            nonlocal created
-            jobs.create(job_id, kind, tenant=who.tenant, request_id=rid)
-            created = True
-            enqueue(task, payload, settings=enqueue_settings, job_id=job_id, priority=priority)
-
         try:
-            # kombu's Redis channel has no socket timeout: a frozen Redis would block forever.
+            # kombu's channel has no socket timeout: a frozen Redis must not block its opening forever
             with anyio.fail_after(publish_timeout_s):
-                await anyio.to_thread.run_sync(create_and_send, abandon_on_cancel=True)
+                if messages.ready is None:  # first use: opening the producer is I/O, off the loop
+                    await anyio.to_thread.run_sync(messages.open, abandon_on_cancel=True)
+                pipe = events_reader.client().pipeline(transaction=True)
+                jobs.queue_create(pipe, job_id, kind, who.tenant, rid)
+                enqueue_on(
+                    pipe,
+                    task,
+                    payload,
+                    settings=enqueue_settings,
+                    job_id=job_id,
+                    priority=priority,
+                    producer=messages.ready,
+                )
+                await pipe.execute()
         except TimeoutError as exc:
+            # the MULTI may or may not have run: the job is marked failed if it exists
             raise EnqueueFailedError(job_id, f"publish took over {publish_timeout_s:g} s") from exc
-        except UNAVAILABLE_ERRORS as exc:
-            if not created:
-                raise  # no job record yet: a plain 503
-            raise EnqueueFailedError(job_id, f"{type(exc).__name__}: {exc}") from exc
         return job_id
 
     def accepted(job_id: str) -> JSONResponse:

@@ -77,19 +77,20 @@ class JobStore:
         record's status after the call, read in the same round trip: a task checks it to skip a
         job that is already terminal without asking Redis again."""
         pipe = self._r.pipeline()
-        self._queue_create(pipe, job_id, kind, tenant, request_id, extra)
+        self.queue_create(pipe, job_id, kind, tenant, request_id, extra)
         return JobStatus(str(pipe.execute()[-1]))
 
-    def _queue_create(
+    def queue_create(
         self,
-        pipe: redis.client.Pipeline,
+        pipe: AnyPipeline,
         job_id: str,
         kind: str,
         tenant: str,
         request_id: str | None,
         extra: dict[str, str] | None = None,
     ) -> None:
-        """Queue the idempotent create (HSETNX each field, TTL) and a read of the status after it."""
+        """Queue the idempotent create (HSETNX each field, TTL) and a read of the status after it:
+        the API queues it with the job's message (`enqueue_on`) in one MULTI."""
         now = repr(time.time())
         key = self.key(job_id)
         fields: dict[str, str] = {
@@ -192,7 +193,7 @@ class JobStore:
         # MULTI with a create: nobody sees the record created but not started
         pipe = self._r.pipeline(transaction=create is not None)
         if create is not None:
-            self._queue_create(pipe, job_id, create.kind, create.tenant, create.request_id)
+            self.queue_create(pipe, job_id, create.kind, create.tenant, create.request_id)
         at = len(pipe)
         self._apply(job_id, update, pipe, incr=f"attempts:{stage}")
         if reads is not None:

@@ -82,6 +82,33 @@ class _Collected:
         channel.basic_publish(message, _publish_batch=self, **kwargs)
 
 
+class MessageProducer:
+    """A kombu producer of its own for `enqueue_on` in an event loop (the API's).
+
+    Opening it is I/O (kombu pings Redis when it opens a channel, and binds each queue once per
+    connection), so `open` runs off the loop; from then on `enqueue_on(producer=...)` only builds
+    messages: it never touches this connection again, and nothing in the loop blocks on it.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._producer: Any = None
+
+    @property
+    def ready(self) -> Any:
+        """The open producer, or None until `open` has succeeded."""
+        return self._producer
+
+    def open(self) -> None:
+        if self._producer is not None:
+            return
+        app = client_app(self._settings)
+        producer = app.amqp.Producer(app.connection_for_write())
+        for queue in {q.value for q in TASK_QUEUES.values()}:
+            producer.maybe_declare(app.amqp.queues[queue])
+        self._producer = producer
+
+
 def enqueue_on(
     pipe: Any,
     task: TaskName,
@@ -91,6 +118,7 @@ def enqueue_on(
     job_id: str | None = None,
     priority: Priority = Priority.DEFAULT,
     expires: float | None = None,
+    producer: Any = None,
 ) -> str:
     """`enqueue`, queued onto the caller's Redis pipeline (redis-py, sync or asyncio) instead of sent.
 
@@ -101,7 +129,7 @@ def enqueue_on(
     """
     collected = _Collected()
     app = client_app(settings)
-    with app.producer_or_acquire() as producer:
+    with app.producer_or_acquire(producer) as producer:
         producer._batch_local.current = collected  # kombu's batch hook, see _Collected
         try:
             task_id = enqueue(
