@@ -161,6 +161,10 @@ def test_api_answers_a_repeated_question_from_cache_until_the_index_changes(
         fresh = http.post("/v1/queries", json={"question": question}, params={"wait": 20}).json()
         assert fresh["result"]["cached"] is None
         assert fresh["result"]["index_version"] > first["result"]["index_version"]
+        # the API's own guess of the version moved with it: cached again, under the new version
+        cached_again = http.post("/v1/queries", json={"question": question}, params={"wait": 20}).json()
+        assert cached_again["result"]["cached"] in ("l1", "l2") and cached_again["stages"] == {}
+        assert cached_again["result"]["index_version"] == fresh["result"]["index_version"]
 
 
 def test_identical_questions_in_flight_coalesce_onto_one_slow_llm_call(
