@@ -88,6 +88,7 @@ def render() -> str:
         "",
         "```python",
         "from celery import Celery",
+        "",
         'app = Celery(broker="redis://127.0.0.1:6379/0")',
         'payload = {"question": "What is a visibility timeout?"}',
         'r = app.send_task("ragfleet.query", kwargs={"payload": payload}, queue="retrieval", expires=120)',

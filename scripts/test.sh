@@ -8,5 +8,6 @@ bash scripts/ensure_services.sh --promtool
 . .venv/bin/activate
 export HF_HUB_OFFLINE=1 OPENBLAS_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false
 ruff check .
+ruff format --check .
 mypy
 python -m pytest -q -p no:cacheprovider "$@"

@@ -38,8 +38,10 @@ def test_single_document_updates_are_embedded_in_batches(fleet: Any, base_settin
     done = [r for r in records if r["status"] == "done"]
     assert len(done) == 119
     sizes = [r["result"]["batched_with"] for r in done]
-    print(f"\n120 single-document updates in {elapsed:.1f} s; batch sizes max={max(sizes)} "
-          f"distinct versions={len({r['result']['index_version'] for r in done})}")
+    print(
+        f"\n120 single-document updates in {elapsed:.1f} s; batch sizes max={max(sizes)} "
+        f"distinct versions={len({r['result']['index_version'] for r in done})}"
+    )
     assert max(sizes) >= 10, "updates were not gathered into batches"
     assert len({r["result"]["index_version"] for r in done}) < 40
 
