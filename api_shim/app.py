@@ -241,6 +241,12 @@ def create_app(
         """200 with the record, serialised by pydantic in one pass (no dict, then json.dumps)."""
         return Response(record.model_dump_json(), status_code=200, media_type="application/json")
 
+    def record_of_end(end: dict[str, str] | None) -> JobRecord | None:
+        """The finished record an end entry carries (`ragfleet.events`), if it carries one."""
+        if not end or end.get("status") not in TERMINAL_STATUS_VALUES:
+            return None
+        return parse_record({k: v for k, v in end.items() if k != "type"})
+
     async def finished_record(job_id: str) -> JobRecord | None:
         """The record if the job is terminal, else None: one HGETALL on redis.asyncio, no thread."""
         raw = await events_reader.record(jobs.key(job_id))
@@ -384,16 +390,18 @@ def create_app(
             # polling interval added to the answer's latency, no wake per answer chunk). A job that
             # ends with no event (an invalid payload, a cancel) is seen in its record, re-read
             # after every block.
+            # The end entry of a finished query carries its record: no read after the wake.
             deadline = time.monotonic() + wait
             while True:
                 remaining_ms = int((deadline - time.monotonic()) * 1000)
-                ended = remaining_ms > 0 and await events_reader.wait_end(
-                    job_id, block_ms=max(1, min(events_reader.block_ms, remaining_ms))
-                )
-                record = await finished_record(job_id)
+                end = None
+                if remaining_ms > 0:
+                    block_ms = max(1, min(events_reader.block_ms, remaining_ms))
+                    end = await events_reader.wait_end(job_id, block_ms=block_ms)
+                record = record_of_end(end) or await finished_record(job_id)
                 if record is not None:
                     return record_response(record)
-                if ended or remaining_ms <= 0 or await request.is_disconnected():
+                if end is not None or remaining_ms <= 0 or await request.is_disconnected():
                     break
         except UNAVAILABLE_ERRORS as exc:
             # Not a 503: the job is queued already, and a retry would enqueue it twice.

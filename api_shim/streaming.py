@@ -80,11 +80,15 @@ class AsyncEventReader:
                 out.append({"id": event_id, "type": fields["type"], "data": json.loads(fields["data"])})
         return out
 
-    async def wait_end(self, job_id: str, *, block_ms: int) -> bool:
-        """Block until the job's stream has its terminal event (True) or `block_ms` passes (False).
-        Reads the job's small end stream (`ragfleet.events.end_key`), not its events."""
+    async def wait_end(self, job_id: str, *, block_ms: int) -> dict[str, str] | None:
+        """Block until the job's stream has its terminal event (its end entry: `type`, and for a
+        finished query the whole record) or `block_ms` passes (None). Reads the job's small end
+        stream (`ragfleet.events.end_key`), not its events."""
         resp: Any = await self.client().xread({end_key(self._s, job_id): "0-0"}, count=1, block=block_ms)
-        return bool(resp)
+        if not resp:
+            return None
+        [(_stream, [(_id, fields)])] = resp
+        return dict(fields)
 
     async def record(self, key: str) -> dict[str, str]:
         """The job record hash at `key` ({} if there is none)."""

@@ -9,6 +9,7 @@ Redis's own, monotonic per stream. Streams expire with the job record.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,15 +28,16 @@ STREAM_MAXLEN = 10_000  # approximate (MAXLEN ~): a bound for a runaway producer
 # Finish a query job and close its stream in one atomic round trip (the last thing on the critical
 # path of every answer). KEYS: job hash, event stream, end stream (see `end_key`). ARGV: now, TTL,
 # MAXLEN, the `done` event's data (JSON; `latency_ms` is filled in here from the record's
-# created_at), n, then n (type, data) events to append before `done` (a replayed answer's sources
-# and text), then field/value pairs for the record. Nothing is written if the job is terminal (0)
-# or gone (-1). Returns {applied, latency_ms as a string} (a Lua number would reach the client
-# truncated to an integer).
+# created_at), n, the end stream's TTL, then n (type, data) events to append before `done` (a
+# replayed answer's sources and text), then field/value pairs for the record. The end stream's
+# entry carries the finished record itself, so the long poll it wakes answers without reading the
+# record again. Nothing is written if the job is terminal (0) or gone (-1). Returns {applied,
+# latency_ms as a string} (a Lua number would reach the client truncated to an integer).
 _FINISH_QUERY = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, false} end
 local st = redis.call('HGET', KEYS[1], 'status')
 if st == 'done' or st == 'failed' or st == 'cancelled' then return {0, false} end
-local i = 6
+local i = 7
 for _ = 1, tonumber(ARGV[5]) do
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'type', ARGV[i], 'data', ARGV[i + 1])
   i = i + 2
@@ -50,8 +52,8 @@ local done = cjson.decode(ARGV[4])
 done['latency_ms'] = latency
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'type', 'done', 'data', cjson.encode(done))
 redis.call('EXPIRE', KEYS[2], ARGV[2])
-redis.call('XADD', KEYS[3], '*', 'type', 'done')
-redis.call('EXPIRE', KEYS[3], ARGV[2])
+redis.call('XADD', KEYS[3], '*', 'type', 'done', unpack(redis.call('HGETALL', KEYS[1])))
+redis.call('EXPIRE', KEYS[3], ARGV[6])
 return {1, tostring(latency)}
 """
 
@@ -61,6 +63,13 @@ def end_key(settings: Settings, job_id: str) -> str:
     event. A long poll waits on this one: it wakes once, when the answer is there, instead of once
     per source list and answer chunk (an LLM streams hundreds)."""
     return settings.key("events", job_id, "end")
+
+
+def end_ttl_s(settings: Settings) -> int:
+    """How long a finished job's end stream lives. Only a long poll reads it, and a long poll starts
+    with its job and waits at most `long_poll_max_s`: a short life keeps the copy of the finished
+    record in its entry from doubling what answered jobs cost Redis over the record's own TTL."""
+    return min(settings.job_ttl_s, max(60, 2 * math.ceil(settings.long_poll_max_s)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +122,7 @@ class JobEvents:
             str(STREAM_MAXLEN),
             json.dumps(done),
             str(len(before)),
+            str(end_ttl_s(self._s)),
         ]
         for type_, data in before:
             argv += [type_, json.dumps(data)]

@@ -33,7 +33,7 @@ from ragfleet.events import JobEvents, finish_query
 from ragfleet.jobs import JobStore
 from ragfleet.names import Queue
 from ragfleet.producer import client_app
-from ragfleet.schemas import clean_text
+from ragfleet.schemas import ErrorCode, clean_text
 from ragfleet.settings import Settings
 from tests.conftest import REPO, RedisServer, free_port, settings_env
 
@@ -396,6 +396,35 @@ def test_long_poll_wakes_on_the_workers_finish_not_on_its_record_recheck(
     assert resp.status_code == 200, resp.text
     assert resp.json()["result"] == {"answer": "42"}
     assert answered_at - finished_at[0] < 0.5, "the poll slept through the end event"
+
+
+def test_long_poll_of_a_failed_job_answers_with_its_record(
+    api: httpx.Client, api_settings: Settings, redis_client: redis.Redis
+) -> None:
+    """An end entry without a record (a failure) wakes the poll too, which then reads the record."""
+    store, events = JobStore(redis_client, api_settings), JobEvents(redis_client, api_settings)
+    failed_at: list[float] = []
+
+    def failer() -> None:
+        msg = take_task(api_settings, Queue.RETRIEVAL, request_id=rid, timeout=5)
+        job_id = msg["payload"]["job_id"]
+        time.sleep(0.3)
+        failed_at.append(time.monotonic())
+        assert store.fail(job_id, ErrorCode.RETRIEVAL_FAILED, "store unreachable")
+        events.emit(job_id, "error", {"code": "retrieval_failed", "message": "store unreachable"})
+
+    rid = "lp-" + uuid.uuid4().hex
+    t = threading.Thread(target=failer)
+    t.start()
+    resp = api.post(
+        "/v1/queries", params={"wait": 2}, json={"question": "q"}, headers={**AUTH_A, "X-Request-ID": rid}
+    )
+    answered_at = time.monotonic()
+    t.join()
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["status"] == "failed" and body["error"]["code"] == "retrieval_failed"
+    assert answered_at - failed_at[0] < 0.5, "the poll slept through the error event"
 
 
 def test_long_poll_returns_202_after_the_wait_bound(api: httpx.Client) -> None:

@@ -14,8 +14,8 @@ import pytest
 import redis
 from redis.connection import Connection
 
-from ragfleet.events import JobEvents, end_key, finish_query
-from ragfleet.jobs import JobCreate, JobStore
+from ragfleet.events import JobEvents, end_key, end_ttl_s, finish_query
+from ragfleet.jobs import JobCreate, JobStore, parse_record
 from ragfleet.schemas import JobStatus, StageTiming
 from ragfleet.settings import Settings
 
@@ -160,7 +160,9 @@ def test_finish_writes_result_fields_and_done_with_latency_in_one_round_trip(
     [(type_, data)] = events_of(events, job_id)
     assert type_ == "done"
     [(_, end)] = client.xrange(end_key(base_settings, job_id))  # what a long poll waits on
-    assert end == {"type": "done"}
+    assert end.pop("type") == "done"
+    assert parse_record(end) == rec  # the finished record rides in the entry that wakes the poll
+    assert 0 < client.ttl(end_key(base_settings, job_id)) <= end_ttl_s(base_settings)
     assert data["latency_ms"] == pytest.approx(latency, abs=0.01)
     assert data["usage"] == {"provider": "x"} and data["degraded"] is False
     assert data["cached"] is None and data["coalesced_with"] is None
