@@ -11,7 +11,7 @@ by retrying with a countdown). A follower past its deadline fails cleanly with `
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import redis
 
@@ -80,12 +80,25 @@ class Coalescer:
         of `key`: a hit returns the raw entry and joins nothing."""
         return self._call_join(key, job_id, [cache_key])
 
-    def _call_join(self, key: str, job_id: str, extra_keys: list[str]) -> Flight | str:
-        args: list[str | int] = [job_id, self.lock_ttl_ms, self._s.query_expires_s * 1000]
-        ok, value = self._join(keys=[*self._keys(key), *extra_keys], args=args)
+    def queue_join(self, pipe: redis.client.Pipeline, key: str, job_id: str, cache_key: str | None) -> None:
+        """`join_unless_cached` (`join` without `cache_key`) queued on `pipe`: read its reply with
+        `parse_join`. The retrieval stage sends it with its start, under the index version it saw
+        last (see `ragfleet.querying.Prefetch`)."""
+        keys = [*self._keys(key), *([cache_key] if cache_key else [])]
+        pipe.eval(_JOIN, len(keys), *keys, *self._join_args(job_id))
+
+    @staticmethod
+    def parse_join(reply: Any) -> Flight | str:
+        ok, value = reply
         if int(ok) == 2:
             return str(value)
         return Flight("leader" if int(ok) == 1 else "follower", str(value))
+
+    def _join_args(self, job_id: str) -> list[str | int]:
+        return [job_id, self.lock_ttl_ms, self._s.query_expires_s * 1000]
+
+    def _call_join(self, key: str, job_id: str, extra_keys: list[str]) -> Flight | str:
+        return self.parse_join(self._join(keys=[*self._keys(key), *extra_keys], args=self._join_args(job_id)))
 
     def renew(self, key: str, job_id: str, pipe: redis.client.Pipeline | None = None) -> bool:
         """Extend the leader's lock; with `pipe` it is only queued (and this returns True)."""
@@ -93,6 +106,15 @@ class Coalescer:
             pipe.eval(_RENEW, 1, self._keys(key)[0], job_id, self.lock_ttl_ms)
             return True
         return int(self._renew(keys=self._keys(key)[:1], args=[job_id, self.lock_ttl_ms])) == 1
+
+    def leave(self, key: str, flight: Flight, job_id: str) -> None:
+        """Undo a join (made under an index version that turned out stale, or for a job that turned
+        out closed): a leader lets the lock go (its followers wake and one takes over), a follower
+        leaves the set, so no answer from that flight is ever handed to this job."""
+        if flight.role == "leader":
+            self.complete(key, job_id)
+        else:
+            self._r.srem(self._keys(key)[1], job_id)
 
     def complete(self, key: str, job_id: str) -> list[str]:
         """Release the flight; returns the followers to hand the answer to."""

@@ -75,21 +75,35 @@ def lookup_and_join(
 @dataclass(slots=True)
 class Prefetch:
     """What the retrieval stage reads in its first round trip, with its job-record start: the index
-    pointer, and the cached query vector unless this process holds it. Three round trips of the
-    critical path become one."""
+    pointer, the cached query vector unless this process holds it, and the answer-cache lookup and
+    coalescing join under the index version this process saw last (`Resources.last_version`; it
+    moves only when the index does). Four round trips of the critical path become one; a guess that
+    turns out stale is undone and looked up again under the real version."""
 
     res: Resources
     question: str
     wants_vector: bool
     vector: np.ndarray[Any, np.dtype[np.float32]] | None = None
+    job_id: str = ""
+    guess: int | None = None  # the index version the lookup and join were sent under
+    guess_key: str = ""
+    local_answer: tuple[dict[str, Any], Layer] | None = None
     _queued_vector: bool = False
+    _join_at: int = -1
+    _join_reply: Any = None
 
     @classmethod
-    def for_query(cls, res: Resources, p: QueryPayload) -> Prefetch:
-        pre = cls(res, p.question, (p.mode or res.settings.search_mode) in ("vector", "hybrid"))
+    def for_query(cls, res: Resources, p: QueryPayload, job_id: str = "") -> Prefetch:
+        pre = cls(
+            res, p.question, (p.mode or res.settings.search_mode) in ("vector", "hybrid"), job_id=job_id
+        )
         if pre.wants_vector:
             local = res.embedding_cache.get_local(p.question)
             pre.vector = None if local is None else local[0]
+        if job_id and p.use_cache and res.last_version is not None:
+            pre.guess = res.last_version
+            pre.guess_key = cache_key_for(res, p, pre.guess)
+            pre.local_answer = res.answer_cache.get_local(pre.guess_key)
         return pre
 
     def queue(self, pipe: redis.client.Pipeline) -> None:
@@ -97,13 +111,48 @@ class Prefetch:
         if self.wants_vector and self.vector is None:
             pipe.get(self.res.embedding_cache.redis_key(self.question))
             self._queued_vector = True
+        if self.guess is not None and self.local_answer is None:
+            self._join_at = 1 + int(self._queued_vector)
+            enabled = self.res.settings.cache_enabled
+            cache_key = self.res.answer_cache.redis_key(self.guess_key) if enabled else None
+            self.res.coalescer.queue_join(pipe, self.guess_key, self.job_id, cache_key)
 
     def accept(self, replies: list[Any]) -> IndexPointer:
         """The pointer; the vector, if Redis had it (`search` then skips the cache)."""
         if self._queued_vector:
             hit = self.res.embedding_cache.accept_remote(self.question, replies[1])
             self.vector = None if hit is None else hit[0]
+        if self._join_at >= 0:
+            self._join_reply = replies[self._join_at]
         return self.res.index_state.parse(replies[0])
+
+    def answer_or_flight(self, version: int) -> tuple[tuple[Answer, Layer] | None, Flight | None] | None:
+        """What `lookup_and_join` would return, from the start's round trip, if that was sent under
+        `version`; None (a join under another version undone): call `lookup_and_join` now."""
+        if self.guess is None or self.guess != version:
+            self.release()
+            return None
+        if self.local_answer is not None:
+            return _cached_answer(self.local_answer), None
+        if self._join_reply is None:
+            return None
+        flight = self.res.coalescer.parse_join(self._join_reply)
+        if self.res.settings.cache_enabled:
+            hit = self.res.answer_cache.accept_remote(
+                self.guess_key, flight if isinstance(flight, str) else None
+            )
+            if hit is not None:
+                return _cached_answer(hit), None
+        assert isinstance(flight, Flight)
+        return None, flight
+
+    def release(self) -> None:
+        """Undo the join sent with the start (stale version, or a job that turned out closed)."""
+        if self._join_reply is not None:
+            flight = self.res.coalescer.parse_join(self._join_reply)
+            if isinstance(flight, Flight):
+                self.res.coalescer.leave(self.guess_key, flight, self.job_id)
+            self._join_reply = None
 
 
 def embed_question(

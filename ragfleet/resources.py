@@ -33,6 +33,7 @@ class Resources:
         self.settings = settings
         self._stores: dict[str, VectorStore] = {}
         self._seen_version: dict[str, int] = {}
+        self.last_version: int | None = None  # the index version of the last `live_store`
         self._lock = threading.Lock()
 
     @cached_property
@@ -100,6 +101,7 @@ class Resources:
         if self._seen_version.get(pointer.active) != pointer.version:
             st.refresh()
             self._seen_version[pointer.active] = pointer.version
+        self.last_version = pointer.version
         return st, pointer
 
     def warm_up(self, *, model: bool = True) -> None:

@@ -46,14 +46,18 @@ def query(self: RagfleetTask, *, payload: dict[str, Any]) -> dict[str, Any]:
     create = JobCreate("query", tenant=p.tenant, request_id=p.request_id)
     start = (res, job_id, "retrieval", Queue.RETRIEVAL.value, JobStatus.RETRIEVING)
     try:
-        # the index pointer and the cached query vector come with the stage's first round trip
-        pre = querying.Prefetch.for_query(res, p)
+        # the index pointer, the cached query vector, the answer cache and the coalescing join come
+        # with the stage's first round trip (see querying.Prefetch)
+        pre = querying.Prefetch.for_query(res, p, job_id)
         with stage(*start, create=create, reads=pre.queue) as run:
+            pointer = pre.accept(run.reads)
             if not run.open:  # cancelled before it ran, or answered by another delivery
+                pre.release()
                 return {"job_id": job_id, "status": str(res.jobs.status(job_id))}
-            store, pointer = res.live_store(pre.accept(run.reads))
+            store, pointer = res.live_store(pointer)
             key = querying.cache_key_for(res, p, pointer.version)
-            cached, flight = querying.lookup_and_join(res, p, key, job_id)
+            found = pre.answer_or_flight(pointer.version)
+            cached, flight = found if found is not None else querying.lookup_and_join(res, p, key, job_id)
             if cached is not None:
                 finish_with_answer(res, job_id, cached[0].model_dump(mode="json"), replay=True)
                 _observe_total(res, job_id)

@@ -14,7 +14,9 @@ import pytest
 import redis
 from redis.connection import Connection
 
+from ragfleet.coalesce import Flight
 from ragfleet.events import JobEvents, end_key, end_ttl_s, finish_query
+from ragfleet.index_state import IndexPointer
 from ragfleet.jobs import JobCreate, JobStore, parse_record
 from ragfleet.schemas import JobStatus, StageTiming
 from ragfleet.settings import Settings
@@ -118,6 +120,42 @@ def test_retrieval_stage_reads_pointer_and_query_vector_with_its_start(
         cached, flight = lookup_and_join(reader, p, "answered", "another-job")
         assert cached is not None and cached[1] == "l2" and cached[0].answer == "yes [1]"
         assert flight is None and not redis_client.exists(settings.key("flight", "answered"))
+
+        # Once the process has seen the version, the lookup and the join ride in the start too.
+        reader.live_store(pointer)
+        from ragfleet.querying import cache_key_for
+
+        def start(job_id: str) -> tuple[Prefetch, IndexPointer]:
+            q = QueryPayload(job_id=job_id, question=question)
+            pre = Prefetch.for_query(reader, q, job_id)
+            *_, replies = reader.jobs.stage_start(
+                job_id,
+                "retrieval",
+                "retrieval",
+                JobStatus.RETRIEVING,
+                create=JobCreate("query"),
+                reads=pre.queue,
+            )
+            return pre, pre.accept(replies)
+
+        second = uuid.uuid4().hex
+        with round_trips(monkeypatch) as sent:
+            pre2, pointer2 = start(second)
+            found = pre2.answer_or_flight(pointer2.version)
+        assert len(sent) == 1 and found is not None
+        assert found[0] is None and found[1] is not None and found[1] == Flight("leader", second)
+
+        # The index moved: the join sent under the old version is undone, and nothing was found.
+        writer.redis.set(writer.index_state.version_key, 8)
+        third = uuid.uuid4().hex
+        pre3, pointer3 = start(third)
+        assert pointer3.version == 8 and pre3.guess == 7
+        stale_followers = settings.key("flight", cache_key_for(reader, p, 7), "followers")
+        assert third in redis_client.smembers(stale_followers)  # it joined second's flight under 7...
+        assert pre3.answer_or_flight(pointer3.version) is None
+        assert third not in redis_client.smembers(stale_followers)  # ...and left it: no answer of 7
+        cached, flight = lookup_and_join(reader, p, cache_key_for(reader, p, 8), third)
+        assert cached is None and flight is not None and flight.role == "leader"
     finally:
         for key in redis_client.scan_iter(f"{settings.key_prefix}:*"):
             redis_client.delete(key)
