@@ -27,6 +27,11 @@ class Settings(BaseSettings):
     result_ttl_s: int = 86_400
     job_ttl_s: int = 86_400
     visibility_timeout_s: int = 3_600  # above the longest task time limit (reindex: 1800 s)
+    # The retrieval and generation pools keep their unacknowledged messages apart (their own kombu
+    # unacked hash) with this shorter timeout: a query whose whole worker node died is back on its
+    # queue in minutes, not after the reindex-sized hour. Above the longest interactive time limit
+    # (generate: 60 s) with room for a message prefetched behind a running one.
+    interactive_visibility_timeout_s: int = 300
     max_redeliveries: int = 3
     redis_socket_timeout_s: float = 2.0
 

@@ -27,6 +27,26 @@ TASK_MODULES = [
 ]
 
 
+# Pools that consume only these queues run on `interactive_transport_options`.
+INTERACTIVE_QUEUES = frozenset({Queue.RETRIEVAL.value, Queue.GENERATION.value})
+
+
+def interactive_transport_options(s: Settings) -> dict[str, object]:
+    """kombu Redis options for a pool that serves only queries: its own unacked hash, index and
+    mutex (`unacked:interactive`...), so its short visibility timeout never restores a background
+    pool's long task, and a restore sweep every few seconds instead of kombu's ~100 s (interval x
+    throttle), so a dead node's query comes back about one timeout after it died."""
+    vt = s.interactive_visibility_timeout_s
+    return {
+        "visibility_timeout": vt,
+        "unacked_key": "unacked:interactive",
+        "unacked_index_key": "unacked_index:interactive",
+        "unacked_mutex_key": "unacked_mutex:interactive",
+        "unacked_restore_interval": max(1, min(10, vt // 4)),
+        "unacked_restore_throttle": 1,
+    }
+
+
 def create_app(settings: Settings | None = None) -> Celery:
     s = settings or get_settings()
     kombu_fixes.install()  # survive losing Redis with messages unacked; one client per pool (see module)

@@ -49,6 +49,7 @@ def isolated_settings(base: Settings, tmp_path: Path, **update: Any) -> Settings
         "data_dir": data,
         "feedback_db_url": f"sqlite:///{data / 'feedback.db'}",
         "visibility_timeout_s": VISIBILITY_TIMEOUT_S,
+        "interactive_visibility_timeout_s": VISIBILITY_TIMEOUT_S,
         "log_level": "INFO",
     }
     fields.update(update)
