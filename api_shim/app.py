@@ -214,7 +214,7 @@ def create_app(
         try:
             # kombu's channel has no socket timeout: a frozen Redis must not block its opening forever
             with anyio.fail_after(publish_timeout_s):
-                if messages.ready is None:  # first use: opening the producer is I/O, off the loop
+                if messages.producer is None:  # first use: opening the producer is I/O, off the loop
                     await anyio.to_thread.run_sync(messages.open, abandon_on_cancel=True)
                 pipe = events_reader.client().pipeline(transaction=True)
                 jobs.queue_create(pipe, job_id, kind, who.tenant, rid)
@@ -225,7 +225,7 @@ def create_app(
                     settings=enqueue_settings,
                     job_id=job_id,
                     priority=priority,
-                    producer=messages.ready,
+                    producer=messages.producer,
                 )
                 await pipe.execute()
         except TimeoutError as exc:

@@ -46,11 +46,6 @@ def _client_app(broker: str, backend: str, visibility_timeout: int, key_prefix: 
     return app
 
 
-def reset_client_apps() -> None:
-    """Drop cached client apps (and their pooled broker connections), e.g. after a broker restart."""
-    _client_app.cache_clear()
-
-
 def client_app(settings: Settings | None = None) -> Celery:
     s = settings or get_settings()
     return _client_app(s.broker, s.backend, s.visibility_timeout_s, s.broker_key_prefix)
@@ -95,7 +90,7 @@ class MessageProducer:
         self._producer: Any = None
 
     @property
-    def ready(self) -> Any:
+    def producer(self) -> Any:
         """The open producer, or None until `open` has succeeded."""
         return self._producer
 

@@ -63,13 +63,22 @@ def lookup_and_join(
         return _cached_answer(local), None
     if not res.settings.cache_enabled:
         return None, res.coalescer.join(key, job_id)
-    flight = res.coalescer.join_unless_cached(key, job_id, res.answer_cache.redis_key(key))
-    raw = flight if isinstance(flight, str) else None
-    hit = res.answer_cache.accept_remote(key, raw)  # counts the hit or the miss
-    if hit is not None:
-        return _cached_answer(hit), None
-    assert isinstance(flight, Flight)
-    return None, flight
+    return _settle_join(
+        res, key, res.coalescer.join_unless_cached(key, job_id, res.answer_cache.redis_key(key))
+    )
+
+
+def _settle_join(
+    res: Resources, key: str, joined: Flight | str
+) -> tuple[tuple[Answer, Layer] | None, Flight | None]:
+    """What a join (with the cache lookup, when the cache is on) came back with: the cached answer
+    it found (the Redis layer's hit or miss is counted here), else the flight it joined."""
+    if res.settings.cache_enabled:
+        hit = res.answer_cache.accept_remote(key, joined if isinstance(joined, str) else None)
+        if hit is not None:
+            return _cached_answer(hit), None
+    assert isinstance(joined, Flight)
+    return None, joined
 
 
 @dataclass(slots=True)
@@ -136,15 +145,7 @@ class Prefetch:
             return _cached_answer(self.local_answer), None
         if self._join_reply is None:
             return None
-        flight = self.res.coalescer.parse_join(self._join_reply)
-        if self.res.settings.cache_enabled:
-            hit = self.res.answer_cache.accept_remote(
-                self.guess_key, flight if isinstance(flight, str) else None
-            )
-            if hit is not None:
-                return _cached_answer(hit), None
-        assert isinstance(flight, Flight)
-        return None, flight
+        return _settle_join(self.res, self.guess_key, self.res.coalescer.parse_join(self._join_reply))
 
     def release(self) -> None:
         """Undo the join sent with the start (stale version, or a job that turned out closed)."""
