@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -339,31 +339,46 @@ def test_rate_limit_is_429_with_retry_after(base_settings: Settings) -> None:
 # --- long poll -----------------------------------------------------------------------------------
 
 
-def test_long_poll_returns_200_with_record_when_job_finishes_in_time(
-    api: httpx.Client, api_settings: Settings, redis_client: redis.Redis
-) -> None:
-    store = JobStore(redis_client, api_settings)
-    result: dict[str, Any] = {}
-
-    def finisher() -> None:  # a stand-in worker: takes the query off the queue, finishes its job
-        msg = take_task(api_settings, Queue.RETRIEVAL, request_id=rid, timeout=5)
-        time.sleep(0.3)
-        job_id = msg["payload"]["job_id"]
-        store.finish(job_id, {"answer": "42"})
-        result["job_id"] = job_id
-
+def long_poll_while(
+    api: httpx.Client,
+    settings: Settings,
+    end_job: Callable[[str], None],
+    early: Callable[[str], None] | None = None,
+) -> tuple[httpx.Response, str, float, float]:
+    """POST a query with `?wait=2` while a stand-in worker takes it off the queue, calls `early`
+    at once and, 0.3 s later, `end_job(job_id)`. Returns the response, the job id, the seconds
+    from the start of `end_job` to the answer, and the whole request's seconds."""
     rid = "lp-" + uuid.uuid4().hex
-    t = threading.Thread(target=finisher)
+    seen: dict[str, Any] = {}
+
+    def worker() -> None:
+        msg = take_task(settings, Queue.RETRIEVAL, request_id=rid, timeout=5)
+        seen["job_id"] = job_id = msg["payload"]["job_id"]
+        if early is not None:
+            early(job_id)
+        time.sleep(0.3)
+        seen["ended_at"] = time.monotonic()
+        end_job(job_id)
+
+    t = threading.Thread(target=worker)
     t.start()
     started = time.monotonic()
     resp = api.post(
         "/v1/queries", params={"wait": 2}, json={"question": "q"}, headers={**AUTH_A, "X-Request-ID": rid}
     )
-    elapsed = time.monotonic() - started
+    answered_at = time.monotonic()
     t.join()
+    return resp, seen["job_id"], answered_at - seen["ended_at"], answered_at - started
+
+
+def test_long_poll_returns_200_with_record_when_job_finishes_in_time(
+    api: httpx.Client, api_settings: Settings, redis_client: redis.Redis
+) -> None:
+    store = JobStore(redis_client, api_settings)
+    resp, job_id, _, elapsed = long_poll_while(api, api_settings, lambda j: store.finish(j, {"answer": "42"}))
     assert resp.status_code == 200, resp.text
     body = resp.json()
-    assert body["job_id"] == result["job_id"]
+    assert body["job_id"] == job_id
     assert body["status"] == "done"
     assert body["result"] == {"answer": "42"}
     assert elapsed < 1.9  # answered when the job finished, not at the wait bound
@@ -375,27 +390,17 @@ def test_long_poll_wakes_on_the_workers_finish_not_on_its_record_recheck(
     """The worker's finish writes the job's end stream; the long poll blocks on it and answers at
     once. (A finish without it, as above, is only seen when the ~1 s block times out.)"""
     store, events = JobStore(redis_client, api_settings), JobEvents(redis_client, api_settings)
-    finished_at: list[float] = []
 
-    def finisher() -> None:
-        msg = take_task(api_settings, Queue.RETRIEVAL, request_id=rid, timeout=5)
-        job_id = msg["payload"]["job_id"]
-        events.emit(job_id, "answer_chunk", {"text": "4"})  # not the end: the poll keeps waiting
-        time.sleep(0.3)
-        finished_at.append(time.monotonic())
+    def chunk(job_id: str) -> None:  # not the end: the poll keeps waiting
+        events.emit(job_id, "answer_chunk", {"text": "4"})
+
+    def finish(job_id: str) -> None:
         assert finish_query(store, events, job_id, {"answer": "42"}, replay=False) is not None
 
-    rid = "lp-" + uuid.uuid4().hex
-    t = threading.Thread(target=finisher)
-    t.start()
-    resp = api.post(
-        "/v1/queries", params={"wait": 2}, json={"question": "q"}, headers={**AUTH_A, "X-Request-ID": rid}
-    )
-    answered_at = time.monotonic()
-    t.join()
+    resp, _, after_end, _ = long_poll_while(api, api_settings, finish, early=chunk)
     assert resp.status_code == 200, resp.text
     assert resp.json()["result"] == {"answer": "42"}
-    assert answered_at - finished_at[0] < 0.5, "the poll slept through the end event"
+    assert after_end < 0.5, "the poll slept through the end event"
 
 
 def test_long_poll_of_a_failed_job_answers_with_its_record(
@@ -403,28 +408,16 @@ def test_long_poll_of_a_failed_job_answers_with_its_record(
 ) -> None:
     """An end entry without a record (a failure) wakes the poll too, which then reads the record."""
     store, events = JobStore(redis_client, api_settings), JobEvents(redis_client, api_settings)
-    failed_at: list[float] = []
 
-    def failer() -> None:
-        msg = take_task(api_settings, Queue.RETRIEVAL, request_id=rid, timeout=5)
-        job_id = msg["payload"]["job_id"]
-        time.sleep(0.3)
-        failed_at.append(time.monotonic())
+    def fail(job_id: str) -> None:
         assert store.fail(job_id, ErrorCode.RETRIEVAL_FAILED, "store unreachable")
         events.emit(job_id, "error", {"code": "retrieval_failed", "message": "store unreachable"})
 
-    rid = "lp-" + uuid.uuid4().hex
-    t = threading.Thread(target=failer)
-    t.start()
-    resp = api.post(
-        "/v1/queries", params={"wait": 2}, json={"question": "q"}, headers={**AUTH_A, "X-Request-ID": rid}
-    )
-    answered_at = time.monotonic()
-    t.join()
+    resp, _, after_end, _ = long_poll_while(api, api_settings, fail)
     assert resp.status_code == 200, resp.text
     body = resp.json()
     assert body["status"] == "failed" and body["error"]["code"] == "retrieval_failed"
-    assert answered_at - failed_at[0] < 0.5, "the poll slept through the error event"
+    assert after_end < 0.5, "the poll slept through the error event"
 
 
 def test_long_poll_returns_202_after_the_wait_bound(api: httpx.Client) -> None:
