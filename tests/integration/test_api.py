@@ -67,8 +67,14 @@ def serve(app: FastAPI) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def api_settings(base_settings: Settings) -> Settings:
+    # Its own key prefix (cleaned with the session's): these tests inspect the messages the API
+    # leaves on the queues, which the session fleet's workers would otherwise consume, whatever
+    # test started that fleet earlier.
+    prefix = f"{base_settings.key_prefix}-api"
     return base_settings.model_copy(
         update={
+            "key_prefix": prefix,
+            "broker_key_prefix": f"{prefix}:q:",
             "api_keys": f"{KEY_A}:tenant-a, {KEY_B}:tenant-b",
             "rate_limit": "10000/minute",
             "max_documents_per_request": 3,
