@@ -3,6 +3,7 @@
     python bench/run_fleet.py start [--prefix P] [--data-dir D] [--pools retrieval,generation,indexing]
     eval "$(python bench/run_fleet.py env)"   # point `ragfleet ingest/eval` at it
     python bench/run_fleet.py stop
+    python bench/run_fleet.py --state /tmp/b.json start --prefix b ...   # a second fleet beside it
 
 or, from a benchmark, `with BenchFleet.create(...) as fleet: ...`.
 
@@ -56,6 +57,10 @@ class BenchFleet:
     extra_env: dict[str, str] = field(default_factory=dict)
     pids: dict[str, int] = field(default_factory=dict)
     nodes: dict[str, str] = field(default_factory=dict)
+    # the checkout whose code the processes run: a second fleet started from another worktree's
+    # `bench/run_fleet.py` runs that code (an A/B of two versions, bench/bench_ab.py)
+    repo: Path = REPO
+    state: Path = STATE
 
     @classmethod
     def create(
@@ -94,7 +99,7 @@ class BenchFleet:
         env = {k: v for k, v in os.environ.items() if not k.startswith("RAGFLEET_")}
         env.update(self.settings_env())
         env.update(self.extra_env)
-        env["PYTHONPATH"] = str(REPO)
+        env["PYTHONPATH"] = str(self.repo)
         env.setdefault("HF_HUB_OFFLINE", "1")
         env["OPENBLAS_NUM_THREADS"] = "1"
         env["TOKENIZERS_PARALLELISM"] = "false"
@@ -124,7 +129,7 @@ class BenchFleet:
             if kind == "prefork":
                 cmd += ["-O", "fair"]
             proc = subprocess.Popen(
-                cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                cmd, cwd=self.repo, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
             self.pids[pool] = proc.pid
             self.nodes[pool] = node
@@ -142,7 +147,7 @@ class BenchFleet:
             "--workers", str(workers), "--log-level", "warning",
         ]  # fmt: skip
         proc = subprocess.Popen(
-            cmd, cwd=REPO, env={**self._env(), **(env or {})}, stdout=log, stderr=subprocess.STDOUT,
+            cmd, cwd=self.repo, env={**self._env(), **(env or {})}, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
         self.pids["api"] = proc.pid
@@ -203,8 +208,8 @@ class BenchFleet:
 
     # -- state file for the CLI ------------------------------------------------------------------
     def _save(self) -> None:
-        STATE.parent.mkdir(parents=True, exist_ok=True)
-        STATE.write_text(
+        self.state.parent.mkdir(parents=True, exist_ok=True)
+        self.state.write_text(
             json.dumps(
                 {
                     "prefix": self.prefix,
@@ -213,14 +218,17 @@ class BenchFleet:
                     "extra_env": self.extra_env,
                     "pids": self.pids,
                     "nodes": self.nodes,
+                    "repo": str(self.repo),
                 }
             )
         )
 
     @classmethod
-    def load(cls) -> BenchFleet:
-        d = json.loads(STATE.read_text())
-        return cls(d["prefix"], Path(d["data_dir"]), d["redis_url"], d["extra_env"], d["pids"], d["nodes"])
+    def load(cls, state: Path = STATE) -> BenchFleet:
+        d = json.loads(state.read_text())
+        repo = Path(d.get("repo") or REPO)
+        pids, nodes = d["pids"], d["nodes"]
+        return cls(d["prefix"], Path(d["data_dir"]), d["redis_url"], d["extra_env"], pids, nodes, repo, state)
 
 
 def _alive(pid: int) -> bool:
@@ -249,6 +257,7 @@ def bench_fleet(*pools: str, keep_data: bool = False, **kwargs: object) -> Itera
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--state", type=Path, default=STATE, help=f"this fleet's state file (default {STATE})")
     sub = ap.add_subparsers(dest="cmd", required=True)
     st = sub.add_parser("start", help="start workers and wait until they are warm")
     st.add_argument("--prefix")
@@ -262,6 +271,7 @@ def main() -> None:
     if args.cmd == "start":
         extra = dict(kv.split("=", 1) for kv in args.env)
         fleet = BenchFleet.create(prefix=args.prefix, data_dir=args.data_dir, extra_env=extra)
+        fleet.state = args.state
         t0 = time.perf_counter()
         fleet.start(*[p.strip() for p in args.pools.split(",") if p.strip()])
         print(
@@ -269,14 +279,14 @@ def main() -> None:
             file=sys.stderr,
         )
     elif args.cmd == "env":
-        for k, v in BenchFleet.load().settings_env().items():
+        for k, v in BenchFleet.load(args.state).settings_env().items():
             print(f"export {k}={v}")
     else:
-        fleet = BenchFleet.load()
+        fleet = BenchFleet.load(args.state)
         fleet.stop()
         if args.cleanup:
             fleet.cleanup()
-        STATE.unlink(missing_ok=True)
+        args.state.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":
