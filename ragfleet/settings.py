@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     interactive_visibility_timeout_s: int = 300
     max_redeliveries: int = 3
     redis_socket_timeout_s: float = 2.0
+    # workers publish task events (Flower) from a thread of their own, not their event loop
+    # (workers/event_flusher.py)
+    task_events_thread: bool = True
 
     # task limits and enqueue expiry (seconds)
     query_expires_s: int = 120

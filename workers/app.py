@@ -17,6 +17,7 @@ from kombu.entity import Queue as KQueue
 from ragfleet import kombu_fixes
 from ragfleet.names import TASK_QUEUES, Queue
 from ragfleet.settings import Settings, get_settings
+from workers import event_flusher
 
 TASK_MODULES = [
     "tasks.retrieval",
@@ -50,6 +51,8 @@ def interactive_transport_options(s: Settings) -> dict[str, object]:
 def create_app(settings: Settings | None = None) -> Celery:
     s = settings or get_settings()
     kombu_fixes.install()  # survive losing Redis with messages unacked; one client per pool (see module)
+    if s.task_events_thread:
+        event_flusher.install()  # task events off the loop that takes messages off the queue
     app = Celery("ragfleet", broker=s.broker, backend=s.backend, include=TASK_MODULES)
     transport: dict[str, object] = {
         "visibility_timeout": s.visibility_timeout_s,

@@ -201,6 +201,48 @@ def test_prometheus_scrapes_fleet_series_with_labels(ops: Ops) -> None:
     assert any(s["metric"]["pool"] == "generation" for s in gen), gen
 
 
+def test_task_events_of_both_pools_reach_an_event_receiver(ops: Ops) -> None:
+    """What Flower sees: every task of a query sends task-received, -started and -succeeded (the
+    workers publish them from a thread of their own, workers/event_flusher.py)."""
+    import threading
+
+    from workers.app import create_app
+
+    app = create_app(ops.settings)
+    seen: list[dict[str, Any]] = []
+    subscribed = threading.Event()
+
+    def on_event(event: dict[str, Any]) -> None:
+        subscribed.set()  # worker heartbeats come every 2 s: the receiver is listening
+        seen.append(event)
+
+    with app.connection_for_read() as conn:
+        receiver = app.events.Receiver(conn, handlers={"*": on_event})
+        thread = threading.Thread(target=lambda: receiver.capture(limit=None, timeout=None, wakeup=False))
+        thread.daemon = True
+        thread.start()
+        try:
+            assert subscribed.wait(20), "no event at all (not even a worker heartbeat) in 20 s"
+            rec = _ask(ops, f"What is Redis used as? events {uuid.uuid4().hex[:6]}", "events")
+            assert rec["status"] == "done"
+            wanted = {
+                (uuid_, kind)
+                for uuid_ in (rec["job_id"], f"{rec['job_id']}:gen")
+                for kind in ("task-received", "task-started", "task-succeeded")
+            }
+            deadline = time.monotonic() + 15
+            got: set[tuple[str, str]] = set()
+            while time.monotonic() < deadline and not wanted <= got:
+                got = {(e.get("uuid", ""), e["type"]) for e in list(seen)}
+                time.sleep(0.2)
+        finally:
+            receiver.should_stop = True
+            thread.join(10)
+    assert wanted <= got, sorted(wanted - got)
+    hosts = {e["hostname"] for e in seen if e.get("uuid") in (rec["job_id"], f"{rec['job_id']}:gen")}
+    assert len(hosts) == 2, hosts  # one retrieval and one generation node
+
+
 def test_readyz_turns_unready_when_the_retrieval_pool_stops(ops: Ops) -> None:
     assert "indexing" in ops.fleet.workers, "runs after the log test, which starts the indexing pool"
     deadline = time.monotonic() + 20
