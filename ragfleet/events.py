@@ -37,7 +37,8 @@ _FINISH_QUERY = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, false} end
 local st = redis.call('HGET', KEYS[1], 'status')
 if st == 'done' or st == 'failed' or st == 'cancelled' then return {0, false} end
-local i = 7
+if ARGV[7] ~= '' then redis.call('HINCRBY', KEYS[1], ARGV[7], 1) end
+local i = 8
 for _ = 1, tonumber(ARGV[5]) do
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'type', ARGV[i], 'data', ARGV[i + 1])
   i = i + 2
@@ -112,10 +113,13 @@ class JobEvents:
         before: list[tuple[EventType, dict[str, Any]]],
         fields: dict[str, str],
         pipe: redis.client.Pipeline | None = None,
+        *,
+        incr: str = "",
     ) -> float | None:
         """Mark the job `done` with `fields`, append `before` and then `done` (its `latency_ms`
         filled in by Redis) to the stream: see _FINISH_QUERY. With `pipe`, runs it after whatever
-        is queued there. Returns the latency in ms, or None if the job was terminal or gone."""
+        is queued there; `incr` names a counter field to increment with it (a stage's attempts).
+        Returns the latency in ms, or None if the job was terminal or gone."""
         argv: list[str] = [
             repr(time.time()),
             str(self._s.job_ttl_s),
@@ -123,6 +127,7 @@ class JobEvents:
             json.dumps(done),
             str(len(before)),
             str(end_ttl_s(self._s)),
+            incr,
         ]
         for type_, data in before:
             argv += [type_, json.dumps(data)]
@@ -173,6 +178,7 @@ def finish_query(
     replay: bool,
     fields: dict[str, str] | None = None,
     pipe: redis.client.Pipeline | None = None,
+    incr: str = "",
 ) -> float | None:
     """Finish a query job and close its stream; with `replay`, also emit the sources and the whole
     answer first (answers that no generation worker streamed: cached or coalesced ones).
@@ -189,7 +195,7 @@ def finish_query(
             ("answer_chunk", {"text": answer.get("answer", "")}),
         ]
     record = {"result": json.dumps(answer), **(fields or {})}
-    return events.finish(jobs.key(job_id), job_id, _done_data(answer, None), before, record, pipe)
+    return events.finish(jobs.key(job_id), job_id, _done_data(answer, None), before, record, pipe, incr=incr)
 
 
 def queue_answer_at_once(

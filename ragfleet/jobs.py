@@ -181,12 +181,7 @@ class JobStore:
         round trip: the first stage of a job sent by task name has no record yet. `reads` queues
         what the stage will need first (the index pointer, a cached query vector) onto the same
         round trip, instead of one round trip each once the stage has begun."""
-        timing = StageTiming(
-            worker=_HOSTNAME or socket.gethostname(),
-            queue=queue,
-            pid=os.getpid(),
-            started_at=time.time(),
-        )
+        timing = self.local_start(queue)
         update = {"status": status.value, f"stage:{stage}": timing.model_dump_json()}
         if create is None and reads is None:
             return timing, self._apply(job_id, update, incr=f"attempts:{stage}") == 1, []
@@ -200,6 +195,13 @@ class JobStore:
             reads(pipe)
         replies = pipe.execute()
         return timing, int(replies[at]) == 1, list(replies[at + 1 :])
+
+    @staticmethod
+    def local_start(queue: str) -> StageTiming:
+        """A stage's start as this process sees it, written later (`stage_fields`)."""
+        return StageTiming(
+            worker=_HOSTNAME or socket.gethostname(), queue=queue, pid=os.getpid(), started_at=time.time()
+        )
 
     def stage_fields(self, stage: str, timing: StageTiming, fields: dict[str, Any]) -> dict[str, str]:
         """End the stage's timing (its `ms`, from its start to now) and encode what its end writes:

@@ -40,10 +40,13 @@ def finish_with_answer(
     replay: bool,
     fields: dict[str, str] | None = None,
     pipe: redis.client.Pipeline | None = None,
+    incr: str = "",
 ) -> float | None:
     """Finish a query job (see ragfleet.events.finish_query) and advance its batch, if any.
     Returns the job's latency in ms, or None if it was terminal already."""
-    latency_ms = finish_query(res.jobs, res.events, job_id, answer, replay=replay, fields=fields, pipe=pipe)
+    latency_ms = finish_query(
+        res.jobs, res.events, job_id, answer, replay=replay, fields=fields, pipe=pipe, incr=incr
+    )
     if latency_ms is not None:
         on_query_finished(res.redis, res.settings, job_id, ok=True)
     return latency_ms

@@ -95,6 +95,7 @@ class StageRun:
     reads: list[Any] = field(default_factory=list)  # replies to `stage(reads=...)`, from its start
     # queued after the end's own writes, in the same round trip: the next stage's message
     then: Callable[[redis.client.Pipeline], None] | None = None
+    status: JobStatus | None = None  # the job's status from the end on (a hand-off: the next stage's)
 
 
 @contextmanager
@@ -107,13 +108,26 @@ def stage(
     *,
     create: JobCreate | None = None,
     reads: Callable[[redis.client.Pipeline], None] | None = None,
+    start_with_end: bool = False,
 ) -> Iterator[StageRun]:
     """Stage bookkeeping in two round trips: one to start it (creating the record first, with
     `create`, and reading what the stage needs first, with `reads`: replies in `run.reads`), one to
     end it with its `fields`, `events` and whatever was queued on `pipe` (what would otherwise be a
     write each on the query's critical path). A stage that sets `answer` finishes the job in that
-    same last round trip. A stage of a terminal job writes nothing."""
-    timing, is_open, replies = res.jobs.stage_start(job_id, name, queue, status, create=create, reads=reads)
+    same last round trip. A stage of a terminal job writes nothing.
+
+    `start_with_end`: one round trip, for a last stage whose work costs less than a round trip
+    (the extractive answer, ~1 ms): its start (worker, pid, `started_at`, attempt count) is written
+    with the finish, and a job that turned terminal meanwhile is left as it is by the finish itself
+    (atomic, in Redis), so `run.open` is True and the work is done regardless. Whatever must not run
+    for a cancelled job (a paid LLM call), or must show in the record while it runs, starts as usual."""
+    replies: list[Any] = []
+    if start_with_end:
+        timing, is_open = res.jobs.local_start(queue), True
+    else:
+        timing, is_open, replies = res.jobs.stage_start(
+            job_id, name, queue, status, create=create, reads=reads
+        )
     run = StageRun(pipe=res.redis.pipeline(transaction=False), open=is_open, reads=replies)
     t0 = time.perf_counter()
     try:
@@ -121,10 +135,13 @@ def stage(
     finally:
         if run.open:
             fields = res.jobs.stage_fields(name, timing, run.fields)
+            if run.status is not None:
+                fields["status"] = run.status.value
             run.ms = timing.ms or 0.0
             if run.answer is not None:
+                incr = f"attempts:{name}" if start_with_end else ""
                 run.latency_ms = finish_with_answer(
-                    res, job_id, run.answer, replay=False, fields=fields, pipe=run.pipe
+                    res, job_id, run.answer, replay=False, fields=fields, pipe=run.pipe, incr=incr
                 )
             else:
                 res.jobs.update_on(run.pipe, job_id, fields)

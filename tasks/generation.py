@@ -37,7 +37,16 @@ def generate(self: RagfleetTask, *, payload: dict[str, Any]) -> dict[str, Any]:
         res.events.emit(p.job_id, "answer_chunk", {"text": text})
 
     try:
-        with stage(res, p.job_id, "generation", Queue.GENERATION.value, JobStatus.GENERATING) as run:
+        # The extractive answer costs less than the stage's start round trip: it starts with its end
+        # (a job cancelled meanwhile stays cancelled: the finish is atomic). An LLM call starts first.
+        with stage(
+            res,
+            p.job_id,
+            "generation",
+            Queue.GENERATION.value,
+            JobStatus.GENERATING,
+            start_with_end=res.gateway.in_process,
+        ) as run:
             if not run.open:  # cancelled, or answered by another delivery: no work, no second answer
                 return {"job_id": p.job_id, "status": str(res.jobs.status(p.job_id))}
 

@@ -100,6 +100,7 @@ def query(self: RagfleetTask, *, payload: dict[str, Any]) -> dict[str, Any]:
                 )
 
             run.then = hand_off_on
+            run.status = JobStatus.GENERATING  # from the hand-off on: queued for, then in, generation
         metrics.observe_stage("retrieval", run.seconds)
     except SoftTimeLimitExceeded:
         fail_job(res, job_id, ErrorCode.TIMEOUT, "retrieval exceeded its time limit", retry_after=5)

@@ -156,6 +156,12 @@ class LLMGateway:
         }
         self._local = threading.local()
 
+    @property
+    def in_process(self) -> bool:
+        """No provider to call: every answer is the extractive one, written here in ~1 ms, so there
+        is no paid call to spare a cancelled job and nothing long-running to show in its record."""
+        return not self.specs
+
     def close(self) -> None:
         for provider in self._providers.values():
             provider.close()

@@ -247,3 +247,46 @@ def test_an_error_event_also_ends_the_job_for_long_polls(
     events.emit(job_id, "error", {"code": "timeout", "message": "m"})
     assert [f for _, f in client.xrange(end_key(base_settings, job_id))] == [{"type": "error"}]
     assert client.ttl(end_key(base_settings, job_id)) > 0
+
+
+def test_a_stage_that_starts_with_its_end_is_one_round_trip_and_leaves_a_cancelled_job_alone(
+    base_settings: Settings, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The extractive generation stage (`stage(start_with_end=True)`): its start is recorded with
+    the finish, and the finish, not a read before the work, is what keeps a cancelled job cancelled."""
+    import os
+
+    from ragfleet.resources import Resources
+    from tasks._common import stage
+
+    res = Resources(base_settings)
+    answer = {"answer": "Yes [1].", "sources": [], "usage": {}, "degraded": False}
+    job_id = uuid.uuid4().hex
+    res.jobs.create(job_id, "query")
+    with stage(res, job_id, "retrieval", "retrieval", JobStatus.RETRIEVING) as run:
+        run.status = JobStatus.GENERATING  # the hand-off: the job is generation's from here on
+    assert res.jobs.status(job_id) == JobStatus.GENERATING
+    res.redis.ping()  # a connection exists before counting
+    generation = (job_id, "generation", "generation", JobStatus.GENERATING)
+    with round_trips(monkeypatch) as sent, stage(res, *generation, start_with_end=True) as run:
+        assert run.open
+        run.answer = answer
+    assert len(sent) == 1
+    rec = res.jobs.get(job_id)
+    assert rec is not None and rec.status == JobStatus.DONE and rec.result == answer
+    assert rec.attempts == 2  # one retrieval, one generation
+    gen = rec.stages["generation"]
+    assert gen.queue == "generation" and gen.pid == os.getpid() and gen.ms is not None
+    assert rec.created_at <= gen.started_at <= rec.updated_at
+    assert run.latency_ms == pytest.approx((rec.updated_at - rec.created_at) * 1000, abs=0.01)
+
+    cancelled = uuid.uuid4().hex
+    res.jobs.create(cancelled, "query")
+    with stage(res, cancelled, "generation", "generation", JobStatus.GENERATING, start_with_end=True) as run:
+        assert res.jobs.cancel(cancelled)  # while the answer is written
+        run.answer = answer
+    assert run.latency_ms is None
+    rec = res.jobs.get(cancelled)
+    assert rec is not None and rec.status == JobStatus.CANCELLED and rec.result is None
+    assert "generation" not in rec.stages and rec.attempts == 0
+    assert events_of(res.events, cancelled) == []
