@@ -324,22 +324,42 @@ def test_missing_or_invalid_key_is_401(api: httpx.Client, headers: dict[str, str
     assert_detail(api.get(f"/v1/jobs/{uuid.uuid4().hex}", headers=headers), 401)
 
 
-def test_rate_limit_is_429_with_retry_after(base_settings: Settings) -> None:
+def test_rate_limit_is_429_with_retry_after(base_settings: Settings, redis_client: redis.Redis) -> None:
     key = "rl-" + uuid.uuid4().hex[:8]
+    prefix = f"{base_settings.key_prefix}-rl"  # its own: the test asserts nothing was written
     s = base_settings.model_copy(
-        update={"api_keys": f"{key}:t-rl,other-{key}:t-rl2", "rate_limit": "3/minute"}
+        update={
+            "api_keys": f"{key}:t-rl,other-{key}:t-rl2",
+            "rate_limit": "3/minute",
+            "key_prefix": prefix,
+            "broker_key_prefix": f"{prefix}:q:",
+        }
     )
     with serve(create_app(s)) as url, httpx.Client(base_url=url, timeout=10) as c:
         codes = [
             c.get(f"/v1/jobs/{uuid.uuid4().hex}", headers={"X-API-Key": key}).status_code for _ in range(3)
         ]
         assert codes == [404, 404, 404]
-        resp = c.post("/v1/queries", json={"question": "q"}, headers={"X-API-Key": key})
-        assert assert_detail(resp, 429).startswith("rate limit exceeded")
-        assert 1 <= int(resp.headers["retry-after"]) <= 60
+        # the query route checks the limit while it validates and builds the job (see Admission):
+        # the cache path, the queue path and an invalid question are all refused, and nothing is written
+        for body in ({"question": "q"}, {"question": "q", "use_cache": False}, {"question": ""}):
+            resp = c.post("/v1/queries", json=body, headers={"X-API-Key": key})
+            assert assert_detail(resp, 429).startswith("rate limit exceeded"), body
+            assert 1 <= int(resp.headers["retry-after"]) <= 60
+        assert list(redis_client.scan_iter(f"{prefix}:job:*")) == []
+
+        def queued() -> list[str]:  # kombu's binding sets are there too: the producer declared queues
+            return [k for k in redis_client.scan_iter(f"{prefix}:q:*") if redis_client.type(k) == "list"]
+
+        assert queued() == []
         # the limit is per key: another caller is not affected
         other = c.get(f"/v1/jobs/{uuid.uuid4().hex}", headers={"X-API-Key": f"other-{key}"})
         assert other.status_code == 404
+        body = {"question": "q", "use_cache": False}
+        resp = c.post("/v1/queries", json=body, headers={"X-API-Key": f"other-{key}"})
+        assert resp.status_code == 202, resp.text
+        assert redis_client.exists(f"{prefix}:job:{resp.json()['job_id']}")
+        assert queued() == [f"{prefix}:q:retrieval"]  # what a refused query did not leave behind
 
 
 # --- long poll -----------------------------------------------------------------------------------
