@@ -102,6 +102,8 @@ def render() -> str:
         "indexing jobs: `queued` → `indexing` → `done` | `failed`), `tenant`, `request_id`, `created_at`, "
         "`updated_at`, `result` (JSON), `error` (JSON `{code, message, retry_after}`), "
         "`stage:<name>` (JSON `{worker, queue, pid, started_at, ms}`), `progress:<name>` (integers). "
+        "A query is `generating` from its hand-off to the generation queue; with the extractive "
+        "generator (no LLM provider) `stage:generation` is written with the answer, in one round trip. "
         "The record appears when a worker picks the task up (or at once when enqueued through the API). "
         "Parsed, it is:",
         "",
