@@ -1,9 +1,10 @@
 """A/B of two running fleets on the same questions: which one answers faster, and by how much.
 
     python bench/run_fleet.py start --prefix a --data-dir /tmp/ab/a               # fleet A (this checkout)
+    python bench/bench_ab.py --a /tmp/ragfleet-bench/fleet.json --share-index b:/tmp/ab/b   # before B starts
     python bench/run_fleet.py --state /tmp/ab/b.json start --prefix b --data-dir /tmp/ab/b \\
         [--env RAGFLEET_X=...]              # fleet B: other settings (or another worktree's run_fleet.py)
-    python bench/bench_ab.py --a /tmp/ragfleet-bench/fleet.json --b /tmp/ab/b.json --n 300 [--share-index]
+    python bench/bench_ab.py --a /tmp/ragfleet-bench/fleet.json --b /tmp/ab/b.json --n 300
 
 Why paired and interleaved: on these shared 2-core machines the same pipeline drifts by 10-30 % within an
 hour, far more than the ~0.3-1 ms a change to the fleet's plumbing moves it; consecutive runs cannot tell
@@ -11,10 +12,11 @@ such a change from noise. Here every question goes through both fleets' APIs bac
 which goes first, and the effect is the median of the per-question differences (B - A), with a bootstrap
 95 % interval. Both fleets are idle while the other answers, so each sees the same machine.
 
-`--share-index` points fleet B at fleet A's index (its LanceDB directory, symlinked, and its index
-pointer keys copied), so B needs no ingest of its own: start B's workers after this has run once, or
-restart them. Each fleet keeps its own prefix: own queues, job records and caches. Questions carry a
-token unique to the run and go with `use_cache` off, so neither fleet answers from a cache.
+`--share-index PREFIX:DATA_DIR` points a fleet that is yet to start at fleet A's index (A's LanceDB
+directory, symlinked into DATA_DIR, and A's index pointer keys copied under PREFIX), so B needs no ingest
+of its own; start B's workers afterwards (they open the index when they start). Each fleet keeps its own
+prefix: own queues, job records and caches. Questions carry a token unique to the run and go with
+`use_cache` off, so neither fleet answers from a cache.
 Writes bench/out/ab-<time>.json.
 """
 
@@ -42,21 +44,22 @@ OUT = Path(__file__).resolve().parent / "out"
 INDEX_KEYS = ("index:version", "index:generation", "index:optimized_version")
 
 
-def share_index(a: BenchFleet, b: BenchFleet) -> None:
-    """Fleet B reads fleet A's LanceDB directory and index pointer (see the module docstring)."""
+def share_index(a: BenchFleet, prefix: str, data_dir: Path) -> None:
+    """The fleet to start with `prefix` and `data_dir` reads fleet A's LanceDB directory and index
+    pointer (see the module docstring)."""
     import redis
 
-    b.data_dir.mkdir(parents=True, exist_ok=True)
-    link = b.data_dir / "lancedb"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    link = data_dir / "lancedb"
     if not link.is_symlink():
         if link.exists():
-            raise SystemExit(f"{link} exists and is not a link: refusing to replace fleet B's own index")
+            raise SystemExit(f"{link} exists and is not a link: refusing to replace that fleet's own index")
         link.symlink_to(a.data_dir / "lancedb")
     r = redis.Redis.from_url(a.redis_url)
     for k in INDEX_KEYS:
         value = r.get(f"{a.prefix}:{k}")
         if value is not None:
-            r.set(f"{b.prefix}:{k}", value)
+            r.set(f"{prefix}:{k}", value)
 
 
 def median_ci(diffs: list[float], rounds: int = 2000, seed: int = 7) -> tuple[float, float]:
@@ -69,20 +72,26 @@ def median_ci(diffs: list[float], rounds: int = 2000, seed: int = 7) -> tuple[fl
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--a", type=Path, required=True, help="fleet A's state file (bench/run_fleet.py --state)")
-    ap.add_argument("--b", type=Path, required=True, help="fleet B's state file")
+    ap.add_argument("--b", type=Path, help="fleet B's state file")
     ap.add_argument("--data", type=Path, default=Path("../shared/data/scifact"))
     ap.add_argument("--n", type=int, default=300, help="questions (each goes through both fleets)")
-    ap.add_argument("--share-index", action="store_true", help="point B at A's index, then exit")
+    ap.add_argument(
+        "--share-index", metavar="PREFIX:DATA_DIR", help="point a fleet yet to start at A's index, then exit"
+    )
     ap.add_argument("--ports", default="8771,8772", help="ports for the APIs started in front of A and B")
     ap.add_argument("--b-api-env", action="append", default=[], help="KEY=VALUE for B's API only")
     ap.add_argument("--warm", type=int, default=60, help="questions through both first, not counted")
     args = ap.parse_args()
 
-    fleets = {"A": BenchFleet.load(args.a), "B": BenchFleet.load(args.b)}
+    a = BenchFleet.load(args.a)
     if args.share_index:
-        share_index(fleets["A"], fleets["B"])
-        print(f"fleet {fleets['B'].prefix} now reads {fleets['A'].prefix}'s index: (re)start its workers")
+        prefix, _, data_dir = args.share_index.partition(":")
+        share_index(a, prefix, Path(data_dir))
+        print(f"a fleet started with --prefix {prefix} --data-dir {data_dir} reads {a.prefix}'s index")
         return
+    if args.b is None:
+        ap.error("--b is required (or --share-index)")
+    fleets = {"A": a, "B": BenchFleet.load(args.b)}
 
     from ragfleet.evaluation import load_dataset, percentile
 
