@@ -53,7 +53,7 @@ from ragfleet.events import JobEvents, queue_answer_at_once
 from ragfleet.index_state import IndexState
 from ragfleet.jobs import JobStore, parse_record
 from ragfleet.names import Priority, Queue, TaskName
-from ragfleet.producer import MessageProducer, client_app, enqueue_on
+from ragfleet.producer import client_app, enqueue_on
 from ragfleet.redis_conn import get_redis
 from ragfleet.schemas import (
     TERMINAL,
@@ -203,8 +203,6 @@ def create_app(
     app.include_router(build_router(caller=caller, request_id=request_id, error_codes=v1_errors))
 
     # --- enqueue ----------------------------------------------------------------------------
-    messages = MessageProducer(enqueue_settings)
-
     async def submit(
         task: TaskName, kind: str, payload: dict[str, Any], who: Caller, rid: str, priority: Priority
     ) -> str:
@@ -212,21 +210,10 @@ def create_app(
         is a plain 503 that leaves nothing behind), one round trip, no worker thread."""
         job_id = uuid.uuid4().hex
         try:
-            # kombu's channel has no socket timeout: a frozen Redis must not block its opening forever
-            with anyio.fail_after(publish_timeout_s):
-                if messages.producer is None:  # first use: opening the producer is I/O, off the loop
-                    await anyio.to_thread.run_sync(messages.open, abandon_on_cancel=True)
+            with anyio.fail_after(publish_timeout_s):  # a frozen Redis: a 503, not a hung request
                 pipe = events_reader.client().pipeline(transaction=True)
                 jobs.queue_create(pipe, job_id, kind, who.tenant, rid)
-                enqueue_on(
-                    pipe,
-                    task,
-                    payload,
-                    settings=enqueue_settings,
-                    job_id=job_id,
-                    priority=priority,
-                    producer=messages.producer,
-                )
+                enqueue_on(pipe, task, payload, settings=enqueue_settings, job_id=job_id, priority=priority)
                 await pipe.execute()
         except TimeoutError as exc:
             # the MULTI may or may not have run: the job is marked failed if it exists

@@ -7,15 +7,22 @@ more must not burn a worker) and a priority.
 
 from __future__ import annotations
 
+import base64
+import json
+import os
 import uuid
+from datetime import timedelta
 from functools import lru_cache
 from typing import Any
 
-from celery import Celery
+from celery import Celery, signals
+from celery.utils.nodenames import anon_nodename
 
 from ragfleet import kombu_fixes
 from ragfleet.names import TASK_QUEUES, Priority, TaskName
 from ragfleet.settings import Settings, get_settings
+
+_PRIORITY_STEPS = tuple(range(10))
 
 
 @lru_cache(maxsize=4)
@@ -32,7 +39,7 @@ def _client_app(broker: str, backend: str, visibility_timeout: int, key_prefix: 
         broker_transport_options={
             "visibility_timeout": visibility_timeout,
             "queue_order_strategy": "priority",
-            "priority_steps": list(range(10)),
+            "priority_steps": list(_PRIORITY_STEPS),
             # a frozen Redis must fail the publish fast (the API answers 503), not block forever
             "socket_timeout": 2.0,
             "socket_connect_timeout": 2.0,
@@ -59,49 +66,112 @@ def default_expires(task: TaskName, settings: Settings) -> int:
     return settings.index_expires_s
 
 
-class _Collected:
-    """Stands in for kombu's Redis publish batch (kombu 5.7, `Producer.batch()`): the Redis
-    channel hands a batch the final commands of each publish (`add("lpush", queue_key, message)`)
-    instead of running them. Collected here, they run in the caller's own pipeline."""
-
-    def __init__(self) -> None:
-        self.commands: list[tuple[str, tuple[Any, ...]]] = []
-        self.keyprefix = ""
-
-    def add(self, name: str, *args: Any) -> None:
-        self.commands.append((name, args))
-
-    def publish(self, channel: Any, message: Any, **kwargs: Any) -> None:
-        """What kombu's batch state does per message (kombu.messaging._ProducerBatchState)."""
-        self.keyprefix = getattr(channel, "global_keyprefix", "") or ""
-        channel.basic_publish(message, _publish_batch=self, **kwargs)
+# kombu's Redis transport: a priority above 0 has its own list, `<queue>\x06\x16<priority>`
+_PRIORITY_SEP = "\x06\x16"
+_EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+_origin: tuple[int, str] | None = None
 
 
-class MessageProducer:
-    """A kombu producer of its own for `enqueue_on` in an event loop (the API's).
+def _origin_of_this_process() -> str:
+    """Celery's `origin` header (`anon_nodename()`: gen<pid>@<host>), once per process."""
+    global _origin
+    pid = os.getpid()
+    if _origin is None or _origin[0] != pid:
+        _origin = (pid, anon_nodename())
+    return _origin[1]
 
-    Opening it is I/O (kombu pings Redis when it opens a channel, and binds each queue once per
-    connection), so `open` runs off the loop; from then on `enqueue_on(producer=...)` only builds
-    messages: it never touches this connection again, and nothing in the loop blocks on it.
-    """
 
-    def __init__(self, settings: Settings) -> None:
-        self._settings = settings
-        self._producer: Any = None
+def build_message(
+    task: TaskName,
+    payload: dict[str, Any],
+    *,
+    settings: Settings | None = None,
+    job_id: str | None = None,
+    priority: Priority = Priority.DEFAULT,
+    expires: float | None = None,
+    headers: dict[str, Any] | None = None,
+) -> tuple[str, str, str]:
+    """(task id, queue key, message): the Redis list entry `enqueue` would publish, built directly.
 
-    @property
-    def producer(self) -> Any:
-        """The open producer, or None until `open` has succeeded."""
-        return self._producer
-
-    def open(self) -> None:
-        if self._producer is not None:
-            return
-        app = client_app(self._settings)
-        producer = app.amqp.Producer(app.connection_for_write())
-        for queue in {q.value for q in TASK_QUEUES.values()}:
-            producer.maybe_declare(app.amqp.queues[queue])
-        self._producer = producer
+    Celery's task message (protocol 2, the documented wire format that producers in other languages
+    write too) and kombu's Redis envelope, field for field as `send_task` + kombu build them for
+    this call (`queue=`, `args=()`, `kwargs={"payload": ...}`, an `expires`, a priority), with
+    Celery's `before_task_publish` signal sent as Celery sends it (it adds the request id and the
+    enqueue time). Why not `send_task` with a collecting producer, as before: its routing, option
+    merging, producer pool and retry wrappers cost ~190 us of CPU per message in a warm process
+    and 0.6 ms in a retrieval worker right after a search (cold caches), on the critical path of the
+    API's enqueue and the retrieval stage's hand-off; this is a few dict literals. The contract test
+    (tests/integration/test_producer_contract.py) compares it with kombu's own message, inside and
+    outside a running task. Not done here: `add_to_parent` (a running task's `request.children`
+    trail, which only a stored result would show; our query tasks store none)."""
+    s = settings or get_settings()
+    app = client_app(s)
+    task_id, payload = _task_id_and_payload(payload, job_id)
+    name, queue = task.value, TASK_QUEUES[task].value
+    expires_s = float(expires if expires is not None else default_expires(task, s))
+    parent = app.current_worker_task
+    root_id, parent_id = task_id, None
+    if parent is not None:
+        root_id = parent.request.root_id or parent.request.id
+        parent_id = parent.request.id
+    kwargsrepr = _kwargsrepr(task_id)
+    message_headers: dict[str, Any] = {
+        "lang": "py",
+        "task": name,
+        "id": task_id,
+        "shadow": None,
+        "eta": None,
+        "expires": (app.now() + timedelta(seconds=expires_s)).isoformat(),
+        "group": None,
+        "group_index": None,
+        "retries": 0,
+        "timelimit": [None, None],
+        "root_id": root_id,
+        "parent_id": parent_id,
+        "argsrepr": "()",
+        "kwargsrepr": kwargsrepr,
+        "origin": _origin_of_this_process(),
+        "ignore_result": None,
+        "replaced_task_nesting": 0,
+        "stamped_headers": None,
+        "stamps": {},
+        **(headers or {}),
+    }
+    properties: dict[str, Any] = {
+        "correlation_id": task_id,
+        "reply_to": app.thread_oid,
+        "argsrepr": "()",
+        "kwargsrepr": kwargsrepr,
+    }
+    body = ((), {"payload": payload}, _EMBED)
+    signals.before_task_publish.send(
+        sender=name,
+        body=body,
+        exchange="",
+        routing_key=queue,
+        declare=[],
+        headers=message_headers,
+        properties=properties,
+        retry_policy=None,
+    )
+    properties.update(
+        delivery_mode=2,
+        expiration=str(int(expires_s * 1000)),
+        delivery_info={"exchange": "", "routing_key": queue},
+        priority=int(priority),
+        body_encoding="base64",
+        delivery_tag=str(uuid.uuid4()),
+    )
+    message = {
+        "body": base64.b64encode(json.dumps(body).encode()).decode(),
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": message_headers,
+        "properties": properties,
+    }
+    step = max(p for p in _PRIORITY_STEPS if p <= int(priority))
+    key = f"{queue}{_PRIORITY_SEP}{step}" if step else queue
+    return task_id, s.broker_key_prefix + key, json.dumps(message)
 
 
 def enqueue_on(
@@ -113,36 +183,32 @@ def enqueue_on(
     job_id: str | None = None,
     priority: Priority = Priority.DEFAULT,
     expires: float | None = None,
-    producer: Any = None,
 ) -> str:
     """`enqueue`, queued onto the caller's Redis pipeline (redis-py, sync or asyncio) instead of sent.
 
-    The message is built by Celery and kombu exactly as `enqueue` builds it; only its LPUSH runs
-    in the caller's round trip. A stage's last writes and the next stage's message then go out
-    together, or not at all with a MULTI: no window in which the record says "handed off" and the
-    broker has no message, and one round trip fewer on the query's critical path.
+    The message is the one `enqueue` publishes (`build_message`); only its LPUSH runs in the
+    caller's round trip. A stage's last writes and the next stage's message then go out together,
+    or not at all with a MULTI: no window in which the record says "handed off" and the broker has
+    no message, and one round trip fewer on the query's critical path.
     """
-    collected = _Collected()
-    app = client_app(settings)
-    with app.producer_or_acquire(producer) as producer:
-        producer._batch_local.current = collected  # kombu's batch hook, see _Collected
-        try:
-            task_id = enqueue(
-                task,
-                payload,
-                settings=settings,
-                job_id=job_id,
-                priority=priority,
-                expires=expires,
-                producer=producer,
-            )
-        finally:
-            del producer._batch_local.current
-    if [name for name, _ in collected.commands] != ["lpush"]:
-        raise RuntimeError(f"unexpected broker commands for one publish: {collected.commands!r}")
-    (_, (key, message)) = collected.commands[0]
-    pipe.lpush(collected.keyprefix + key, message)
+    task_id, key, message = build_message(
+        task, payload, settings=settings, job_id=job_id, priority=priority, expires=expires
+    )
+    pipe.lpush(key, message)
     return task_id
+
+
+def _task_id_and_payload(payload: dict[str, Any], job_id: str | None) -> tuple[str, dict[str, Any]]:
+    """The Celery task id is the job id; the payload carries it too."""
+    task_id = job_id or payload.get("job_id") or uuid.uuid4().hex
+    rest = {k: v for k, v in payload.items() if v is not None or k != "job_id"}
+    return task_id, {"job_id": task_id, **rest}
+
+
+def _kwargsrepr(task_id: str) -> str:
+    # Celery would saferepr() the whole payload for the message headers that Flower shows: slow
+    # for a hand-off carrying five source passages, and it would put user text in task events.
+    return f"{{'payload': {{'job_id': {task_id!r}, ...}}}}"
 
 
 def enqueue(
@@ -158,15 +224,12 @@ def enqueue(
 ) -> str:
     """Send `task` with `kwargs={"payload": payload}`; the Celery task id is the job id."""
     s = settings or get_settings()
-    task_id = job_id or payload.get("job_id") or uuid.uuid4().hex
-    payload = {"job_id": task_id, **{k: v for k, v in payload.items() if v is not None or k != "job_id"}}
+    task_id, payload = _task_id_and_payload(payload, job_id)
     client_app(s).send_task(
         task.value,
         kwargs={"payload": payload},
-        # Celery would saferepr() the whole payload for the message headers that Flower shows: slow
-        # for a hand-off carrying five source passages, and it would put user text in task events.
         argsrepr="()",
-        kwargsrepr=f"{{'payload': {{'job_id': {task_id!r}, ...}}}}",
+        kwargsrepr=_kwargsrepr(task_id),
         task_id=task_id,
         queue=TASK_QUEUES[task].value,
         priority=int(priority),
