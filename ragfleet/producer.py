@@ -103,7 +103,8 @@ def build_message(
     API's enqueue and the retrieval stage's hand-off; this is a few dict literals. The contract test
     (tests/integration/test_producer_contract.py) compares it with kombu's own message, inside and
     outside a running task. Not done here: `add_to_parent` (a running task's `request.children`
-    trail, which only a stored result would show; our query tasks store none)."""
+    trail, which only a stored result would show; our query tasks store none), and the
+    `after_task_publish` signal (the LPUSH runs later, in the caller's round trip; nothing listens)."""
     s = settings or get_settings()
     app = client_app(s)
     task_id, payload = _task_id_and_payload(payload, job_id)
