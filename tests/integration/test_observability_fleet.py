@@ -171,6 +171,15 @@ def test_one_request_id_in_api_retrieval_and_generation_logs(ops: Ops) -> None:
     for name, lines in (("api", api_lines), ("retrieval", retrieval_lines), ("generation", generation_lines)):
         bound = [line for line in lines if line.get("request_id") == rid]
         assert bound, f"{name}: no log line carries request_id={rid}: {lines[:2]}"
+    # one Celery line per task, at its end, in the interactive pools: no "Task ... received" line
+    # (`log_interactive_task_received`); the indexing pool, whose tasks run for minutes, keeps it
+    job = rec["job_id"]
+    for pool in ("retrieval", "generation"):
+        text = ops.fleet.workers[pool].log.read_text(errors="replace").splitlines()
+        assert any(f"[{job}" in line and "succeeded" in line for line in text), pool
+        assert not any(f"[{job}" in line and "] received" in line for line in text), pool
+    indexing = ops.fleet.workers["indexing"].log.read_text(errors="replace")
+    assert "ragfleet.index" in indexing and "] received" in indexing
 
 
 def test_prometheus_scrapes_fleet_series_with_labels(ops: Ops) -> None:
