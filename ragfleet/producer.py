@@ -221,7 +221,6 @@ def enqueue(
     priority: Priority = Priority.DEFAULT,
     expires: float | None = None,
     headers: dict[str, Any] | None = None,
-    producer: Any = None,
 ) -> str:
     """Send `task` with `kwargs={"payload": payload}`; the Celery task id is the job id."""
     s = settings or get_settings()
@@ -236,7 +235,6 @@ def enqueue(
         priority=int(priority),
         expires=expires if expires is not None else default_expires(task, s),
         headers=headers or {},
-        producer=producer,
         # Celery routes a `queue=` send through kombu's anonymous exchange (an LPUSH onto the
         # queue's list, no binding lookup), so declaring the queue on every publish only costs
         # kombu's copy-and-bind of two entities (~25 % of a publish's CPU, on the API's and the

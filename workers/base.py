@@ -19,11 +19,12 @@ import time
 from typing import Any
 
 from celery import Task
-from celery.exceptions import TimeLimitExceeded
+from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 
 from ragfleet.outcomes import fail_job
 from ragfleet.resources import get_resources
 from ragfleet.schemas import ErrorCode
+from workers import time_limits
 
 # The first redelivery finds no counter: it is the second delivery.
 _COUNT_REDELIVERY = """
@@ -59,12 +60,18 @@ class RagfleetTask(Task):  # type: ignore[misc]
             limit = res.settings.max_redeliveries + 1 + int(self.request.retries or 0)
             if n > limit:
                 return self.park(n)
+            # threads and solo pools: Celery enforces no time limit there (workers/time_limits.py)
+            with time_limits.enforced(self, str(self.request.id), kwargs):
+                return super().__call__(*args, **kwargs)
         return super().__call__(*args, **kwargs)
 
     def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         if isinstance(exc, TimeLimitExceeded):
             code = ErrorCode.TIMEOUT
             message = f"task {self.name} exceeded its hard time limit ({exc}) and was stopped"
+        elif isinstance(exc, SoftTimeLimitExceeded):  # one the task did not turn into its own error
+            code = ErrorCode.TIMEOUT
+            message = f"task {self.name} exceeded its soft time limit and was stopped"
         else:
             code = ErrorCode.INTERNAL
             message = f"task {self.name} failed: {type(exc).__name__}: {exc}"

@@ -26,6 +26,7 @@ from ragfleet.outcomes import fail_job
 from ragfleet.redis_conn import reset_clients
 from ragfleet.resources import get_resources, reset_resources
 from ragfleet.schemas import ErrorCode
+from workers import time_limits
 from workers.app import INTERACTIVE_QUEUES, interactive_transport_options
 
 log = logging.getLogger("ragfleet.worker")
@@ -74,6 +75,8 @@ def _after_setup(sender: str, instance: Any, **_: Any) -> None:
     _NODE = sender
     _QUEUES.update(instance.app.amqp.queues.consume_from.keys())
     _POOL = str(getattr(instance, "pool_cls", "prefork"))
+    if "prefork" not in _POOL.lower():
+        time_limits.enable()  # Celery enforces time limits only in prefork pools
     if _QUEUES and _QUEUES <= INTERACTIVE_QUEUES:
         # before the consumer connects: its channel reads these when it opens
         s = get_resources().settings

@@ -1,0 +1,148 @@
+"""Time limits for the pools Celery enforces none in: threads (generation, feedback) and solo
+(maintenance).
+
+Celery's time limits are the prefork pool's: its parent signals a child past the soft limit and kills
+it past the hard one. The threads pool submits a task to an executor and the solo pool calls it
+inline; both ignore `time_limit` and `soft_time_limit`, so a generation call stuck past its 60 s, or
+a reindex past its 1800 s, would hold its job `generating` / `running` until the record's TTL and
+every caller polling it would wait in vain. Here, in those pools:
+
+- the hard limit ends the job: a watchdog thread (one per process, waking every 0.25 s) fails the
+  job with `timeout` once a task runs past it. A thread cannot be killed, so the call itself goes on
+  until it returns, and its late finish is a no-op on the terminal job (the finish is atomic); the
+  pool has one thread fewer meanwhile, which the error log line says.
+- the soft limit raises `SoftTimeLimitExceeded` in a task running on the main thread (solo), from a
+  `SIGALRM` timer, as prefork's SIGUSR1 does: the task's own handler turns it into its error result.
+  A threads-pool task's calls are bounded by their own timeouts (the LLM gateway's per-call timeout,
+  retries and circuit breaker); no exception can be raised into a thread blocked in a C call.
+
+Limits come from the message (`timelimit` header) or the task, as Celery resolves them. Prefork pools
+are left to Celery (`enable` is called only for the other kinds, in `workers.signals`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from celery.exceptions import SoftTimeLimitExceeded
+
+log = logging.getLogger("ragfleet.worker")
+
+WATCHDOG_INTERVAL_S = 0.25
+
+
+@dataclass(slots=True)
+class _Running:
+    task: Any
+    task_id: str
+    kwargs: Any
+    hard: float
+    deadline: float
+    fired: bool = False
+
+
+class _Watchdog:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: dict[str, _Running] = {}
+        self._thread: threading.Thread | None = None
+
+    def add(self, entry: _Running) -> None:
+        with self._lock:
+            self._running[entry.task_id] = entry
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="ragfleet-time-limits", daemon=True)
+                self._thread.start()
+
+    def remove(self, task_id: str) -> None:
+        with self._lock:
+            self._running.pop(task_id, None)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(WATCHDOG_INTERVAL_S)
+            now = time.monotonic()
+            with self._lock:
+                due = [e for e in self._running.values() if not e.fired and now >= e.deadline]
+                for e in due:
+                    e.fired = True
+            for e in due:
+                self._expire(e)
+
+    @staticmethod
+    def _expire(e: _Running) -> None:
+        from ragfleet.outcomes import fail_job
+        from ragfleet.resources import get_resources
+        from workers.base import job_id_of
+
+        job_id = job_id_of(e.task_id, e.kwargs)
+        message = (
+            f"task {e.task.name} exceeded its hard time limit ({e.hard:g} s); its job ends here "
+            "(the call itself cannot be stopped in this pool and may still finish, to no effect)"
+        )
+        log.error("%s: task %s, job %s", message, e.task_id, job_id)
+        try:
+            fail_job(get_resources(), job_id, _timeout_code(), message, retry_after=5)
+        except Exception:  # Redis is down too: the job's TTL ends it; the watchdog must go on
+            log.exception("could not fail the job of task %s past its time limit", e.task_id)
+
+
+def _timeout_code() -> Any:
+    from ragfleet.schemas import ErrorCode
+
+    return ErrorCode.TIMEOUT
+
+
+_watchdog = _Watchdog()
+_enabled = False
+
+
+def enable() -> None:
+    """This process's pool enforces no time limits itself (threads, solo)."""
+    global _enabled
+    _enabled = True
+
+
+def limits_of(task: Any) -> tuple[float | None, float | None]:
+    """(hard, soft) in seconds, as Celery resolves them: the message's `timelimit` header, else the
+    task's own, else the app's defaults."""
+    header = getattr(task.request, "timelimit", None) or (None, None)
+    conf = task.app.conf
+    hard = header[0] or task.time_limit or conf.task_time_limit
+    soft = header[1] or task.soft_time_limit or conf.task_soft_time_limit
+    return (float(hard) if hard else None, float(soft) if soft else None)
+
+
+def _raise_soft(signum: int, frame: Any) -> None:
+    raise SoftTimeLimitExceeded()
+
+
+@contextlib.contextmanager
+def enforced(task: Any, task_id: str, kwargs: Any) -> Iterator[None]:
+    """Around a task's body (`RagfleetTask.__call__`); a no-op unless `enable` was called."""
+    if not _enabled:
+        yield
+        return
+    hard, soft = limits_of(task)
+    on_main = threading.current_thread() is threading.main_thread()
+    previous: Any = None
+    if soft and on_main:
+        previous = signal.signal(signal.SIGALRM, _raise_soft)
+        signal.setitimer(signal.ITIMER_REAL, soft)
+    if hard:
+        _watchdog.add(_Running(task, task_id, kwargs, hard, time.monotonic() + hard))
+    try:
+        yield
+    finally:
+        if soft and on_main:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous if previous is not None else signal.SIG_DFL)
+        if hard:
+            _watchdog.remove(task_id)
