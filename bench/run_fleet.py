@@ -99,7 +99,9 @@ class BenchFleet:
         env = {k: v for k, v in os.environ.items() if not k.startswith("RAGFLEET_")}
         env.update(self.settings_env())
         env.update(self.extra_env)
-        env["PYTHONPATH"] = str(self.repo)
+        # the checkout's code, after any directory the caller puts first (bench/hop_timeline.py's probe)
+        first = self.extra_env.get("PYTHONPATH")
+        env["PYTHONPATH"] = os.pathsep.join([first, str(self.repo)] if first else [str(self.repo)])
         env.setdefault("HF_HUB_OFFLINE", "1")
         env["OPENBLAS_NUM_THREADS"] = "1"
         env["TOKENIZERS_PARALLELISM"] = "false"
