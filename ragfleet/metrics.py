@@ -39,6 +39,8 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 
+from ragfleet.names import PRIORITY_STEPS, priority_list
+
 if TYPE_CHECKING:
     from collections.abc import Callable
     from wsgiref.simple_server import WSGIServer
@@ -423,20 +425,12 @@ def task_retried(task: str) -> None:
 
 
 def queue_keys(
-    queue: str, *, global_keyprefix: str = "", priority_steps: Sequence[int] = range(10)
+    queue: str, *, global_keyprefix: str = "", priority_steps: Sequence[int] = PRIORITY_STEPS
 ) -> list[str]:
-    """The Redis lists kombu's Redis transport uses for `queue` (kombu 5.7, `Channel._q_for_pri`).
-
-    With `priority_steps` 0..9 every priority has its own list: the bare queue name for priority 0 and
-    `<queue>\\x06\\x16<p>` for the others, all behind the transport's `global_keyprefix`.
-    """
-    from kombu.transport.redis import Channel
-
-    keys: list[str] = []
-    for pri in sorted(set(priority_steps)):
-        name = f"{queue}{Channel.sep}{pri}" if pri else queue
-        keys.append(f"{global_keyprefix}{name}")
-    return keys
+    """The Redis lists kombu's Redis transport uses for `queue`, one per priority step
+    (`ragfleet.names.priority_list`), all behind the transport's `global_keyprefix`."""
+    steps = tuple(sorted(set(priority_steps)))
+    return [f"{global_keyprefix}{priority_list(queue, pri, steps=steps)}" for pri in steps]
 
 
 class QueueDepthCollector(Collector):
@@ -452,7 +446,7 @@ class QueueDepthCollector(Collector):
         queues: Iterable[str],
         *,
         global_keyprefix: str = "",
-        priority_steps: Sequence[int] = range(10),
+        priority_steps: Sequence[int] = PRIORITY_STEPS,
     ) -> None:
         self._client = client
         self._keys = {

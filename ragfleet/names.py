@@ -42,6 +42,20 @@ class Priority(IntEnum):
     BACKGROUND = 9
 
 
+# kombu's Redis transport option `priority_steps`, the same in every producer and worker: with 0..9
+# every priority has its own list, so none waits behind another's backlog
+PRIORITY_STEPS: tuple[int, ...] = tuple(range(10))
+# what kombu's Redis channel puts between a queue's name and a priority step (`Channel.sep`)
+_PRIORITY_LIST_SEP = "\x06\x16"
+
+
+def priority_list(queue: str, priority: int, *, steps: tuple[int, ...] = PRIORITY_STEPS) -> str:
+    """The Redis list kombu's Redis transport uses for `queue` at `priority` (kombu 5.7,
+    `Channel._q_for_pri`): the largest step not above it; step 0 is the bare queue name."""
+    step = max((s for s in steps if s <= priority), default=steps[0])
+    return f"{queue}{_PRIORITY_LIST_SEP}{step}" if step else queue
+
+
 TASK_QUEUES: dict[TaskName, Queue] = {
     TaskName.QUERY: Queue.RETRIEVAL,
     TaskName.GENERATE: Queue.GENERATION,

@@ -19,10 +19,8 @@ from celery import Celery, signals
 from celery.utils.nodenames import anon_nodename
 
 from ragfleet import kombu_fixes
-from ragfleet.names import TASK_QUEUES, Priority, TaskName
+from ragfleet.names import PRIORITY_STEPS, TASK_QUEUES, Priority, TaskName, priority_list
 from ragfleet.settings import Settings, get_settings
-
-_PRIORITY_STEPS = tuple(range(10))
 
 
 @lru_cache(maxsize=4)
@@ -39,7 +37,7 @@ def _client_app(broker: str, backend: str, visibility_timeout: int, key_prefix: 
         broker_transport_options={
             "visibility_timeout": visibility_timeout,
             "queue_order_strategy": "priority",
-            "priority_steps": list(_PRIORITY_STEPS),
+            "priority_steps": list(PRIORITY_STEPS),
             # a frozen Redis must fail the publish fast (the API answers 503), not block forever
             "socket_timeout": 2.0,
             "socket_connect_timeout": 2.0,
@@ -66,8 +64,6 @@ def default_expires(task: TaskName, settings: Settings) -> int:
     return settings.index_expires_s
 
 
-# kombu's Redis transport: a priority above 0 has its own list, `<queue>\x06\x16<priority>`
-_PRIORITY_SEP = "\x06\x16"
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 _origin: tuple[int, str] | None = None
 
@@ -170,9 +166,7 @@ def build_message(
         "headers": message_headers,
         "properties": properties,
     }
-    step = max(p for p in _PRIORITY_STEPS if p <= int(priority))
-    key = f"{queue}{_PRIORITY_SEP}{step}" if step else queue
-    return task_id, s.broker_key_prefix + key, json.dumps(message)
+    return task_id, s.broker_key_prefix + priority_list(queue, int(priority)), json.dumps(message)
 
 
 def enqueue_on(

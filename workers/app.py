@@ -15,7 +15,7 @@ from celery import Celery
 from kombu.entity import Queue as KQueue
 
 from ragfleet import kombu_fixes
-from ragfleet.names import TASK_QUEUES, Queue
+from ragfleet.names import PRIORITY_STEPS, TASK_QUEUES, Queue
 from ragfleet.settings import Settings, get_settings
 from workers import event_flusher
 
@@ -57,7 +57,7 @@ def create_app(settings: Settings | None = None) -> Celery:
     transport: dict[str, object] = {
         "visibility_timeout": s.visibility_timeout_s,
         "queue_order_strategy": "priority",
-        "priority_steps": list(range(10)),
+        "priority_steps": list(PRIORITY_STEPS),
         "socket_timeout": 5,
         "socket_connect_timeout": 5,
         "health_check_interval": 10,

@@ -33,6 +33,10 @@ from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 
+from ragfleet.outcomes import fail_job
+from ragfleet.resources import get_resources
+from ragfleet.schemas import ErrorCode
+
 log = logging.getLogger("ragfleet.worker")
 
 WATCHDOG_INTERVAL_S = 0.25
@@ -78,9 +82,7 @@ class _Watchdog:
 
     @staticmethod
     def _expire(e: _Running) -> None:
-        from ragfleet.outcomes import fail_job
-        from ragfleet.resources import get_resources
-        from workers.base import job_id_of
+        from workers.base import job_id_of  # workers.base imports this module
 
         job_id = job_id_of(e.task_id, e.kwargs)
         message = (
@@ -89,15 +91,9 @@ class _Watchdog:
         )
         log.error("%s: task %s, job %s", message, e.task_id, job_id)
         try:
-            fail_job(get_resources(), job_id, _timeout_code(), message, retry_after=5)
+            fail_job(get_resources(), job_id, ErrorCode.TIMEOUT, message, retry_after=5)
         except Exception:  # Redis is down too: the job's TTL ends it; the watchdog must go on
             log.exception("could not fail the job of task %s past its time limit", e.task_id)
-
-
-def _timeout_code() -> Any:
-    from ragfleet.schemas import ErrorCode
-
-    return ErrorCode.TIMEOUT
 
 
 _watchdog = _Watchdog()
