@@ -37,16 +37,18 @@ class Worker:
         settings: Settings,
         log_dir: Path,
         extra_env: dict[str, str] | None = None,
+        node: str | None = None,
     ) -> None:
         self.name = name
-        self.node = f"{name}-{uuid.uuid4().hex[:6]}@testhost"
+        # a replacement given its predecessor's node name is that node restarted (workers/inflight.py)
+        self.node = node or f"{name}-{uuid.uuid4().hex[:6]}@testhost"
         self.queues = queues
         self.pool = pool
         self.concurrency = concurrency
         self.settings = settings
         self.redis = redis.Redis.from_url(settings.redis_url, decode_responses=True)
         self.env = {**settings_env(settings), **(extra_env or {})}
-        self.log = log_dir / f"{self.node.split('@')[0]}.log"
+        self.log = log_dir / f"{self.node.split('@')[0]}-{uuid.uuid4().hex[:4]}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Worker:

@@ -26,13 +26,14 @@ from ragfleet.outcomes import fail_job
 from ragfleet.redis_conn import reset_clients
 from ragfleet.resources import get_resources, reset_resources
 from ragfleet.schemas import ErrorCode
-from workers import time_limits
+from workers import inflight, time_limits
 from workers.app import INTERACTIVE_QUEUES, interactive_transport_options
 
 log = logging.getLogger("ragfleet.worker")
 _QUEUES: set[str] = set()
 _POOL: str = "prefork"
 _NODE: str = "unknown"
+_ORPHANS: list[str] = []  # delivery tags this node's previous run died holding (workers/inflight.py)
 
 _MODEL_QUEUES = {Queue.RETRIEVAL.value, Queue.INDEXING.value, Queue.MAINTENANCE.value}
 
@@ -71,8 +72,10 @@ def _init(conf: Any, **_: Any) -> None:
 @celeryd_after_setup.connect
 def _after_setup(sender: str, instance: Any, **_: Any) -> None:
     set_worker_hostname(sender)
-    global _POOL, _NODE
+    global _POOL, _NODE, _ORPHANS
     _NODE = sender
+    # before the consumer takes a message: what this node's previous run died holding
+    _ORPHANS = inflight.claim(get_resources().settings, sender)
     _QUEUES.update(instance.app.amqp.queues.consume_from.keys())
     _POOL = str(getattr(instance, "pool_cls", "prefork"))
     if "prefork" not in _POOL.lower():
@@ -105,7 +108,11 @@ def _process_init(**_: Any) -> None:
 
 
 @worker_ready.connect
-def _ready(**_: Any) -> None:
+def _ready(sender: Any = None, **_: Any) -> None:
+    global _ORPHANS
+    if _ORPHANS and sender is not None:
+        inflight.requeue(sender, _NODE, _ORPHANS)
+        _ORPHANS = []
     if "prefork" not in _POOL.lower():
         _warm()
 

@@ -75,9 +75,9 @@ class ChaosFleet:
         self.log_dir = log_dir
         self.started: list[Worker] = []
 
-    def spawn(self, pool: str, extra_env: dict[str, str] | None = None) -> Worker:
+    def spawn(self, pool: str, extra_env: dict[str, str] | None = None, node: str | None = None) -> Worker:
         queues, kind, conc = POOLS[pool]
-        w = Worker(pool, queues, kind, conc, self.settings, self.log_dir, extra_env).start()
+        w = Worker(pool, queues, kind, conc, self.settings, self.log_dir, extra_env, node).start()
         self.started.append(w)
         return w
 

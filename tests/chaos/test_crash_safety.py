@@ -253,6 +253,61 @@ def test_generation_worker_sigkilled_mid_generation_job_completes_after_redelive
         llm.stop()
 
 
+def test_generation_node_restarted_under_its_name_requeues_what_it_died_holding_at_once(
+    base_settings: Settings, tmp_path: Any, chaos_fleet_factory: Any
+) -> None:
+    """A whole threads-pool node dies holding a query, and its supervisor restarts it under the
+    same `-n` name. The restarted node requeues that message itself as it starts
+    (workers/inflight.py), not one visibility timeout later: the timeout is 120 s here, so the
+    sweep cannot be what brings it back."""
+    llm = FakeLLM(answer="Redis is used as a message broker and a cache [1].").start()
+    llm.mode, llm.hang_s = "hang", 40.0
+    try:
+        s = isolated_settings(
+            base_settings,
+            tmp_path,
+            generator="openai",
+            llm_base_url=llm.url,
+            llm_timeout_s=45.0,
+            llm_max_retries=0,
+            interactive_visibility_timeout_s=120,
+        )
+        seed_documents(s, CORPUS)
+        fleet: ChaosFleet = chaos_fleet_factory(s)
+        _ret, gen = fleet.start("retrieval", "generation")
+        jobs, r = jobs_for(s), get_redis(s)
+        held = f"{s.broker_key_prefix}ragfleet.inflight.{gen.node}"
+        job_id = enqueue(TaskName.QUERY, {"question": "What is Redis used as?"}, settings=s)
+        assert wait_until(lambda: llm.calls >= 1 and jobs.status(job_id) == JobStatus.GENERATING, 30), (
+            jobs.get(job_id),
+            fleet.logs(),
+        )
+        # the node records the tag it holds, beside kombu's own unacked entry for it
+        (tag,) = r.smembers(held)
+        assert r.hexists(f"{s.broker_key_prefix}unacked:interactive", tag)
+        gen.kill()
+        killed_at = time.time()
+        llm.mode = "ok"
+
+        restarted = fleet.spawn("generation", node=gen.node).wait_ready()
+        rec = wait_terminal(s, job_id, 60, fleet)
+        assert rec.status == JobStatus.DONE, (rec, fleet.logs())
+        redelivered_after = rec.stages["generation"].started_at - killed_at
+        print(
+            f"\n[chaos] generation node restarted under its name: redelivered {redelivered_after:.1f} s "
+            f"after SIGKILL (interactive visibility timeout {s.interactive_visibility_timeout_s} s)"
+        )
+        assert redelivered_after < 30
+        assert restarted.proc is not None and rec.stages["generation"].pid == restarted.proc.pid
+        assert rec.result is not None and rec.result["answer"] == llm.answer
+        assert llm.calls == 2  # one call per delivery, no more
+        assert deliveries(s, f"{job_id}:gen") == 2  # counted as a redelivery by the cap
+        assert "requeued 1 message(s) that the previous run" in restarted.output()
+        assert wait_until(lambda: r.scard(held) == 0, 10)  # acked: the node holds nothing now
+    finally:
+        llm.stop()
+
+
 def test_poison_message_is_parked_after_max_redeliveries(
     base_settings: Settings, tmp_path: Any, chaos_fleet_factory: Any
 ) -> None:
