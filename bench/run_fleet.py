@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import json
 import os
+import platform
 import shutil
 import signal
 import subprocess
@@ -40,9 +41,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 STATE = Path("/tmp/ragfleet-bench/fleet.json")
 
-# queue, pool kind, concurrency: as in the Procfile
+# queue, pool kind, concurrency: as in the Procfile ("supervised": solo nodes under supervisord,
+# infra/supervisor/retrieval.conf, concurrency = how many nodes)
 POOLS: dict[str, tuple[str, str, int]] = {
-    "retrieval": ("retrieval", "prefork", 2),
+    "retrieval": ("retrieval", "supervised", 2),
     "generation": ("generation", "threads", 8),
     "indexing": ("indexing", "prefork", 1),
     "maintenance": ("maintenance", "solo", 1),
@@ -124,17 +126,23 @@ class BenchFleet:
             conc = (concurrency or {}).get(pool, conc)
             node = f"{pool}-{uuid.uuid4().hex[:6]}@bench"
             log = (self.data_dir / f"{pool}.log").open("ab")
-            cmd = [
-                sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", queue, "-n", node,
-                "--pool", kind, "-c", str(conc), "-l", "WARNING", "--without-mingle", "--without-gossip",
-            ]  # fmt: skip
+            if kind == "supervised":
+                pidfile = self.data_dir / f"{pool}-supervisord.pid"
+                cmd, names = supervised_command(self.repo, env, conc, pidfile)
+            else:
+                names = [node]
+                cmd = [
+                    sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", queue, "-n", node,
+                    "--pool", kind, "-c", str(conc), "-l", "WARNING", "--without-mingle", "--without-gossip",
+                ]  # fmt: skip
             if kind == "prefork":
                 cmd += ["-O", "fair"]
             proc = subprocess.Popen(
                 cmd, cwd=self.repo, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
             self.pids[pool] = proc.pid
-            self.nodes[pool] = node
+            for i, name in enumerate(names):
+                self.nodes[pool if i == 0 else f"{pool}#{i}"] = name
         self._save()
         self.wait_ready(timeout)
         return self
@@ -170,9 +178,10 @@ class BenchFleet:
         deadline = time.monotonic() + timeout
         waiting = dict(self.nodes)
         while waiting and time.monotonic() < deadline:
-            for pool, node in list(waiting.items()):
+            for label, node in list(waiting.items()):
+                pool = label.split("#")[0]
                 if r.get(f"{self.prefix}:warm:{node}"):
-                    del waiting[pool]
+                    del waiting[label]
                 elif not _alive(self.pids[pool]):
                     log = (self.data_dir / f"{pool}.log").read_text(errors="replace")[-3000:]
                     raise RuntimeError(f"{pool} worker exited:\n{log}")
@@ -231,6 +240,20 @@ class BenchFleet:
         repo = Path(d.get("repo") or REPO)
         pids, nodes = d["pids"], d["nodes"]
         return cls(d["prefix"], Path(d["data_dir"]), d["redis_url"], d["extra_env"], pids, nodes, repo, state)
+
+
+def supervised_command(
+    repo: Path, env: dict[str, str], nodes: int, pidfile: Path
+) -> tuple[list[str], list[str]]:
+    """The Procfile's retrieval line: supervisord running `nodes` solo nodes (infra/supervisor/
+    retrieval.conf, which names them retrieval<n>@<host>). Fills `env` with what that file reads."""
+    env["RAGFLEET_RETRIEVAL_NODES"] = str(nodes)
+    env["RAGFLEET_SUPERVISOR_PIDFILE"] = str(pidfile)
+    # the nodes' `celery` is this interpreter's
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    conf = repo / "infra" / "supervisor" / "retrieval.conf"
+    cmd = [sys.executable, "-m", "supervisor.supervisord", "-c", str(conf)]
+    return cmd, [f"retrieval{i}@{platform.node()}" for i in range(nodes)]
 
 
 def _alive(pid: int) -> bool:

@@ -273,13 +273,19 @@ def wait_ready(
     wanted = {p.strip() for p in pools.split(",") if p.strip()}
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        warm = {str(k).split(":")[-1].split("@")[0] for k in r.scan_iter(s.key("warm", "*"))}
+        # a node's pool is its name before "@", less a node number (retrieval0@host: supervisord's)
+        warm = {pool_of_node(str(k).split(":")[-1]) for k in r.scan_iter(s.key("warm", "*"))}
         if wanted <= warm:
             err.print(f"pools ready: {', '.join(sorted(wanted))}")
             return
         time.sleep(0.5)
     err.print(f"[red]pools not ready after {timeout} s: {', '.join(sorted(wanted - warm))}")
     raise typer.Exit(6)
+
+
+def pool_of_node(node: str) -> str:
+    """`retrieval@host` and `retrieval1@host` are both retrieval nodes."""
+    return node.split("@")[0].rstrip("0123456789")
 
 
 @index_app.command("status")

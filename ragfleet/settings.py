@@ -46,6 +46,10 @@ class Settings(BaseSettings):
     query_expires_s: int = 120
     query_time_limit_s: int = 30
     generate_time_limit_s: int = 60
+    # A solo node whose task ran past its hard limit exits after failing the job, so that its
+    # supervisor starts a fresh one (what the prefork parent does to a child). Only under a
+    # supervisor: infra/supervisor/retrieval.conf sets it (workers/time_limits.py).
+    exit_on_hard_time_limit: bool = False
     index_expires_s: int = 3_600
     index_time_limit_s: int = 900
     feedback_expires_s: int = 3_600
@@ -129,6 +133,9 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     metrics_dir: Path | None = None
     metrics_port: int = 0
+    # added to metrics_port: one port per node where a supervisor runs several nodes of one pool
+    # from one command line (infra/supervisor/retrieval.conf sets it to the node's number)
+    metrics_port_offset: int = 0
 
     # --- CLI ----------------------------------------------------------------------------------------
     api_url: str = "http://127.0.0.1:8000"

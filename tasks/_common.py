@@ -65,15 +65,16 @@ def inject_fault(settings: Settings, question: str) -> None:
 
     A kill marker in the question makes this delivery die like an OOM kill would, every time: the
     redelivery cap in `workers.base` must park it. An error marker raises what no task handles; a
-    hang marker blocks the soft time limit's signal (SIGUSR1 in a prefork child) and sleeps, so
-    only the hard limit can end it. A delay keeps the task busy so a test can kill its worker.
+    hang marker blocks the soft time limit's signal (SIGUSR1 in a prefork child, SIGALRM in a
+    solo node) and sleeps, so only the hard limit can end it. A delay keeps the task busy so a
+    test can kill its worker.
     """
     if settings.chaos_kill_marker and settings.chaos_kill_marker in question:
         os.kill(os.getpid(), signal.SIGKILL)
     if settings.chaos_error_marker and settings.chaos_error_marker in question:
         raise ChaosError(f"injected failure ({settings.chaos_error_marker})")
     if settings.chaos_hang_marker and settings.chaos_hang_marker in question:
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1, signal.SIGALRM})
         time.sleep(3_600)
     if settings.chaos_delay_s > 0:
         time.sleep(settings.chaos_delay_s)

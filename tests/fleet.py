@@ -1,12 +1,17 @@
 """Real `celery worker` subprocesses for integration and chaos tests.
 
-Each pool is its own process consuming only its own queue(s), started exactly as the Procfile
-does, with the test session's isolated Settings passed through the environment.
+Each pool is its own process consuming only its own queue(s), started as the Procfile does, with
+the test session's isolated Settings passed through the environment. The Procfile's retrieval pool
+is supervisord running solo nodes (infra/supervisor/retrieval.conf): most tests run one plain solo
+node (the same worker, without the supervisor), `SupervisedRetrieval` runs the real thing, and
+`retrieval-prefork` is the prefork pool the Procfile ran before 2026-12-03 (still supported).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import platform
 import signal
 import subprocess
 import time
@@ -19,7 +24,8 @@ from ragfleet.settings import Settings
 from tests.conftest import PYTHON, REPO, settings_env
 
 POOLS = {
-    "retrieval": ("retrieval", "prefork", 1),
+    "retrieval": ("retrieval", "solo", 1),
+    "retrieval-prefork": ("retrieval", "prefork", 1),
     "generation": ("generation", "threads", 4),
     "indexing": ("indexing", "prefork", 1),
     "feedback": ("feedback", "threads", 2),
@@ -139,3 +145,70 @@ class Fleet:
     def stop(self) -> None:
         for w in self.workers.values():
             w.stop()
+
+
+class SupervisedRetrieval:
+    """The Procfile's `retrieval` line: supervisord with infra/supervisor/retrieval.conf, running
+    `nodes` solo nodes named retrieval<n>@<host> and restarting any that exits."""
+
+    def __init__(
+        self, settings: Settings, log_dir: Path, nodes: int = 1, extra_env: dict[str, str] | None = None
+    ) -> None:
+        self.settings = settings
+        self.nodes = [f"retrieval{i}@{platform.node()}" for i in range(nodes)]
+        self.redis = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+        self.log = log_dir / f"supervised-retrieval-{uuid.uuid4().hex[:4]}.log"
+        self.env = {
+            **settings_env(settings),
+            **(extra_env or {}),
+            "RAGFLEET_RETRIEVAL_NODES": str(nodes),
+            "RAGFLEET_SUPERVISOR_PIDFILE": str(log_dir / "retrieval-supervisord.pid"),
+            "PATH": os.pathsep.join([str(Path(PYTHON).parent), os.environ.get("PATH", "")]),
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> SupervisedRetrieval:
+        conf = REPO / "infra" / "supervisor" / "retrieval.conf"
+        self.fh = self.log.open("ab")
+        self.proc = subprocess.Popen(
+            [PYTHON, "-m", "supervisor.supervisord", "-c", str(conf)],
+            cwd=REPO, env=self.env, stdout=self.fh, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        return self
+
+    def starts(self, node: str) -> int:
+        """How many times `node` has come up (Celery's "<node> ready." line): 2 after one restart."""
+        return self.output().count(f"{node} ready.")
+
+    def wait_started(self, node: str, times: int = 1, timeout: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.starts(node) < times:
+            if self.proc and self.proc.poll() is not None:
+                raise RuntimeError(f"supervisord exited:\n{self.output()[-3000:]}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{node} not up {times} times:\n{self.output()[-3000:]}")
+            time.sleep(0.1)
+        while not self.redis.get(self.settings.key("warm", node)):
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        """SIGTERM: supervisord stops its nodes (Celery's warm shutdown), then exits."""
+        nodes: list[int] = []
+        if self.proc and self.proc.poll() is None:
+            out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True)
+            nodes = [int(x) for x in out.stdout.split()]  # each in a process group of its own
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(15)
+        for pid in nodes:  # a node a killed supervisord left behind
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if getattr(self, "fh", None) is not None:
+            self.fh.close()
+        self.redis.close()
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""

@@ -45,7 +45,7 @@ def _setup_observability(process: str, *, main: bool = False) -> None:
         # one directory per worker node: its children write there, its main process serves it
         metrics.configure_multiproc(s.metrics_dir / process.replace("@", "_"), wipe=True)
     if main and s.metrics_port:
-        metrics.start_worker_metrics_server(s.metrics_port)
+        metrics.start_worker_metrics_server(s.metrics_port + s.metrics_port_offset)
 
 
 def _warm() -> None:
@@ -79,7 +79,9 @@ def _after_setup(sender: str, instance: Any, **_: Any) -> None:
     _QUEUES.update(instance.app.amqp.queues.consume_from.keys())
     _POOL = str(getattr(instance, "pool_cls", "prefork"))
     if "prefork" not in _POOL.lower():
-        time_limits.enable()  # Celery enforces time limits only in prefork pools
+        # Celery enforces time limits only in prefork pools; a supervised solo node also exits
+        solo = "solo" in _POOL.lower()
+        time_limits.enable(exit_after_hard_limit=solo and get_resources().settings.exit_on_hard_time_limit)
     if _QUEUES and _QUEUES <= INTERACTIVE_QUEUES:
         # before the consumer connects: its channel reads these when it opens
         s = get_resources().settings

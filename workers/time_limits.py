@@ -11,6 +11,11 @@ every caller polling it would wait in vain. Here, in those pools:
   job with `timeout` once a task runs past it. A thread cannot be killed, so the call itself goes on
   until it returns, and its late finish is a no-op on the terminal job (the finish is atomic); the
   pool has one thread fewer meanwhile, which the error log line says.
+- a solo node with `exit_on_hard_time_limit` (set by infra/supervisor/retrieval.conf) then exits:
+  its one thread is stuck, so the node could serve nothing until the call returns. Its supervisor
+  starts it again under the same name, and the fresh node requeues the stuck message
+  (workers/inflight.py), whose redelivery finds its job terminal and does nothing. That is what the
+  prefork parent does to a child past the hard limit.
 - the soft limit raises `SoftTimeLimitExceeded` in a task running on the main thread (solo), from a
   `SIGALRM` timer, as prefork's SIGUSR1 does: the task's own handler turns it into its error result.
   A threads-pool task's calls are bounded by their own timeouts (the LLM gateway's per-call timeout,
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import threading
 import time
@@ -57,6 +63,7 @@ class _Watchdog:
         self._lock = threading.Lock()
         self._running: dict[str, _Running] = {}
         self._thread: threading.Thread | None = None
+        self.exit_after_expiry = False
 
     def add(self, entry: _Running) -> None:
         with self._lock:
@@ -79,6 +86,10 @@ class _Watchdog:
                     e.fired = True
             for e in due:
                 self._expire(e)
+            if due and self.exit_after_expiry:
+                log.error("exiting: this solo node's only thread is stuck; its supervisor starts a fresh one")
+                logging.shutdown()
+                os._exit(70)  # EX_SOFTWARE; no cleanup can be trusted with a thread stuck mid-call
 
     @staticmethod
     def _expire(e: _Running) -> None:
@@ -100,10 +111,12 @@ _watchdog = _Watchdog()
 _enabled = False
 
 
-def enable() -> None:
-    """This process's pool enforces no time limits itself (threads, solo)."""
+def enable(*, exit_after_hard_limit: bool = False) -> None:
+    """This process's pool enforces no time limits itself (threads, solo). `exit_after_hard_limit`:
+    a solo node under a supervisor (see the module docstring)."""
     global _enabled
     _enabled = True
+    _watchdog.exit_after_expiry = exit_after_hard_limit
 
 
 def limits_of(task: Any) -> tuple[float | None, float | None]:

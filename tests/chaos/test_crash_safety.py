@@ -36,6 +36,7 @@ from tests.chaos.conftest import (
     wait_terminal,
     wait_until,
 )
+from tests.fleet import SupervisedRetrieval
 from tests.integration.fake_llm_server import FakeLLM
 
 pytestmark = [pytest.mark.chaos, pytest.mark.redis, pytest.mark.workers, pytest.mark.model]
@@ -313,10 +314,11 @@ def test_poison_message_is_parked_after_max_redeliveries(
 ) -> None:
     marker = "POISON-PILL-7f3a"
     # one redelivery: every delivery of a poison message costs a prefork child and its model warm-up
+    # (the Procfile's supervised solo nodes: test_supervised_retrieval_nodes_...)
     s = isolated_settings(base_settings, tmp_path, chaos_kill_marker=marker, max_redeliveries=1)
     seed_documents(s, CORPUS)
     fleet: ChaosFleet = chaos_fleet_factory(s)
-    (retrieval, _gen) = fleet.start("retrieval", "generation")
+    (retrieval, _gen) = fleet.start("retrieval-prefork", "generation")
     jobs = jobs_for(s)
     t0 = time.time()
     job_id = enqueue(TaskName.QUERY, {"question": f"What is Redis? {marker}"}, settings=s)
@@ -350,7 +352,7 @@ def test_an_unhandled_error_and_a_hard_time_limit_each_end_their_job(
     """A job must end even when its task does not: an exception no task handles fails it with
     `internal`; a retrieval stuck where the soft limit cannot reach it is stopped by the hard
     limit (its prefork child killed) and fails with `timeout`. Both tell stream readers, and the
-    pool goes on answering."""
+    pool goes on answering. (A supervised solo node past its hard limit: see below.)"""
     error_marker, hang_marker = "BUG-" + uuid.uuid4().hex[:6], "HANG-" + uuid.uuid4().hex[:6]
     s = isolated_settings(
         base_settings,
@@ -361,7 +363,7 @@ def test_an_unhandled_error_and_a_hard_time_limit_each_end_their_job(
     )
     seed_documents(s, CORPUS)
     fleet: ChaosFleet = chaos_fleet_factory(s)
-    fleet.start("retrieval", "generation")
+    fleet.start("retrieval-prefork", "generation")
     events = JobEvents(get_redis(s), s)
 
     bug = enqueue(TaskName.QUERY, {"question": f"What is Redis? {error_marker}"}, settings=s)
@@ -384,3 +386,65 @@ def test_an_unhandled_error_and_a_hard_time_limit_each_end_their_job(
         s, enqueue(TaskName.QUERY, {"question": "What is Redis used as?"}, settings=s), 90, fleet
     )
     assert ok.status == JobStatus.DONE, (ok, fleet.logs())
+
+
+def test_supervised_retrieval_nodes_restart_after_a_poison_message_and_a_hard_time_limit(
+    base_settings: Settings, tmp_path: Any, chaos_fleet_factory: Any
+) -> None:
+    """The Procfile's retrieval pool: supervisord (infra/supervisor/retrieval.conf) running solo
+    nodes. A solo node has no parent to replace it, so what the prefork parent did is done by
+    supervisord (it restarts the node under its name) and by the node itself (it requeues at once
+    what it died holding, workers/inflight.py). A poison message kills the node on every delivery
+    and is parked after the redelivery cap; a query stuck past the hard limit fails with `timeout`
+    and the node exits so that a fresh one replaces it. The pool answers afterwards. The
+    visibility timeout is 120 s here: no sweep brings anything back within the test."""
+    poison, hang = "POISON-" + uuid.uuid4().hex[:6], "HANG-" + uuid.uuid4().hex[:6]
+    s = isolated_settings(
+        base_settings,
+        tmp_path,
+        chaos_kill_marker=poison,
+        chaos_hang_marker=hang,
+        max_redeliveries=1,
+        query_time_limit_s=8,  # soft 3 s (blocked by the hang marker), hard 8 s
+        interactive_visibility_timeout_s=120,
+    )
+    seed_documents(s, CORPUS)
+    fleet: ChaosFleet = chaos_fleet_factory(s)
+    retrieval = SupervisedRetrieval(s, fleet.log_dir, nodes=1).start()
+    try:
+        fleet.start("generation")
+        (node,) = retrieval.nodes
+        retrieval.wait_started(node)
+        events = JobEvents(get_redis(s), s)
+
+        t0 = time.time()
+        bad = enqueue(TaskName.QUERY, {"question": f"What is Redis? {poison}"}, settings=s)
+        rec = wait_terminal(s, bad, 120, fleet)
+        parked_after, runs = rec.updated_at - t0, rec.attempts
+        assert rec.status == JobStatus.FAILED and rec.error is not None, rec
+        assert rec.error.code == "worker_lost" and "parked" in rec.error.message, rec
+        assert runs == s.max_redeliveries + 1  # each run killed its node
+        retrieval.wait_started(node, times=s.max_redeliveries + 2)  # restarted after each death
+        assert [e.type for e in events.read(bad)][-1:] == ["error"]
+
+        t1 = time.monotonic()
+        stuck = enqueue(TaskName.QUERY, {"question": f"What is Redis? {hang}"}, settings=s)
+        rec = wait_terminal(s, stuck, 60, fleet)
+        stopped_after = time.monotonic() - t1
+        assert rec.status == JobStatus.FAILED and rec.error is not None, rec
+        assert rec.error.code == "timeout" and "hard time limit" in rec.error.message, rec
+        assert 8 <= stopped_after < 20
+        retrieval.wait_started(node, times=s.max_redeliveries + 3)  # the stuck node was replaced
+        assert "exiting: this solo node's only thread is stuck" in retrieval.output()
+
+        ok = enqueue(TaskName.QUERY, {"question": "What is Redis used as?"}, settings=s)
+        done = wait_terminal(s, ok, 60, fleet)
+        assert done.status == JobStatus.DONE, (done, retrieval.output()[-3000:])
+        assert get_redis(s).get(s.key("deliveries", stuck)) == "2"  # the stuck one came back once...
+        assert jobs_for(s).status(stuck) == JobStatus.FAILED  # ...found its job over, and did nothing
+        print(
+            f"\n[chaos] supervised solo retrieval: poison parked {parked_after:.1f} s after enqueue "
+            f"({runs} runs), hung query failed {stopped_after:.1f} s after enqueue (hard limit 8 s)"
+        )
+    finally:
+        retrieval.stop()

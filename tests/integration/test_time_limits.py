@@ -40,6 +40,14 @@ TASKS = textwrap.dedent(
         res.redis.set(res.settings.key("tl-done", payload["job_id"]), "1", ex=600)
 
 
+    @app.task(name="test.tl.hang", bind=True, base=RagfleetTask, time_limit=2, soft_time_limit=1)
+    def hang(self, *, payload):
+        import signal
+
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})  # where the soft limit cannot reach
+        time.sleep(float(payload["sleep"]))
+
+
     @app.task(name="test.tl.spin", bind=True, base=RagfleetTask, time_limit=20, soft_time_limit=1)
     def spin(self, *, payload):
         t0 = time.monotonic()
@@ -49,15 +57,17 @@ TASKS = textwrap.dedent(
 )
 
 
-def _worker(settings: Settings, tmp: Path, pool: str, queue: str) -> subprocess.Popen[bytes]:
+def _worker(
+    settings: Settings, tmp: Path, pool: str, queue: str, *, node: str = "", **env_extra: str
+) -> subprocess.Popen[bytes]:
     (tmp / "tl_tasks.py").write_text(TASKS)
-    env = settings_env(settings)
+    env = {**settings_env(settings), **env_extra}
     env["PYTHONPATH"] = f"{tmp}:{REPO}"
     log = (tmp / f"{pool}.log").open("ab")
     return subprocess.Popen(
         [
             sys.executable, "-m", "celery", "-A", "tl_tasks", "worker", "-Q", queue, "--pool", pool,
-            "-c", "2", "-n", f"tl-{pool}-{uuid.uuid4().hex[:6]}@test", "-l", "INFO",
+            "-c", "2", "-n", node or f"tl-{pool}-{uuid.uuid4().hex[:6]}@test", "-l", "INFO",
             "--without-mingle", "--without-gossip",
         ],
         cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -134,3 +144,29 @@ def test_solo_pool_soft_limit_interrupts_a_stuck_python_loop(tl: tuple[Settings,
     finally:
         worker.terminate()
         worker.wait(30)
+
+
+def test_supervised_solo_node_exits_past_the_hard_limit_leaving_its_message_to_its_restart(
+    tl: tuple[Settings, Path],
+) -> None:
+    """With `exit_on_hard_time_limit` (what infra/supervisor/retrieval.conf sets), a solo node whose
+    only thread is stuck past the hard limit fails the job, then exits, as a prefork child is killed:
+    its supervisor starts a fresh node. The stuck message is still unacknowledged and recorded under
+    the node's name, where the restarted node finds it (workers/inflight.py)."""
+    s, tmp = tl
+    r = redis.Redis.from_url(s.redis_url, decode_responses=True)
+    node = f"tl-solo-exit-{uuid.uuid4().hex[:6]}@test"
+    worker = _worker(s, tmp, "solo", "tl-solo-exit", node=node, RAGFLEET_EXIT_ON_HARD_TIME_LIMIT="true")
+    try:
+        stuck = _send(s, "test.tl.hang", "tl-solo-exit", sleep=30)
+        rec, _ = _wait_terminal(s, stuck, timeout=60)
+        assert rec["status"] == "failed" and "test.tl.hang exceeded its hard time limit (2 s)" in rec["error"]
+        code = worker.wait(10)  # far before the 30 s call could return
+        assert code == 70, code
+        assert "exiting: this solo node's only thread is stuck" in (tmp / "solo.log").read_text()
+        (tag,) = r.smembers(f"{s.broker_key_prefix}ragfleet.inflight.{node}")
+        assert r.hexists(f"{s.broker_key_prefix}unacked", tag)  # not lost: the restart requeues it
+    finally:
+        if worker.poll() is None:
+            worker.terminate()
+            worker.wait(30)
