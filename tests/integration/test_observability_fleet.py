@@ -212,7 +212,8 @@ def test_prometheus_scrapes_fleet_series_with_labels(ops: Ops) -> None:
 
 def test_task_events_of_both_pools_reach_an_event_receiver(ops: Ops) -> None:
     """What Flower sees: every task of a query sends task-received, -started and -succeeded (the
-    workers publish them from a thread of their own, workers/event_flusher.py)."""
+    generation worker publishes them from a thread of its own, a solo retrieval node after its task:
+    workers/event_flusher.py)."""
     import threading
 
     from workers.app import create_app
