@@ -44,11 +44,14 @@ def claim(settings: Settings, node: str) -> list[str]:
     pipe = r.pipeline(transaction=True)
     pipe.smembers(key)
     pipe.delete(key)
+    kombu_fixes.track_inflight(node)
     try:
         members, _ = pipe.execute()
+    except redis.RedisError as exc:  # a broker that is down: start anyway and wait for it, as Celery does
+        log.warning("could not read what %s held before it restarted: %s", node, exc)
+        return []
     finally:
         r.close()
-    kombu_fixes.track_inflight(node)
     return sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
 
 
