@@ -12,6 +12,9 @@ import random
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -36,7 +39,7 @@ from tests.chaos.conftest import (
     wait_terminal,
     wait_until,
 )
-from tests.fleet import SupervisedRetrieval
+from tests.fleet import SupervisedRetrieval, Worker
 from tests.integration.fake_llm_server import FakeLLM
 
 pytestmark = [pytest.mark.chaos, pytest.mark.redis, pytest.mark.workers, pytest.mark.model]
@@ -206,9 +209,21 @@ def test_retrieval_worker_sigkilled_mid_query_job_completes_after_redelivery(
     assert deliveries(s, job_id) == 2
 
 
-def test_generation_worker_sigkilled_mid_generation_job_completes_after_redelivery(
-    base_settings: Settings, tmp_path: Any, chaos_fleet_factory: Any
-) -> None:
+@dataclass
+class HeldQuery:
+    """A query whose generation worker is stuck in an LLM call that hangs (a real local server)."""
+
+    llm: FakeLLM
+    settings: Settings
+    fleet: ChaosFleet
+    gen: Worker
+    job_id: str
+
+
+@contextmanager
+def generation_holding_a_query(
+    base_settings: Settings, tmp_path: Any, chaos_fleet_factory: Any, **update: Any
+) -> Iterator[HeldQuery]:
     llm = FakeLLM(answer="Redis is used as a message broker and a cache [1].").start()
     llm.mode, llm.hang_s = "hang", 40.0  # the first call holds the generation worker until it dies
     try:
@@ -219,6 +234,7 @@ def test_generation_worker_sigkilled_mid_generation_job_completes_after_redelive
             llm_base_url=llm.url,
             llm_timeout_s=45.0,
             llm_max_retries=0,
+            **update,
         )
         seed_documents(s, CORPUS)
         fleet: ChaosFleet = chaos_fleet_factory(s)
@@ -229,6 +245,17 @@ def test_generation_worker_sigkilled_mid_generation_job_completes_after_redelive
             jobs.get(job_id),
             fleet.logs(),
         )
+        yield HeldQuery(llm, s, fleet, gen, job_id)
+    finally:
+        llm.stop()
+
+
+def test_generation_worker_sigkilled_mid_generation_job_completes_after_redelivery(
+    base_settings: Settings, tmp_path: Any, chaos_fleet_factory: Any
+) -> None:
+    with generation_holding_a_query(base_settings, tmp_path, chaos_fleet_factory) as held:
+        llm, s, fleet, gen, job_id = held.llm, held.settings, held.fleet, held.gen, held.job_id
+        jobs = jobs_for(s)
         gen.kill()
         killed_at, killed_mono = time.time(), time.monotonic()
         llm.mode = "ok"  # the provider recovers; only the worker was lost
@@ -250,8 +277,6 @@ def test_generation_worker_sigkilled_mid_generation_job_completes_after_redelive
         assert rec.result["answer"] == llm.answer and not rec.result["degraded"]
         assert llm.calls == 2  # one call per delivery, no more
         assert deliveries(s, f"{job_id}:gen") == 2
-    finally:
-        llm.stop()
 
 
 def test_generation_node_restarted_under_its_name_requeues_what_it_died_holding_at_once(
@@ -261,28 +286,12 @@ def test_generation_node_restarted_under_its_name_requeues_what_it_died_holding_
     same `-n` name. The restarted node requeues that message itself as it starts
     (workers/inflight.py), not one visibility timeout later: the timeout is 120 s here, so the
     sweep cannot be what brings it back."""
-    llm = FakeLLM(answer="Redis is used as a message broker and a cache [1].").start()
-    llm.mode, llm.hang_s = "hang", 40.0
-    try:
-        s = isolated_settings(
-            base_settings,
-            tmp_path,
-            generator="openai",
-            llm_base_url=llm.url,
-            llm_timeout_s=45.0,
-            llm_max_retries=0,
-            interactive_visibility_timeout_s=120,
-        )
-        seed_documents(s, CORPUS)
-        fleet: ChaosFleet = chaos_fleet_factory(s)
-        _ret, gen = fleet.start("retrieval", "generation")
-        jobs, r = jobs_for(s), get_redis(s)
+    with generation_holding_a_query(
+        base_settings, tmp_path, chaos_fleet_factory, interactive_visibility_timeout_s=120
+    ) as query:
+        llm, s, fleet, gen, job_id = query.llm, query.settings, query.fleet, query.gen, query.job_id
+        r = get_redis(s)
         held = f"{s.broker_key_prefix}ragfleet.inflight.{gen.node}"
-        job_id = enqueue(TaskName.QUERY, {"question": "What is Redis used as?"}, settings=s)
-        assert wait_until(lambda: llm.calls >= 1 and jobs.status(job_id) == JobStatus.GENERATING, 30), (
-            jobs.get(job_id),
-            fleet.logs(),
-        )
         # the node records the tag it holds, beside kombu's own unacked entry for it
         (tag,) = r.smembers(held)
         assert r.hexists(f"{s.broker_key_prefix}unacked:interactive", tag)
@@ -305,8 +314,6 @@ def test_generation_node_restarted_under_its_name_requeues_what_it_died_holding_
         assert deliveries(s, f"{job_id}:gen") == 2  # counted as a redelivery by the cap
         assert "requeued 1 message(s) that the previous run" in restarted.output()
         assert wait_until(lambda: r.scard(held) == 0, 10)  # acked: the node holds nothing now
-    finally:
-        llm.stop()
 
 
 def test_poison_message_is_parked_after_max_redeliveries(
