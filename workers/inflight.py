@@ -40,7 +40,9 @@ def claim(settings: Settings, node: str) -> list[str]:
     the tags returned are only the previous run's."""
     key = settings.broker_key_prefix + kombu_fixes.inflight_key(node)
     timeout = settings.redis_socket_timeout_s
-    r = redis.Redis.from_url(settings.broker, socket_timeout=timeout, socket_connect_timeout=timeout)
+    r = redis.Redis.from_url(
+        settings.broker, socket_timeout=timeout, socket_connect_timeout=timeout, decode_responses=True
+    )
     pipe = r.pipeline(transaction=True)
     pipe.smembers(key)
     pipe.delete(key)
@@ -52,7 +54,7 @@ def claim(settings: Settings, node: str) -> list[str]:
         return []
     finally:
         r.close()
-    return sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
+    return sorted(members)
 
 
 def requeue(consumer: Any, node: str, tags: list[str], *, ping_timeout_s: float = 1.0) -> int:
