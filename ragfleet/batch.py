@@ -33,7 +33,7 @@ from typing import Any
 import redis
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ragfleet.jobs import JobStore
+from ragfleet.jobs import JobStore, parse_record
 from ragfleet.names import Priority, TaskName
 from ragfleet.producer import enqueue
 from ragfleet.schemas import TERMINAL, ErrorCode, JobStatus, QueryPayload
@@ -294,10 +294,15 @@ class Batches:
     def status(self, batch_id: str, *, reconcile: bool = True) -> BatchStatus | None:
         if reconcile and self.jobs.status(batch_id) == JobStatus.RUNNING:
             self.reconcile(batch_id)
-        rec = self.jobs.get(batch_id)
+        # progress and cursor in one MULTI: a question finishing between two reads would count its
+        # successor's claim but not itself, and show one more in flight than the window allows
+        pipe = self._r.pipeline(transaction=True)
+        pipe.hgetall(self.jobs.key(batch_id))
+        pipe.get(self.key(batch_id, "cursor"))
+        raw, cursor = pipe.execute()
+        rec = parse_record(raw) if raw else None
         if rec is None or rec.kind != "batch":
             return None
-        cursor = self._r.get(self.key(batch_id, "cursor"))
         p = rec.progress
         return BatchStatus(
             batch_id=batch_id,
