@@ -12,10 +12,12 @@ line `{"type": "heartbeat"}` without an id, which clients skip.
 
 If a job ends without a terminal event (its record was failed by a path that writes no event, or
 the stream expired before the record), the end is synthesized from the job record, without an id.
+
+The route itself is `api_shim.routes.queries.stream_router`; this module holds the reader, the
+follow loop and the framing.
 """
 
-# No `from __future__ import annotations`: FastAPI resolves the dependency annotations built in
-# `stream_router`'s scope at runtime.
+from __future__ import annotations
 
 import asyncio
 import json
@@ -23,14 +25,10 @@ import re
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable
-from typing import Annotated, Any
+from typing import Any
 
 import redis.asyncio as aioredis
-from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request
-from fastapi.responses import StreamingResponse
 
-from api_shim.auth import Caller
-from api_shim.models import JOB_ID_MAX, error_responses
 from ragfleet.events import TERMINAL_EVENTS, end_key
 from ragfleet.jobs import JobStore
 from ragfleet.schemas import TERMINAL
@@ -178,81 +176,3 @@ async def follow(
         if time.monotonic() - last_sent >= heartbeat_s:
             yield None
             last_sent = time.monotonic()
-
-
-def stream_router(
-    s: Settings,
-    jobs: JobStore,
-    caller: Callable[..., Any],
-    error_codes: tuple[int, ...],
-    events_reader: AsyncEventReader | None = None,
-) -> APIRouter:
-    """Built per app, with the app's own caller dependency (auth, tenant, rate limit)."""
-    router = APIRouter(tags=["queries"])
-    reader = events_reader or AsyncEventReader(s)
-    CallerDep = Annotated[Caller, Depends(caller)]  # noqa: N806
-
-    @router.get(
-        "/v1/queries/{job_id}/stream",
-        responses={
-            200: {
-                "description": "The job's events: NDJSON lines `{id, type, data}`, or SSE frames "
-                "(`id:`, `event:`, `data:`) with `Accept: text/event-stream`.",
-                "content": {NDJSON: {"schema": {"type": "string"}}, SSE: {"schema": {"type": "string"}}},
-            },
-            422: {"description": "`after` / `Last-Event-ID` is not a stream id."},
-            **error_responses(404, *error_codes),
-        },
-        response_class=StreamingResponse,
-        summary="Stream a query's sources, answer chunks and completion",
-    )
-    async def stream_query(
-        request: Request,
-        job_id: Annotated[str, Path(min_length=1, max_length=JOB_ID_MAX)],
-        who: CallerDep,
-        after: Annotated[
-            str,
-            Query(
-                max_length=41,
-                pattern=RESUME_ID,
-                description="Resume after this event id (NDJSON; SSE uses Last-Event-ID).",
-            ),
-        ] = "",
-        # plain strings with "" as "absent": a header has no null, and fuzzers send the text "null"
-        last_event_id: Annotated[str, Header(max_length=41, pattern=RESUME_ID)] = "",
-        accept: Annotated[str | None, Header()] = None,
-    ) -> StreamingResponse:
-        record = await jobs_get_tenant(job_id)
-        if record is None or record != who.tenant:
-            raise HTTPException(404, "job not found")
-        resume = last_event_id or after or "0-0"
-        if not EVENT_ID.fullmatch(resume):
-            raise HTTPException(422, "after / Last-Event-ID must be a stream id like 1700000000000-0")
-        use_sse = SSE in (accept or "")
-        events = follow(
-            reader,
-            jobs,
-            job_id,
-            resume,
-            max_s=s.stream_max_s,
-            heartbeat_s=s.stream_heartbeat_s,
-            is_disconnected=request.is_disconnected,
-        )
-
-        async def body() -> AsyncIterator[bytes]:
-            if use_sse:
-                yield b"retry: 1000\n\n"
-            async for ev in events:
-                if ev is None:
-                    yield b": keep-alive\n\n" if use_sse else ndjson_line({"type": "heartbeat"})
-                else:
-                    yield sse_frame(ev) if use_sse else ndjson_line(ev)
-
-        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        return StreamingResponse(body(), media_type=SSE if use_sse else NDJSON, headers=headers)
-
-    async def jobs_get_tenant(job_id: str) -> str | None:
-        tenant = await reader.client().hget(jobs.key(job_id), "tenant")
-        return None if tenant is None else str(tenant)
-
-    return router

@@ -35,9 +35,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ragfleet.jobs import JobStore, parse_record
 from ragfleet.names import Priority, TaskName
-from ragfleet.producer import enqueue
 from ragfleet.schemas import TERMINAL, ErrorCode, JobStatus, QueryPayload
 from ragfleet.settings import Settings
+from ragfleet.submission import NewJob, submit_job
 
 log = logging.getLogger(__name__)
 
@@ -251,21 +251,23 @@ class Batches:
         tenant = str(tenant_raw or self._s.default_tenant)
         request_id = None if rid_raw is None else str(rid_raw)
         job_id = item_job_id(batch_id, index)
-        self.jobs.create(
-            job_id, "query", tenant=str(tenant), request_id=request_id, extra={"batch_id": batch_id}
-        )
+        extra = {"batch_id": batch_id}
         if raw is None:  # expired with its batch: count it so the batch can end
+            self.jobs.create(job_id, "query", tenant=tenant, request_id=request_id, extra=extra)
             self.jobs.fail(job_id, ErrorCode.NOT_FOUND, "batch question expired")
             self.advance(batch_id, index, ok=False, claims=0)
             return
         q = {k: v for k, v in json.loads(raw).items() if k != "id"}
         payload = {**q, "tenant": tenant, "batch_id": batch_id, "request_id": request_id}
+        job = NewJob(TaskName.QUERY, "query", payload, job_id, tenant, request_id, Priority.BATCH, extra)
         try:
-            enqueue(TaskName.QUERY, payload, settings=self._s, job_id=job_id, priority=Priority.BATCH)
+            submit_job(self._r, self.jobs, job, self._s)
         except Exception as exc:  # a broker blip must not strand the whole batch
             log.warning("batch %s: could not enqueue question %d: %s", batch_id, index, exc)
             # count it, but claim nothing: a dead broker must not cascade through the whole batch
-            # (`reconcile` refills an empty window later)
+            # (`reconcile` refills an empty window later). The record is created here (the MULTI
+            # left none) so that the failure is counted and readable in the results.
+            self.jobs.create(job_id, "query", tenant=tenant, request_id=request_id, extra=extra)
             if self.jobs.fail(job_id, ErrorCode.UNAVAILABLE, f"could not enqueue: {exc}"):
                 self.advance(batch_id, index, ok=False, claims=0)
 

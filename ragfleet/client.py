@@ -1,7 +1,8 @@
 """Python client for other services: no torch, no store clients, only the JSON contract.
 
-Two transports with the same methods: `BrokerTransport` sends tasks by name with `send_task` and
-reads job records and event streams from Redis (what a Celery-speaking service would do);
+Two transports with the same methods: `BrokerTransport` starts jobs by task name (the job record and
+its Celery task message in one MULTI, `ragfleet.submission`, as the API does) and reads job records
+and event streams from Redis;
 `HttpTransport` talks to api_shim. Both return plain dicts shaped like `ragfleet.schemas.JobRecord`,
 events as `{"id", "type", "data"}` and batch results as one dict per question in input order.
 """
@@ -21,10 +22,10 @@ from ragfleet.batch import Batches, normalize_questions
 from ragfleet.events import TERMINAL_EVENTS, JobEvents
 from ragfleet.jobs import JobStore
 from ragfleet.names import Priority, TaskName
-from ragfleet.producer import enqueue
 from ragfleet.redis_conn import get_redis
 from ragfleet.schemas import TERMINAL
 from ragfleet.settings import Settings, get_settings
+from ragfleet.submission import NewJob, submit_job
 
 _TERMINAL = {s.value for s in TERMINAL}
 _JOB_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -68,10 +69,10 @@ class BrokerTransport:
     def submit(self, task: TaskName, payload: dict[str, Any], *, kind: str, priority: Priority) -> str:
         job_id = payload.get("job_id") or uuid.uuid4().hex
         tenant = str(payload.get("tenant") or self.settings.default_tenant)
-        self._jobs.create(job_id, kind, tenant=tenant, request_id=payload.get("request_id"))
-        return enqueue(
-            task, {**payload, "tenant": tenant}, settings=self.settings, job_id=job_id, priority=priority
+        job = NewJob(
+            task, kind, {**payload, "tenant": tenant}, job_id, tenant, payload.get("request_id"), priority
         )
+        return submit_job(get_redis(self.settings), self._jobs, job, self.settings)
 
     def job(self, job_id: str) -> dict[str, Any] | None:
         rec = self._jobs.get(job_id)

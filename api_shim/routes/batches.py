@@ -8,10 +8,10 @@ their latency while a batch runs.
 """
 
 # No `from __future__ import annotations`: FastAPI resolves the dependency annotations built in
-# `batch_router`'s scope at runtime.
+# `batches_router`'s scope at runtime.
 
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from functools import partial
 from itertools import islice
 from typing import Annotated, Any
@@ -22,9 +22,9 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from api_shim.auth import Caller
+from api_shim.deps import ApiDeps
 from api_shim.models import JOB_ID_MAX, NOT_BLANK, error_responses
 from ragfleet.batch import BatchError, Batches, normalize_questions, parse_jsonl
-from ragfleet.redis_conn import get_redis
 from ragfleet.schemas import MetadataValue, SearchMode
 from ragfleet.settings import Settings
 
@@ -136,18 +136,14 @@ def _models(s: Settings) -> type[BaseModel]:
     return BatchRequest
 
 
-def batch_router(
-    s: Settings,
-    caller: Callable[..., Any],
-    request_id: Callable[..., Any],
-    error_codes: tuple[int, ...],
-) -> APIRouter:
+def batches_router(deps: ApiDeps) -> APIRouter:
     """Built per app, with the app's own caller (auth, tenant, rate limit) and request-id dependencies."""
     router = APIRouter(tags=["batches"])
-    batches = Batches(get_redis(s), s)
+    s, error_codes = deps.settings, deps.error_codes
+    batches = Batches(deps.rds, s)
     request_model = _models(s)
-    CallerDep = Annotated[Caller, Depends(caller)]  # noqa: N806
-    RequestId = Annotated[str, Depends(request_id)]  # noqa: N806
+    CallerDep = Annotated[Caller, Depends(deps.caller)]  # noqa: N806
+    RequestId = Annotated[str, Depends(deps.request_id)]  # noqa: N806
     BatchId = Annotated[str, Path(min_length=1, max_length=JOB_ID_MAX)]  # noqa: N806
     publish_timeout_s = max(5.0, 4 * s.redis_socket_timeout_s)
 

@@ -1,0 +1,68 @@
+"""A new job: its record and its message, in one MULTI (both or neither).
+
+The one way the API, the Python client over the broker and batch dispatch start a job. What must
+stay true: no job record without its message on the queue (a producer would poll a `queued` job
+that never runs), and no message without its record (a worker would run a job nobody can read).
+Redis runs a MULTI whole or not at all, and the broker is that Redis, so one transaction holds
+both: the idempotent create (`JobStore.queue_create`) and the LPUSH of the task message
+(`ragfleet.producer.enqueue_on`). One round trip, no kombu publish, no worker thread in the API.
+
+A failed `execute` leaves nothing behind, except when the reply is lost (a timeout): the MULTI
+may then have run, and the caller decides what to tell its client (the API marks the job failed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+import redis.asyncio
+
+from ragfleet.jobs import AnyPipeline, JobStore
+from ragfleet.names import Priority, TaskName
+from ragfleet.producer import enqueue_on
+from ragfleet.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """What a job is born with: the task that runs it, its record's kind, owner and request id."""
+
+    task: TaskName
+    kind: str
+    payload: dict[str, Any]
+    job_id: str
+    tenant: str
+    request_id: str | None = None
+    priority: Priority = Priority.DEFAULT
+    extra: dict[str, str] | None = None
+
+
+def queue_new_job(pipe: AnyPipeline, jobs: JobStore, job: NewJob, settings: Settings) -> str:
+    """Queue the record's create and the job's message onto `pipe` (sync or asyncio); returns the
+    job id. The caller executes `pipe`, which must be a transaction for the both-or-neither rule."""
+    jobs.queue_create(pipe, job.job_id, job.kind, job.tenant, job.request_id, job.extra)
+    enqueue_on(pipe, job.task, job.payload, settings=settings, job_id=job.job_id, priority=job.priority)
+    return job.job_id
+
+
+def submit_job(client: redis.Redis, jobs: JobStore, job: NewJob, settings: Settings) -> str:
+    """`queue_new_job` in a MULTI on a synchronous client (the client library, batch dispatch)."""
+    pipe = client.pipeline(transaction=True)
+    queue_new_job(pipe, jobs, job, settings)
+    pipe.execute()
+    return job.job_id
+
+
+async def submit_job_async(
+    client: redis.asyncio.Redis, jobs: JobStore, job: NewJob, settings: Settings
+) -> str:
+    """`queue_new_job` in a MULTI on redis.asyncio (the API: no thread per request)."""
+    pipe = client.pipeline(transaction=True)
+    queue_new_job(pipe, jobs, job, settings)
+    await pipe.execute()
+    return job.job_id
+
+
+__all__ = ["NewJob", "queue_new_job", "submit_job", "submit_job_async"]
