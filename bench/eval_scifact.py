@@ -36,6 +36,7 @@ from ragfleet.chunking import chunk_text
 from ragfleet.corpus import read_documents
 from ragfleet.evaluation import DEFAULT_DATA_DIR, Dataset, load_dataset, score
 from ragfleet.settings import Settings
+from ragfleet.stores.fusion import fuse_minmax
 
 OUT = Path(__file__).resolve().parent / "out"
 CACHE = Path("/tmp/ragfleet-eval")
@@ -133,15 +134,6 @@ def build_store(data: Dataset, settings: Settings) -> Any:
 
 
 # --- sweep: replay the fusion over raw candidate lists ------------------------------------------
-def _minmax(scores: dict[str, float]) -> dict[str, float]:
-    if not scores:
-        return {}
-    lo, hi = min(scores.values()), max(scores.values())
-    if hi - lo < 1e-12:
-        return dict.fromkeys(scores, 1.0)
-    return {k: (v - lo) / (hi - lo) for k, v in scores.items()}
-
-
 Cands = list[tuple[str, str, float]]  # (chunk_id, doc_id, score), best first
 
 
@@ -172,14 +164,10 @@ def fuse(dense: Cands, sparse: Cands, *, weight: float, candidates: int, collaps
             dd[doc] = max(dd.get(doc, -1e9), sc)
         for _, doc, sc in s:
             ss[doc] = max(ss.get(doc, -1e9), sc)
-        dn, sn = _minmax(dd), _minmax(ss)
-        fused = {k: weight * dn.get(k, 0.0) + (1 - weight) * sn.get(k, 0.0) for k in dn.keys() | sn.keys()}
-        return [k for k, _ in sorted(fused.items(), key=lambda kv: -kv[1])]
+        return [k for k, _ in fuse_minmax(dd, ss, dense_weight=weight)]
     doc_of = {c: doc for c, doc, _ in d + s}
-    dn = _minmax({c: sc for c, _, sc in d})
-    sn = _minmax({c: sc for c, _, sc in s})
-    fused = {k: weight * dn.get(k, 0.0) + (1 - weight) * sn.get(k, 0.0) for k in dn.keys() | sn.keys()}
-    return list(dict.fromkeys(doc_of[c] for c, _ in sorted(fused.items(), key=lambda kv: -kv[1])))
+    fused = fuse_minmax({c: sc for c, _, sc in d}, {c: sc for c, _, sc in s}, dense_weight=weight)
+    return list(dict.fromkeys(doc_of[c] for c, _ in fused))
 
 
 def sweep(data: Dataset, store: Any, settings: Settings) -> list[dict[str, Any]]:

@@ -3,10 +3,11 @@
     python bench/grounding_tune.py [SCIFACT_DIR] [--sweep]
 
 Retrieval is a small in-process hybrid (bm25s with Snowball stemming + all-MiniLM-L6-v2 dense,
-min-max fused 0.5/0.5 over the whole corpus), so that the answerer is measured on realistic top-5
-passages rather than on the gold abstract. Corpus embeddings are cached under /tmp (never in the
-repo; the data set is CC BY-NC and is read in place). `--sweep` grid-searches the general weights
-of `ScoringParams`; the chosen defaults live in ragfleet/generation/extractive.py.
+min-max fused 0.5/0.5 over the whole corpus by `ragfleet.stores.fusion`, as the store fuses), so
+that the answerer is measured on realistic top-5 passages rather than on the gold abstract. Corpus
+embeddings are cached under /tmp (never in the repo; the data set is CC BY-NC and is read in place).
+`--sweep` grid-searches the general weights of `ScoringParams`; the chosen defaults live in
+ragfleet/generation/extractive.py.
 
 Prints hit@1 / hit@3 over evidence.jsonl rows (hit@k: one of the first k quotes equals, after
 whitespace normalisation, one of the row's rationale sentences) and the answerer's p50 latency;
@@ -36,6 +37,7 @@ from ragfleet.embedding import Embedder
 from ragfleet.generation.extractive import DEFAULT_PARAMS, ScoringParams, answer_from_passages
 from ragfleet.schemas import Source
 from ragfleet.settings import Settings
+from ragfleet.stores.fusion import fuse_minmax
 
 TOP_K = 5
 OUT = Path(__file__).resolve().parent / "out"
@@ -43,11 +45,6 @@ OUT = Path(__file__).resolve().parent / "out"
 
 def _norm(text: str) -> str:
     return " ".join(text.split())
-
-
-def _minmax(x: np.ndarray) -> np.ndarray:
-    lo, hi = float(x.min()), float(x.max())
-    return (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
 
 
 def load(data: Path) -> tuple[list[dict[str, str]], dict[str, str], list[dict[str, object]]]:
@@ -89,8 +86,10 @@ def retrieve(data: Path) -> tuple[dict[str, list[Source]], list[dict[str, object
     for qid, qv in zip(qids, qvecs, strict=True):
         tokens = bm25s.tokenize([queries[qid]], stemmer=stemmer, return_ids=False, show_progress=False)[0]
         sparse = bm25.get_scores([t for t in tokens if t in bm25.vocab_dict])
-        fused = 0.5 * _minmax(vecs @ qv) + 0.5 * _minmax(np.asarray(sparse, dtype=np.float32))
-        top = np.argsort(-fused)[:TOP_K]
+        dense = dict(enumerate((vecs @ qv).tolist()))
+        ranked = fuse_minmax(dense, dict(enumerate(np.asarray(sparse, dtype=np.float32).tolist())))
+        fused = dict(ranked[:TOP_K])
+        top = list(fused)
         out[qid] = [
             Source(
                 n=i + 1,

@@ -22,6 +22,7 @@ import pyarrow as pa
 
 from ragfleet.schemas import MetadataValue, SearchMode
 from ragfleet.stores.base import ChunkRecord, SearchHit, tags_for
+from ragfleet.stores.fusion import fuse_minmax
 
 _HIT_COLUMNS = ["chunk_id", "doc_id", "chunk_index", "text", "title", "start", "end", "metadata"]
 ANN_MIN_ROWS = 100_000  # below this, exact search is fast enough (~16 ms at 20k) and exact
@@ -53,15 +54,6 @@ def _schema(dim: int) -> pa.Schema:
             pa.field("vector", pa.list_(pa.float32(), dim)),
         ]
     )
-
-
-def _minmax(scores: dict[str, float]) -> dict[str, float]:
-    if not scores:
-        return {}
-    lo, hi = min(scores.values()), max(scores.values())
-    if hi - lo < 1e-12:
-        return {k: 1.0 for k in scores}
-    return {k: (v - lo) / (hi - lo) for k, v in scores.items()}
 
 
 class LanceDBStore:
@@ -370,19 +362,16 @@ class LanceDBStore:
             dense = self._hits(rows, "_distance", distance=True)
         if want_fts:
             sparse = self._hits(pending.result() if pending else fts_rows(), "_score", distance=False)
-        if mode == "vector":
-            ranked = {k: v[0] for k, v in dense.items()}
-        elif mode == "fts":
-            ranked = {k: v[0] for k, v in sparse.items()}
+        if mode == "hybrid":
+            best = fuse_minmax(
+                {k: v[0] for k, v in dense.items()},
+                {k: v[0] for k, v in sparse.items()},
+                dense_weight=dense_weight,
+            )[:top_k]
         else:
-            d = _minmax({k: v[0] for k, v in dense.items()})
-            s = _minmax({k: v[0] for k, v in sparse.items()})
-            ranked = {
-                k: dense_weight * d.get(k, 0.0) + (1.0 - dense_weight) * s.get(k, 0.0)
-                for k in d.keys() | s.keys()
-            }
+            ranked = {k: v[0] for k, v in (dense if mode == "vector" else sparse).items()}
+            best = sorted(ranked.items(), key=lambda kv: kv[1], reverse=True)[:top_k]
         rows_by_id = {k: v[1] for k, v in {**sparse, **dense}.items()}
-        best = sorted(ranked.items(), key=lambda kv: kv[1], reverse=True)[:top_k]
         return [_hit(rows_by_id[cid], score) for cid, score in best]
 
     # -- maintenance -----------------------------------------------------------------------------
