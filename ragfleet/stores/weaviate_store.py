@@ -22,8 +22,6 @@ replace of that document removes (the call is idempotent).
 
 from __future__ import annotations
 
-import json
-import re
 import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -31,43 +29,29 @@ from urllib.parse import urlsplit
 
 from ragfleet.schemas import MetadataValue, SearchMode
 from ragfleet.stores.base import ChunkRecord, SearchHit, tags_for
+from ragfleet.stores.weaviate_schema import (
+    HIT_PROPS,
+    RETURN_PROPS,
+    SEARCH_PROPS,
+    VECTOR_NAME,
+    collection_name_for,
+    create_collection,
+    similarity,
+    to_hit,
+    to_properties,
+    to_record,
+    vector_of,
+)
 
 if TYPE_CHECKING:
     from weaviate import WeaviateClient
     from weaviate.collections import Collection
     from weaviate.collections.classes.filters import _Filters
 
-VECTOR_NAME = "default"
 WRITE_BATCH = 200  # objects per gRPC batch request: well under the server's message size limit
 PAGE = 1_000  # offset paging; offset + limit must stay under QUERY_MAXIMUM_RESULTS (10 000 by default)
 _ID_GROUP = 50  # documents per filtered read, so one read stays far below QUERY_MAXIMUM_RESULTS
 _DELETE_GROUP = 500
-_RETURN_PROPS = [
-    "chunk_id",
-    "doc_id",
-    "tenant",
-    "chunk_index",
-    "text",
-    "title",
-    "start_char",
-    "end_char",
-    "content_hash",
-    "embedding_model",
-    "metadata_json",
-]
-_HIT_PROPS = ["chunk_id", "doc_id", "chunk_index", "text", "title", "start_char", "end_char", "metadata_json"]
-_SEARCH_PROPS = ["text"]  # the same field LanceDB's FTS indexes, so both stores rank on the same text
-
-
-def collection_name_for(name: str) -> str:
-    """`chunks_v3` -> `Ragfleet_chunks_v3`: a valid, namespaced Weaviate class name.
-
-    Characters outside `[0-9A-Za-z_]` become `_`, so `a-b` and `a_b` map to the same class: pick
-    logical names that differ in more than punctuation.
-    """
-    if not name:
-        raise ValueError("collection name is empty")
-    return "Ragfleet_" + re.sub(r"[^0-9A-Za-z_]", "_", name)
 
 
 def _endpoint(url: str) -> tuple[str, int, bool]:
@@ -138,7 +122,7 @@ class WeaviateStore:
                 from weaviate.exceptions import UnexpectedStatusCodeError
 
                 try:
-                    self._create(client)
+                    create_collection(client, self.collection_name, logical_name=self.name, dim=self.dim)
                 except UnexpectedStatusCodeError:
                     # another process created it between exists() and create()
                     if not client.collections.exists(self.collection_name):
@@ -146,62 +130,6 @@ class WeaviateStore:
             # one gRPC round trip: a wrong gRPC port fails here, at start-up, not in the first query
             client.collections.use(self.collection_name).query.fetch_objects(limit=1, return_properties=[])
             self._ready = True
-
-    def _create(self, client: WeaviateClient) -> None:
-        from weaviate.classes.config import (
-            Configure,
-            DataType,
-            Property,
-            Tokenization,
-            VectorDistances,
-        )
-
-        def key(name: str, dtype: Any = DataType.TEXT) -> Property:
-            return Property(
-                name=name,
-                data_type=dtype,
-                tokenization=Tokenization.FIELD,
-                index_filterable=True,
-                index_searchable=False,
-            )
-
-        def plain(name: str, dtype: Any, *, filterable: bool = False) -> Property:
-            return Property(name=name, data_type=dtype, index_filterable=filterable, index_searchable=False)
-
-        client.collections.create(
-            self.collection_name,
-            description=f"ragfleet chunks ({self.name}, dim {self.dim})",
-            vector_config=Configure.Vectors.self_provided(
-                name=VECTOR_NAME,
-                vector_index_config=Configure.VectorIndex.hnsw(distance_metric=VectorDistances.COSINE),
-            ),
-            properties=[
-                key("chunk_id"),
-                key("doc_id"),
-                key("tenant"),
-                key("content_hash"),
-                key("embedding_model"),
-                key("tags", DataType.TEXT_ARRAY),
-                plain("chunk_index", DataType.INT, filterable=True),
-                Property(
-                    name="text",
-                    data_type=DataType.TEXT,
-                    tokenization=Tokenization.WORD,
-                    index_filterable=False,
-                    index_searchable=True,
-                ),
-                Property(
-                    name="title",
-                    data_type=DataType.TEXT,
-                    tokenization=Tokenization.WORD,
-                    index_filterable=False,
-                    index_searchable=True,
-                ),
-                plain("start_char", DataType.INT),
-                plain("end_char", DataType.INT),
-                plain("metadata_json", DataType.TEXT),
-            ],
-        )
 
     def refresh(self) -> None:
         """Reads always go to the server, so there is no snapshot to move."""
@@ -291,7 +219,7 @@ class WeaviateStore:
             res = coll.data.insert_many(
                 [
                     DataObject(
-                        properties=_properties(r),
+                        properties=to_properties(r),
                         uuid=self.uuid_for(r.chunk_id),
                         vector={VECTOR_NAME: list(r.vector)},
                     )
@@ -360,7 +288,7 @@ class WeaviateStore:
                 ]
             )
             for o in self._fetch_all(where, ["content_hash"], include_vector=True):
-                vec = _vector(o)
+                vec = vector_of(o)
                 if vec is not None:
                     out.setdefault(str(o.properties["content_hash"]), vec)
         return out
@@ -374,9 +302,9 @@ class WeaviateStore:
     def iter_chunks(self, batch_size: int = 1_000) -> Iterator[list[ChunkRecord]]:
         batch: list[ChunkRecord] = []
         for o in self._coll().iterator(
-            include_vector=True, return_properties=_RETURN_PROPS, cache_size=batch_size
+            include_vector=True, return_properties=RETURN_PROPS, cache_size=batch_size
         ):
-            batch.append(_record(o))
+            batch.append(to_record(o))
             if len(batch) >= batch_size:
                 yield batch
                 batch = []
@@ -410,20 +338,20 @@ class WeaviateStore:
                 target_vector=VECTOR_NAME,
                 limit=top_k,
                 filters=where,
-                return_properties=_HIT_PROPS,
+                return_properties=HIT_PROPS,
                 return_metadata=MetadataQuery(distance=True),
             )
-            return [_hit(o, _similarity(o)) for o in res.objects]
+            return [to_hit(o, similarity(o)) for o in res.objects]
         if mode == "fts":
             res = coll.query.bm25(
                 query=str(text),
-                query_properties=_SEARCH_PROPS,
+                query_properties=SEARCH_PROPS,
                 limit=top_k,
                 filters=where,
-                return_properties=_HIT_PROPS,
+                return_properties=HIT_PROPS,
                 return_metadata=MetadataQuery(score=True),
             )
-            return [_hit(o, float(o.metadata.score or 0.0)) for o in res.objects]
+            return [to_hit(o, float(o.metadata.score or 0.0)) for o in res.objects]
         if mode == "hybrid":
             # relative-score fusion min-max normalises each signal over the candidates it sees, so a
             # wider pool than top_k makes the normalisation (and the fused order) closer to LanceDB's
@@ -433,86 +361,13 @@ class WeaviateStore:
                 target_vector=VECTOR_NAME,
                 alpha=dense_weight,
                 fusion_type=HybridFusion.RELATIVE_SCORE,
-                query_properties=_SEARCH_PROPS,
+                query_properties=SEARCH_PROPS,
                 limit=max(top_k, candidates),
                 filters=where,
-                return_properties=_HIT_PROPS,
+                return_properties=HIT_PROPS,
                 return_metadata=MetadataQuery(score=True),
             )
-            hits = [_hit(o, float(o.metadata.score or 0.0)) for o in res.objects]
+            hits = [to_hit(o, float(o.metadata.score or 0.0)) for o in res.objects]
             hits.sort(key=lambda h: h.score, reverse=True)
             return hits[:top_k]
         raise ValueError(f"unknown search mode {mode!r}")
-
-
-def _properties(r: ChunkRecord) -> dict[str, Any]:
-    props: dict[str, Any] = {
-        "chunk_id": r.chunk_id,
-        "doc_id": r.doc_id,
-        "tenant": r.tenant,
-        "chunk_index": r.chunk_index,
-        "text": r.text,
-        "start_char": r.start,
-        "end_char": r.end,
-        "content_hash": r.content_hash,
-        "embedding_model": r.embedding_model,
-        "tags": tags_for(r.metadata),
-        "metadata_json": json.dumps(r.metadata, sort_keys=True),
-    }
-    if r.title is not None:
-        props["title"] = r.title
-    return props
-
-
-def _similarity(o: Any) -> float:
-    """Cosine similarity (higher is better): Weaviate reports cosine distance = 1 - similarity."""
-    distance = o.metadata.distance
-    if distance is None:
-        raise RuntimeError("Weaviate returned a vector hit without a distance")
-    return 1.0 - float(distance)
-
-
-def _vector(o: Any) -> list[float] | None:
-    vecs = o.vector or {}
-    vec = vecs.get(VECTOR_NAME)
-    if vec is None and vecs:
-        vec = next(iter(vecs.values()))
-    return [float(x) for x in vec] if vec is not None else None
-
-
-def _metadata(p: dict[str, Any]) -> dict[str, MetadataValue]:
-    raw = p.get("metadata_json")
-    return json.loads(raw) if raw else {}
-
-
-def _hit(o: Any, score: float) -> SearchHit:
-    p = o.properties
-    return SearchHit(
-        chunk_id=str(p["chunk_id"]),
-        doc_id=str(p["doc_id"]),
-        chunk_index=int(p["chunk_index"]),
-        text=str(p.get("text") or ""),
-        title=p.get("title"),
-        start=int(p.get("start_char") or 0),
-        end=int(p.get("end_char") or 0),
-        score=score,
-        metadata=_metadata(p),
-    )
-
-
-def _record(o: Any) -> ChunkRecord:
-    p = o.properties
-    return ChunkRecord(
-        chunk_id=str(p["chunk_id"]),
-        doc_id=str(p["doc_id"]),
-        tenant=str(p["tenant"]),
-        chunk_index=int(p["chunk_index"]),
-        text=str(p.get("text") or ""),
-        title=p.get("title"),
-        start=int(p.get("start_char") or 0),
-        end=int(p.get("end_char") or 0),
-        content_hash=str(p.get("content_hash") or ""),
-        embedding_model=str(p.get("embedding_model") or ""),
-        vector=_vector(o) or [],
-        metadata=_metadata(p),
-    )
