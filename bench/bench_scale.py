@@ -33,7 +33,8 @@ import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ragfleet.stores.lancedb_store import ANN_MIN_ROWS, LanceDBStore, _schema
+from ragfleet.stores.lancedb_rows import table_schema
+from ragfleet.stores.lancedb_store import ANN_MIN_ROWS, LanceDBStore
 
 DIM = 384
 
@@ -97,7 +98,7 @@ def build(store: LanceDBStore, n: int, rng: np.random.Generator) -> np.ndarray:
                 "metadata": ["{}"] * m,
                 "vector": pa.FixedSizeListArray.from_arrays(pa.array(vecs.reshape(-1)), DIM),
             },
-            schema=_schema(DIM),
+            schema=table_schema(DIM),
         )
         tbl.add(table)
     return np.concatenate(keep)

@@ -9,7 +9,6 @@ between concurrent writer processes.
 from __future__ import annotations
 
 import functools
-import json
 import os
 import threading
 import time
@@ -23,37 +22,18 @@ import pyarrow as pa
 from ragfleet.schemas import MetadataValue, SearchMode
 from ragfleet.stores.base import ChunkRecord, SearchHit, tags_for
 from ragfleet.stores.fusion import fuse_minmax
+from ragfleet.stores.lancedb_rows import (
+    HIT_COLUMNS,
+    sql_in_list,
+    sql_literal,
+    table_schema,
+    tenant_where,
+    to_hit,
+    to_record,
+    to_table,
+)
 
-_HIT_COLUMNS = ["chunk_id", "doc_id", "chunk_index", "text", "title", "start", "end", "metadata"]
 ANN_MIN_ROWS = 100_000  # below this, exact search is fast enough (~16 ms at 20k) and exact
-
-
-def _lit(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
-def _in_list(values: list[str]) -> str:
-    return "(" + ", ".join(_lit(v) for v in values) + ")"
-
-
-def _schema(dim: int) -> pa.Schema:
-    return pa.schema(
-        [
-            pa.field("chunk_id", pa.string(), nullable=False),
-            pa.field("doc_id", pa.string(), nullable=False),
-            pa.field("tenant", pa.string(), nullable=False),
-            pa.field("chunk_index", pa.int32(), nullable=False),
-            pa.field("text", pa.string(), nullable=False),
-            pa.field("title", pa.string()),
-            pa.field("start", pa.int32()),
-            pa.field("end", pa.int32()),
-            pa.field("content_hash", pa.string()),
-            pa.field("embedding_model", pa.string()),
-            pa.field("tags", pa.list_(pa.string())),
-            pa.field("metadata", pa.string()),
-            pa.field("vector", pa.list_(pa.float32(), dim)),
-        ]
-    )
 
 
 class LanceDBStore:
@@ -103,7 +83,7 @@ class LanceDBStore:
             db = self._connect()
             self._table = db.create_table(
                 self.name,
-                schema=_schema(self.dim),
+                schema=table_schema(self.dim),
                 exist_ok=True,
                 data_storage_version=self.storage_version,
             )
@@ -122,29 +102,6 @@ class LanceDBStore:
         self._sole_tenant.clear()
 
     # -- writes ----------------------------------------------------------------------------------
-    def _rows(self, records: list[ChunkRecord]) -> pa.Table:
-        return pa.Table.from_pylist(
-            [
-                {
-                    "chunk_id": r.chunk_id,
-                    "doc_id": r.doc_id,
-                    "tenant": r.tenant,
-                    "chunk_index": r.chunk_index,
-                    "text": r.text,
-                    "title": r.title,
-                    "start": r.start,
-                    "end": r.end,
-                    "content_hash": r.content_hash,
-                    "embedding_model": r.embedding_model,
-                    "tags": tags_for(r.metadata),
-                    "metadata": json.dumps(r.metadata, sort_keys=True),
-                    "vector": r.vector,
-                }
-                for r in records
-            ],
-            schema=_schema(self.dim),
-        )
-
     def _retry(self, fn: Any) -> Any:
         """Concurrent writer processes can lose a commit race; the write is idempotent, so redo it."""
         delay = 0.05
@@ -165,7 +122,7 @@ class LanceDBStore:
             return 0
         tbl = self._tbl()
         records = [r for rows in docs.values() for r in rows]
-        scope = f"tenant = {_lit(tenant)} AND doc_id IN {_in_list(list(docs))}"
+        scope = f"tenant = {sql_literal(tenant)} AND doc_id IN {sql_in_list(list(docs))}"
         if not records:
             self._retry(lambda: tbl.delete(scope))
             return 0
@@ -176,7 +133,7 @@ class LanceDBStore:
                 .when_matched_update_all()
                 .when_not_matched_insert_all()
                 .when_not_matched_by_source_delete(scope)
-                .execute(self._rows(records))
+                .execute(to_table(records, self.dim))
             )
 
         self._retry(write)
@@ -214,7 +171,7 @@ class LanceDBStore:
     def delete_document(self, tenant: str, doc_id: str) -> int:
         tbl = self._tbl()
         self.refresh()
-        where = f"tenant = {_lit(tenant)} AND doc_id = {_lit(doc_id)}"
+        where = f"tenant = {sql_literal(tenant)} AND doc_id = {sql_literal(doc_id)}"
         n = int(tbl.count_rows(where))
         if n:
             self._retry(lambda: tbl.delete(where))
@@ -240,7 +197,7 @@ class LanceDBStore:
         for i in range(0, len(doc_ids), 500):
             part = doc_ids[i : i + 500]
             tbl = self._scan(
-                f"tenant = {_lit(tenant)} AND doc_id IN {_in_list(part)}",
+                f"tenant = {sql_literal(tenant)} AND doc_id IN {sql_in_list(part)}",
                 ["doc_id", "chunk_index", "content_hash"],
             )
             for d, idx, h in zip(
@@ -258,7 +215,7 @@ class LanceDBStore:
         for i in range(0, len(uniq), 500):
             part = uniq[i : i + 500]
             tbl = self._scan(
-                f"embedding_model = {_lit(embedding_model)} AND content_hash IN {_in_list(part)}",
+                f"embedding_model = {sql_literal(embedding_model)} AND content_hash IN {sql_in_list(part)}",
                 ["content_hash", "vector"],
             )
             for h, v in zip(tbl["content_hash"].to_pylist(), tbl["vector"].to_pylist(), strict=True):
@@ -267,21 +224,14 @@ class LanceDBStore:
 
     def count(self, tenant: str | None = None) -> int:
         tbl = self._tbl()
-        return int(tbl.count_rows(f"tenant = {_lit(tenant)}") if tenant else tbl.count_rows())
+        return int(tbl.count_rows(f"tenant = {sql_literal(tenant)}") if tenant else tbl.count_rows())
 
     def iter_chunks(self, batch_size: int = 1_000) -> Iterator[list[ChunkRecord]]:
         reader = self._tbl().search().limit(None).to_batches(batch_size)
         for batch in reader:
             rows = batch.to_pylist()
             if rows:
-                yield [_record(r) for r in rows]
-
-    def _where(self, tenant: str, filters: dict[str, MetadataValue] | None) -> str:
-        where = f"tenant = {_lit(tenant)}"
-        tags = tags_for(filters or {})
-        if tags:
-            where += f" AND array_has_all(tags, [{', '.join(_lit(t) for t in tags)}])"
-        return where
+                yield [to_record(r) for r in rows]
 
     def _search_filter(self, tenant: str, filters: dict[str, MetadataValue] | None) -> str | None:
         """The prefilter for a search, or None when it would select every row.
@@ -292,15 +242,15 @@ class LanceDBStore:
         the bitmap index, ~1 ms, cached until the handle moves). Multi-tenant tables keep it.
         """
         if tags_for(filters or {}):
-            return self._where(tenant, filters)
+            return tenant_where(tenant, filters)
         tbl = self._tbl()
         # keyed by the snapshot's version too: tenant isolation must not rest on cache hygiene alone
         key = f"{tbl.version}\0{tenant}"
         sole = self._sole_tenant.get(key)
         if sole is None:
-            sole = int(tbl.count_rows(f"tenant != {_lit(tenant)}")) == 0
+            sole = int(tbl.count_rows(f"tenant != {sql_literal(tenant)}")) == 0
             self._sole_tenant[key] = sole
-        return None if sole else self._where(tenant, None)
+        return None if sole else tenant_where(tenant, None)
 
     def _hits(
         self, rows: list[dict[str, Any]], key: str, *, distance: bool
@@ -336,7 +286,7 @@ class LanceDBStore:
                 return list(
                     tbl.search(text, query_type="fts", fts_columns="text")
                     .where(where, prefilter=True)
-                    .select([*_HIT_COLUMNS, "_score"])
+                    .select([*HIT_COLUMNS, "_score"])
                     .limit(n)
                     .to_list()
                 )
@@ -352,7 +302,7 @@ class LanceDBStore:
                 tbl.search(vector, vector_column_name="vector")
                 .distance_type("cosine")
                 .where(where, prefilter=True)
-                .select([*_HIT_COLUMNS, "_distance"])
+                .select([*HIT_COLUMNS, "_distance"])
                 .limit(n)
                 .nprobes(self.nprobes)
             )
@@ -372,7 +322,7 @@ class LanceDBStore:
             ranked = {k: v[0] for k, v in (dense if mode == "vector" else sparse).items()}
             best = sorted(ranked.items(), key=lambda kv: kv[1], reverse=True)[:top_k]
         rows_by_id = {k: v[1] for k, v in {**sparse, **dense}.items()}
-        return [_hit(rows_by_id[cid], score) for cid, score in best]
+        return [to_hit(rows_by_id[cid], score) for cid, score in best]
 
     # -- maintenance -----------------------------------------------------------------------------
     def optimize(self) -> None:
@@ -410,34 +360,3 @@ def _legs() -> ThreadPoolExecutor:
 def _pool_for(pid: int) -> ThreadPoolExecutor:
     del pid  # the cache key
     return ThreadPoolExecutor(max_workers=4, thread_name_prefix="lancedb-fts")
-
-
-def _hit(row: dict[str, Any], score: float) -> SearchHit:
-    return SearchHit(
-        chunk_id=row["chunk_id"],
-        doc_id=row["doc_id"],
-        chunk_index=int(row["chunk_index"]),
-        text=row["text"],
-        title=row.get("title"),
-        start=int(row.get("start") or 0),
-        end=int(row.get("end") or 0),
-        score=float(score),
-        metadata=json.loads(row["metadata"]) if row.get("metadata") else {},
-    )
-
-
-def _record(row: dict[str, Any]) -> ChunkRecord:
-    return ChunkRecord(
-        chunk_id=row["chunk_id"],
-        doc_id=row["doc_id"],
-        tenant=row["tenant"],
-        chunk_index=int(row["chunk_index"]),
-        text=row["text"],
-        title=row.get("title"),
-        start=int(row.get("start") or 0),
-        end=int(row.get("end") or 0),
-        content_hash=row.get("content_hash") or "",
-        embedding_model=row.get("embedding_model") or "",
-        vector=list(row["vector"]),
-        metadata=json.loads(row["metadata"]) if row.get("metadata") else {},
-    )
