@@ -49,7 +49,7 @@ def ingest_through_fleet(settings: Any, docs: list[dict[str, Any]], batch_size: 
     pending = set(jobs)
     totals: dict[str, int] = {}
     failed = 0
-    from ragfleet.evaluation import job_statuses
+    from ragfleet.eval_fleet import job_statuses
 
     while pending:
         # one pipelined status read per poll: the poller shares the two cores with the indexer

@@ -92,7 +92,7 @@ def measure_noop(n: int = 200) -> list[float]:
 
 
 def fleet_level(client: Any, questions: list[str], concurrency: int) -> dict[str, Any]:
-    from ragfleet.evaluation import run_through_fleet
+    from ragfleet.eval_fleet import run_through_fleet
 
     t0 = time.perf_counter()
     batch = {str(i): q for i, q in enumerate(questions)}

@@ -13,7 +13,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from ragfleet.evaluation import DEFAULT_DATA_DIR, evaluate_fleet, load_dataset, write_report
+from ragfleet.eval_fleet import evaluate_fleet
+from ragfleet.evaluation import DEFAULT_DATA_DIR, load_dataset, write_report
 
 _err = Console(stderr=True)
 

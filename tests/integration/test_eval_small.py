@@ -15,7 +15,8 @@ import pytest
 
 from ragfleet.client import BrokerTransport, FleetClient
 from ragfleet.corpus import read_documents
-from ragfleet.evaluation import evaluate_fleet, load_dataset
+from ragfleet.eval_fleet import evaluate_fleet
+from ragfleet.evaluation import load_dataset
 from ragfleet.settings import Settings
 from tests.conftest import need, scifact_dir
 
