@@ -26,16 +26,17 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import redis
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
+from ragfleet.batch_input import BatchError, normalize_questions, parse_jsonl
 from ragfleet.jobs import JobStore, parse_record
 from ragfleet.names import Priority, TaskName
-from ragfleet.schemas import TERMINAL, ErrorCode, JobStatus, QueryPayload
+from ragfleet.schemas import TERMINAL, ErrorCode, JobStatus
 from ragfleet.settings import Settings
 from ragfleet.submission import NewJob, submit_job
 
@@ -70,84 +71,8 @@ return out
 """
 
 
-class BatchError(ValueError):
-    """A batch request that cannot be accepted; `errors` are pydantic-style entries per question."""
-
-    def __init__(self, message: str, errors: list[dict[str, Any]] | None = None) -> None:
-        super().__init__(message)
-        self.errors = errors or []
-
-
 def item_job_id(batch_id: str, index: int) -> str:
     return f"{batch_id}.{index}"
-
-
-def normalize_questions(
-    items: Sequence[Any],
-    *,
-    settings: Settings,
-    tenant: str,
-    defaults: dict[str, Any] | None = None,
-) -> list[dict[str, Any]]:
-    """Validate every question with the worker's own schema and the API's limits, before anything
-    is stored: a batch is accepted whole or rejected with the reason of each bad question."""
-    if not items:
-        raise BatchError("a batch needs at least one question")
-    if len(items) > settings.max_batch_questions:
-        raise BatchError(f"{len(items)} questions; at most {settings.max_batch_questions} per batch")
-    base = {k: v for k, v in (defaults or {}).items() if v is not None}
-    allowed = {"question", "top_k", "filters", "mode", "use_cache", "id"}
-    out: list[dict[str, Any]] = []
-    errors: list[dict[str, Any]] = []
-    for i, item in enumerate(items):
-        raw: dict[str, Any] = {"question": item} if isinstance(item, str) else item
-        if not isinstance(raw, dict):
-            errors.append({"loc": [i], "msg": "a question is a string or an object", "type": "type_error"})
-            continue
-        unknown = sorted(set(raw) - allowed)
-        if unknown:
-            errors.append({"loc": [i], "msg": f"unknown fields {unknown}", "type": "extra_forbidden"})
-            continue
-        fields = {**base, **{k: v for k, v in raw.items() if k != "id"}}
-        try:
-            p = QueryPayload.model_validate({**fields, "tenant": tenant})
-        except ValidationError as exc:
-            for e in exc.errors(include_url=False, include_input=False):
-                errors.append({"loc": [i, *e["loc"]], "msg": e["msg"], "type": e["type"]})
-            continue
-        if len(p.question) > settings.max_question_chars:
-            errors.append({"loc": [i, "question"], "msg": "question too long", "type": "string_too_long"})
-            continue
-        if p.top_k > settings.max_top_k:
-            errors.append({"loc": [i, "top_k"], "msg": f"top_k above {settings.max_top_k}", "type": "le"})
-            continue
-        entry = p.model_dump(
-            mode="json", exclude_none=True, exclude={"job_id", "batch_id", "stream", "tenant"}
-        )
-        if "id" in raw:
-            entry["id"] = raw["id"]
-        out.append(entry)
-        if len(errors) >= 50:
-            break
-    if errors:
-        raise BatchError(f"{len(errors)} invalid questions (first 50 listed)", errors[:50])
-    return out
-
-
-def parse_jsonl(lines: Iterable[str | bytes]) -> list[Any]:
-    """JSONL upload: one question per line, a JSON string or object; blank lines are skipped."""
-    items: list[Any] = []
-    for n, line in enumerate(lines, start=1):
-        text = line.decode("utf-8") if isinstance(line, bytes) else line
-        if not text.strip():
-            continue
-        try:
-            items.append(json.loads(text))
-        except json.JSONDecodeError as exc:
-            raise BatchError(
-                f"line {n}: not JSON ({exc.msg})", [{"loc": ["line", n], "msg": exc.msg, "type": "json"}]
-            ) from exc
-    return items
 
 
 @dataclass(frozen=True, slots=True)
@@ -407,3 +332,18 @@ def submit_payload(client: redis.Redis, settings: Settings, p: BatchDispatchPayl
         }
     batches.submit(items, tenant=p.tenant, request_id=p.request_id, batch_id=batch_id)
     return {"job_id": batch_id, "status": "running", "total": len(items)}
+
+
+# `BatchError`, `normalize_questions` and `parse_jsonl` live in `ragfleet.batch_input`; importing
+# them from here keeps working.
+__all__ = [
+    "BatchDispatchPayload",
+    "BatchError",
+    "BatchStatus",
+    "Batches",
+    "item_job_id",
+    "normalize_questions",
+    "on_query_finished",
+    "parse_jsonl",
+    "submit_payload",
+]
