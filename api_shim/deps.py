@@ -31,7 +31,7 @@ from ragfleet.producer import client_app
 from ragfleet.redis_conn import get_redis
 from ragfleet.schemas import JobRecord
 from ragfleet.settings import Settings
-from ragfleet.submission import NewJob, submit_job_async
+from ragfleet.submission import NewJob, require_one_redis, submit_job_async
 
 
 class ApiDeps:
@@ -40,6 +40,7 @@ class ApiDeps:
     def __init__(
         self, s: Settings, *, ready_checks: Sequence[ReadyCheck], required_queues: Sequence[Queue]
     ) -> None:
+        require_one_redis(s)  # at start-up, not as a 500 on the first POST
         self.settings = s
         self.keyring = KeyRing(parse_api_keys(s.api_keys))
         self.models = build_request_models(s)

@@ -3,9 +3,10 @@
 The one way the API, the Python client over the broker and batch dispatch start a job. What must
 stay true: no job record without its message on the queue (a producer would poll a `queued` job
 that never runs), and no message without its record (a worker would run a job nobody can read).
-Redis runs a MULTI whole or not at all, and the broker is that Redis, so one transaction holds
-both: the idempotent create (`JobStore.queue_create`) and the LPUSH of the task message
-(`ragfleet.producer.enqueue_on`). One round trip, no kombu publish, no worker thread in the API.
+The broker is the job store's Redis (`require_one_redis`), so one MULTI holds both: the idempotent
+create (`JobStore.queue_create`) and the LPUSH of the task message (`ragfleet.producer.enqueue_on`).
+Redis runs the queued commands together at EXEC, or none if EXEC never arrives (a connection lost
+or timed out before it). One round trip, no kombu publish, no worker thread in the API.
 
 A failed `execute` leaves nothing behind, except when the reply is lost (a timeout): the MULTI
 may then have run, and the caller decides what to tell its client (the API marks the job failed).
@@ -39,9 +40,21 @@ class NewJob:
     extra: dict[str, str] | None = None
 
 
+def require_one_redis(settings: Settings) -> None:
+    """A MULTI cannot span two Redis servers (or two databases): with a broker elsewhere, a job's
+    message would be pushed onto lists no worker reads. Fail loudly instead (the API at start-up)."""
+    if settings.broker != settings.redis_url:
+        raise ValueError(
+            "the broker must be the job store's Redis (leave RAGFLEET_BROKER_URL unset, or equal to "
+            f"RAGFLEET_REDIS_URL): a job's record and its message are written in one MULTI; got "
+            f"broker {settings.broker!r}, job store {settings.redis_url!r}"
+        )
+
+
 def queue_new_job(pipe: AnyPipeline, jobs: JobStore, job: NewJob, settings: Settings) -> str:
     """Queue the record's create and the job's message onto `pipe` (sync or asyncio); returns the
     job id. The caller executes `pipe`, which must be a transaction for the both-or-neither rule."""
+    require_one_redis(settings)
     jobs.queue_create(pipe, job.job_id, job.kind, job.tenant, job.request_id, job.extra)
     enqueue_on(pipe, job.task, job.payload, settings=settings, job_id=job.job_id, priority=job.priority)
     return job.job_id
@@ -65,4 +78,4 @@ async def submit_job_async(
     return job.job_id
 
 
-__all__ = ["NewJob", "queue_new_job", "submit_job", "submit_job_async"]
+__all__ = ["NewJob", "queue_new_job", "require_one_redis", "submit_job", "submit_job_async"]
