@@ -33,6 +33,26 @@ FIELD_LINE = re.compile(r"^    (?P<name>[a-z_][a-z0-9_]*)\s*:")
 UNSET = "unset"
 EMPTY = "empty"
 
+# Variables the process files read themselves (the Procfile, supervisord's config, the scripts, the Flower
+# launcher): they place processes, not settings of the code. tests/unit/test_config_doc.py fails when
+# one of those files reads a RAGFLEET_* variable that is neither a setting nor listed here.
+LAUNCH_VARIABLES: dict[str, tuple[str, str]] = {
+    "RAGFLEET_API_PORT": ("8000", "Port of the API (the Procfile's `api` line)."),
+    "RAGFLEET_RETRIEVAL_NODES": (
+        "2",
+        "Solo retrieval nodes supervisord runs (the Procfile's `retrieval` line; one per core).",
+    ),
+    "RAGFLEET_SUPERVISOR_PIDFILE": (
+        "var/retrieval-supervisord.pid",
+        "supervisord's pid file for the retrieval nodes (the Procfile's `retrieval` line).",
+    ),
+    "RAGFLEET_FLOWER_PORT": ("5555", "Port of Flower, always bound to 127.0.0.1 (workers/flower.py)."),
+    "RAGFLEET_REDIS_PORT": (
+        "6379",
+        "Port of the local Redis that scripts/ensure_services.sh starts when none answers.",
+    ),
+}
+
 
 def env_name(field: str, model: type[BaseSettings] = Settings) -> str:
     """The environment variable pydantic-settings reads for `field` (prefix + upper-case name)."""
@@ -124,8 +144,9 @@ def render(model: type[BaseSettings] = Settings) -> str:
         "",
         "Every setting is a field of `ragfleet.settings.Settings` "
         "([ragfleet/settings.py](../ragfleet/settings.py)) and is read "
-        "from the environment variable named in the first column; nothing else in the project reads the "
-        "environment. Booleans take `true`/`false` (or `1`/`0`); a JSON object is written as JSON; a "
+        "from the environment variable named in the first column; nothing else in the code reads the "
+        "environment, except the few launch variables at the end. Booleans take `true`/`false` (or "
+        "`1`/`0`); a JSON object is written as JSON; a "
         "secret is never logged. Relative paths are relative to the working directory of the process. "
         "The settings most deployments set first are in the README's *Configuration* section.",
         "",
@@ -143,6 +164,16 @@ def render(model: type[BaseSettings] = Settings) -> str:
                 f"| `{env_name(name, model)}` | {_cell(type_text(name, model))} | {shown} | "
                 f"{_cell(description(info))} |"
             )
+    out += [
+        "",
+        "## Launch variables (read by the Procfile, supervisord's config and the scripts, not by Settings)",
+        "",
+        "| variable | default | meaning |",
+        "| --- | --- | --- |",
+    ]
+    out += [
+        f"| `{name}` | `{default}` | {_cell(text)} |" for name, (default, text) in LAUNCH_VARIABLES.items()
+    ]
     return "\n".join(out) + "\n"
 
 

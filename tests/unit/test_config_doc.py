@@ -4,15 +4,39 @@ values that, put in the environment, give back the field's default."""
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from ragfleet.config_doc import COMMAND, EMPTY, UNSET, default_text, env_name, render, sections
+from ragfleet.config_doc import (
+    COMMAND,
+    EMPTY,
+    LAUNCH_VARIABLES,
+    UNSET,
+    default_text,
+    env_name,
+    render,
+    sections,
+)
 from ragfleet.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
+# where the product reads its environment: code, process files, scripts (not tests, benchmarks or docs)
+SOURCES = ["Procfile", "infra", "scripts", "ragfleet", "workers", "tasks", "api_shim"]
+SOURCE_SUFFIXES = {".py", ".sh", ".conf", ".yml", ".yaml", ".toml", ""}
+
+
+def variables_named_in_sources() -> set[str]:
+    names: set[str] = set()
+    for top in SOURCES:
+        root = REPO / top
+        files = [root] if root.is_file() else [p for p in root.rglob("*") if p.is_file()]
+        for path in files:
+            if path.suffix in SOURCE_SUFFIXES and "__pycache__" not in path.parts:
+                names |= set(re.findall(r"\bRAGFLEET_[A-Z0-9_]+", path.read_text(errors="replace")))
+    return names
 
 
 def test_config_md_is_up_to_date() -> None:
@@ -78,3 +102,14 @@ def test_a_new_setting_without_a_docstring_is_caught_and_placed() -> None:
     text = render(Probe)
     assert "| `PROBE_ALPHA` | int | `1` | Documented. |" in text
     assert "| `PROBE_BETA` | str, optional | unset |  |" in text
+
+
+def test_every_ragfleet_variable_the_product_reads_is_documented() -> None:
+    """A RAGFLEET_* name in the code or the process files is a setting or a listed launch variable."""
+    settings_vars = {env_name(name) for name in Settings.model_fields}
+    named = variables_named_in_sources()
+    assert named - settings_vars - set(LAUNCH_VARIABLES) == set(), "document it in ragfleet/config_doc.py"
+    assert set(LAUNCH_VARIABLES) <= named, "a launch variable nothing reads any more"
+    text = render()
+    for name in LAUNCH_VARIABLES:
+        assert f"| `{name}` |" in text
