@@ -103,7 +103,7 @@ class Settings(BaseSettings):
     """Logical name of the chunk collection; a reindex writes a new versioned one."""
     # Lance file format of tables the LanceDB store creates (an existing table keeps its own; a
     # reindex writes a new one). LanceDB 0.40 defaults to 2.2; 2.1 measured faster on random access
-    # of the hit columns at 1M chunks (vector query P50/P99 38/53 -> 22/33 ms; bench/README.md, "Scale").
+    # of the hit columns at 1M chunks (vector query P50/P99 38/53 -> 22/33 ms; bench/RESULTS.md, 2026-12-02).
     lancedb_storage_version: str = "2.1"
     """Lance file format of tables the store creates (2.1: cheap random access at 1M chunks); an existing
     table keeps its own."""
