@@ -143,7 +143,7 @@ def sweep_gone_nodes(
         return 0  # another node sweeps this hash now
     restored = 0
     others = sorted(k for k in unacked_keys if k != own)
-    for other in sorted(m for m in r.smembers(p + NODES_KEY) if m != node):
+    for other in sorted(str(m) for m in r.smembers(p + NODES_KEY) if m != node):
         held = p + kombu_patches.inflight_key(other)
         pipe = r.pipeline(transaction=False)
         pipe.exists(p + alive_key(other))
@@ -185,9 +185,7 @@ class NodeKeeper:
     `connect` returns a kombu Connection with this node's transport options (the sweep restores
     through a channel of its own, never the consumer's, which belongs to the event loop)."""
 
-    def __init__(
-        self, settings: Settings, node: str, connect: Any, unacked_keys: frozenset[str]
-    ) -> None:
+    def __init__(self, settings: Settings, node: str, connect: Any, unacked_keys: frozenset[str]) -> None:
         self.settings = settings
         self.node = node
         self._connect = connect

@@ -37,7 +37,13 @@ from typing import Any
 import redis.exceptions
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
-from kombu.utils.json import dumps
+from kombu.utils.json import dumps as kombu_dumps
+
+# kombu ships partial type hints; these names are used untyped (and are what the compat scan resolves)
+Channel: Any = kombu_redis.Channel
+QoS: Any = kombu_redis.QoS
+VirtualQoS: Any = virtual.QoS
+dumps: Any = kombu_dumps  # kombu's JSON (its unacked entries must read back with its `loads`)
 
 _MARK = "_ragfleet_patch"
 # this process's in-flight set (unprefixed) and its TTL in seconds, once tracking is on
@@ -52,9 +58,9 @@ def install() -> None:
 def installed() -> dict[str, bool]:
     """Which kombu methods carry our patch now (a producer's process must show none)."""
     return {
-        "kombu.transport.redis.Channel._connparams": _is_ours(kombu_redis.Channel._connparams),
-        "kombu.transport.redis.QoS.append": _is_ours(kombu_redis.QoS.append),
-        "kombu.transport.redis.QoS._remove_from_indices": _is_ours(kombu_redis.QoS._remove_from_indices),
+        "kombu.transport.redis.Channel._connparams": _is_ours(Channel._connparams),
+        "kombu.transport.redis.QoS.append": _is_ours(QoS.append),
+        "kombu.transport.redis.QoS._remove_from_indices": _is_ours(QoS._remove_from_indices),
     }
 
 
@@ -84,9 +90,9 @@ def _mark(fn: Callable[..., Any], wrapped: Callable[..., Any]) -> None:
 
 
 def _install_close_guard() -> None:
-    if _is_ours(kombu_redis.Channel._connparams):
+    if _is_ours(Channel._connparams):
         return
-    connparams = kombu_redis.Channel._connparams
+    connparams = Channel._connparams
 
     def _connparams(self: Any, asynchronous: bool = False) -> Any:
         if self.connection is None or self.connection.client is None:
@@ -94,13 +100,13 @@ def _install_close_guard() -> None:
         return connparams(self, asynchronous=asynchronous)
 
     _mark(_connparams, connparams)
-    kombu_redis.Channel._connparams = _connparams
+    Channel._connparams = _connparams
 
 
 def _install_inflight_tracking() -> None:
-    if _is_ours(kombu_redis.QoS.append):
+    if _is_ours(QoS.append):
         return
-    original_append, original_remove = kombu_redis.QoS.append, kombu_redis.QoS._remove_from_indices
+    original_append, original_remove = QoS.append, QoS._remove_from_indices
 
     def append(self: Any, message: Any, delivery_tag: str) -> None:
         tracked = _inflight[0]
@@ -117,7 +123,7 @@ def _install_inflight_tracking() -> None:
             pipe.zadd(self.unacked_index_key, {delivery_tag: time.time()}).hset(
                 self.unacked_key, delivery_tag, raw
             ).sadd(key, delivery_tag).pexpire(key, ttl * 1000).execute()
-            virtual.QoS.append(self, message, delivery_tag)
+            VirtualQoS.append(self, message, delivery_tag)
 
     def _remove_from_indices(self: Any, delivery_tag: str, pipe: Any = None) -> Any:
         out = original_remove(self, delivery_tag, pipe)
@@ -126,5 +132,5 @@ def _install_inflight_tracking() -> None:
 
     _mark(append, original_append)
     _mark(_remove_from_indices, original_remove)
-    kombu_redis.QoS.append = append
-    kombu_redis.QoS._remove_from_indices = _remove_from_indices
+    QoS.append = append
+    QoS._remove_from_indices = _remove_from_indices

@@ -23,7 +23,7 @@ from ragfleet.names import TaskName
 from ragfleet.redis_conn import get_redis
 from ragfleet.schemas import JobStatus
 from ragfleet.settings import Settings
-from tests.chaos.conftest import jobs_for, sleep_until, wait_terminal, wait_until
+from tests.chaos.conftest import sleep_until, wait_terminal, wait_until
 from tests.chaos.test_crash_safety import deliveries, generation_holding_a_query
 from workers.inflight import NODES_KEY, alive_key
 from workers.kombu_patches import inflight_key
@@ -104,8 +104,8 @@ def test_a_query_whose_node_is_gone_for_good_past_its_expiry_fails_worker_lost(
 
         rec = wait_terminal(s, job_id, expires_at + SLACK_S + 5 - time.time(), fleet)
         print(
-            f"\n[chaos] node gone for good past its query's expiry: failed {rec.updated_at - expires_at:.1f} s "
-            f"after the expiry ({rec.error})"
+            f"\n[chaos] node gone for good past its query's expiry: failed "
+            f"{rec.updated_at - expires_at:.1f} s after the expiry ({rec.error})"
         )
         assert rec.status == JobStatus.FAILED, (rec, fleet.logs())
         assert rec.error is not None and rec.error.code == "worker_lost", rec.error

@@ -50,7 +50,9 @@ def test_unpatched_kombu_raises_attribute_error(
     """The failure mode itself: if kombu stops doing this, the guard can go."""
     from kombu.transport import redis as kombu_redis
 
-    monkeypatch.setattr(kombu_redis.Channel, "_connparams", kombu_patches.original(kombu_redis.Channel._connparams))
+    monkeypatch.setattr(
+        kombu_redis.Channel, "_connparams", kombu_patches.original(kombu_redis.Channel._connparams)
+    )
     with pytest.raises(AttributeError, match="hostname"):
         ignore_errors(collected_with_unacked, collected_with_unacked.close)
 
@@ -170,7 +172,8 @@ def test_a_sweep_puts_back_what_a_node_without_liveness_held_and_then_forgets_th
         assert back.delivery_info.get("redelivered") is True  # what the redelivery cap counts
 
         redis_client.hdel(f"{prefix}unacked:interactive", "held-by-a-background-node")
-        assert inflight.sweep_gone_nodes(r, qos, s, "live@test", UNACKED_KEYS) == 0  # locked: one sweep at a time
+        # locked: one sweep at a time
+        assert inflight.sweep_gone_nodes(r, qos, s, "live@test", UNACKED_KEYS) == 0
         time.sleep(s.node_gone_sweep_s + 0.05)
         assert inflight.sweep_gone_nodes(r, qos, s, "live@test", UNACKED_KEYS) == 0
         assert not redis_client.exists(held)
