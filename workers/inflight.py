@@ -27,7 +27,9 @@ trip of its own), and keeps a liveness key, `ragfleet.alive.<node>` (both under 
   default): answered by another node if still in time, else revoked by Celery as expired on
   receipt, which `workers.signals` reports as `worker_lost` (its worker died), not as a backlog.
   A thread, not the consumer's event loop: a solo node's loop is blocked while its task runs, and
-  a node busy for 30 s must not be taken for dead.
+  a node busy for 30 s must not be taken for dead. A node sweeps only once it has renewed its own
+  key for `node_alive_ttl_s` without a Redis error: after an outage (keys expire while Redis is
+  down, or come back expired from its append-only file) the other live nodes renew theirs first.
 
 Both paths requeue through kombu's own `QoS.restore_by_tag` (a WATCHed transaction on the unacked
 hash, so a message is restored at most once even when a restarted node and a sweeper race): kombu
@@ -219,15 +221,26 @@ class NodeKeeper:
     def _run(self) -> None:
         s = self.settings
         r = _client(s)
-        next_sweep = time.monotonic() + s.node_gone_sweep_s
+        # Sweep only after one liveness TTL of beats that reached Redis: after a Redis outage (or at
+        # start) every other live node must have had the time to renew its key, or this node would
+        # take their keys, expired during the outage, for their deaths.
+        beating_since: float | None = None
+        next_sweep = 0.0
         while not self._stop.is_set():
             try:
                 self.beat(r)
-                if s.node_gone_sweep_s > 0 and time.monotonic() >= next_sweep:
-                    next_sweep = time.monotonic() + s.node_gone_sweep_s
+                now = time.monotonic()
+                beating_since = now if beating_since is None else beating_since
+                if (
+                    s.node_gone_sweep_s > 0
+                    and now >= next_sweep
+                    and now - beating_since >= s.node_alive_ttl_s
+                ):
+                    next_sweep = now + s.node_gone_sweep_s
                     self.sweep(r)
             except Exception as exc:  # Redis down or a bad sweep: try again next time, never die
                 log.warning("node keeper of %s: %s", self.node, exc)
+                beating_since = None
                 self._drop_connection()
             self._stop.wait(min(s.node_alive_refresh_s, s.node_gone_sweep_s or s.node_alive_refresh_s))
         self._drop_connection()

@@ -218,3 +218,43 @@ def test_a_node_keeper_keeps_its_node_alive_and_its_set_expiring_and_stops_clean
     finally:
         for key in redis_client.scan_iter(f"{prefix}*", count=1000):
             redis_client.delete(key)
+
+
+def test_a_node_keeper_sweeps_only_after_one_liveness_ttl_of_beats_that_reached_redis(
+    redis_base_url: str, session_prefix: str, redis_client: redis.Redis
+) -> None:
+    """At start and after a Redis error the other nodes' keys may have expired without their deaths
+    (a Redis outage): a keeper sweeps only once it has beaten for `node_alive_ttl_s` without an
+    error, the time every live node needs to renew its key."""
+    prefix = f"{session_prefix}:keeper-outage:"
+    s = _sweep_settings(redis_base_url, prefix).model_copy(update={"node_gone_sweep_s": 0.05})
+
+    class Probe(inflight.NodeKeeper):
+        fail_next = False
+        failed_at = 0.0
+        sweeps: list[float] = []
+
+        def beat(self, r: redis.Redis) -> None:
+            if self.fail_next:
+                self.fail_next, self.failed_at = False, time.monotonic()
+                raise redis.ConnectionError("Redis is down")
+            super().beat(r)
+
+        def sweep(self, r: redis.Redis) -> int:
+            self.sweeps.append(time.monotonic())
+            return 0
+
+    started = time.monotonic()
+    keeper = Probe(s, "p@test", connect=None, unacked_keys=UNACKED_KEYS).start()
+    try:
+        time.sleep(3 * s.node_alive_ttl_s)
+        assert keeper.sweeps and keeper.sweeps[0] >= started + s.node_alive_ttl_s
+        keeper.fail_next = True
+        time.sleep(3 * s.node_alive_ttl_s)
+        after = [t for t in keeper.sweeps if t > keeper.failed_at]
+        assert keeper.failed_at and after, keeper.sweeps
+        assert after[0] >= keeper.failed_at + s.node_alive_ttl_s
+    finally:
+        keeper.stop()
+        for key in redis_client.scan_iter(f"{prefix}*", count=1000):
+            redis_client.delete(key)
