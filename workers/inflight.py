@@ -50,7 +50,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
 from typing import Any
 
 import redis
@@ -136,48 +135,53 @@ def sweep_gone_nodes(
     this node's own unacked hash (`qos.unacked_key`); returns how many messages it restored.
 
     `r` is a plain client (decode_responses) on the broker; `qos` a kombu Redis QoS of a channel with
-    this node's transport options; `unacked_keys` every unacked hash of the fleet (unprefixed)."""
+    this node's transport options; `unacked_keys` every unacked hash of the fleet (unprefixed).
+
+    A tag leaves the dead node's set before its message is restored: a sweep that fails between the
+    two leaves the message in the unacked hash, where the visibility sweep finds it (late, never
+    twice). A restored message keeps its delivery tag, so a tag that is in this hash and in a live
+    node's set is that node's delivery now, not the dead node's: it is dropped, not restored."""
     p = settings.broker_key_prefix
     own = qos.unacked_key
     lock = p + sweep_lock_key(own)
-    token = uuid.uuid4().hex
-    if not r.set(lock, token, nx=True, px=max(1, int(settings.node_gone_sweep_s * 1000))):
+    if not r.set(lock, node, nx=True, px=max(1, int(settings.node_gone_sweep_s * 1000))):
         return 0  # another node sweeps this hash now
-    restored = 0
     others = sorted(k for k in unacked_keys if k != own)
-    for other in sorted(str(m) for m in r.smembers(p + NODES_KEY) if m != node):
-        held = p + kombu_patches.inflight_key(other)
-        pipe = r.pipeline(transaction=False)
-        pipe.exists(p + alive_key(other))
-        pipe.smembers(held)
-        alive, tags = pipe.execute()
-        if alive:
-            continue
+    nodes = sorted(str(m) for m in r.smembers(p + NODES_KEY))
+    pipe = r.pipeline(transaction=False)
+    for n in nodes:
+        pipe.exists(p + alive_key(n))
+    alive = dict(zip(nodes, pipe.execute(), strict=True))
+    live = [n for n in nodes if alive[n] or n == node]
+    restored = 0
+    for gone in (n for n in nodes if not alive[n] and n != node):
+        held = p + kombu_patches.inflight_key(gone)
+        tags = sorted(str(t) for t in r.smembers(held))
         if not tags:  # nothing held (or its set expired): forget the node
-            r.srem(p + NODES_KEY, other)
+            r.srem(p + NODES_KEY, gone)
             continue
-        done: list[str] = []
-        for tag in sorted(tags):
-            if r.hexists(p + own, tag):
+        put_back = handled = 0
+        for tag in tags:
+            in_own = bool(r.hexists(p + own, tag))
+            elsewhere = any(r.hexists(p + k, tag) for k in others)
+            if not in_own and elsewhere:
+                continue  # held in another pool kind's hash: a node of that kind sweeps it
+            r.srem(held, tag)
+            handled += 1
+            if in_own and not any(r.sismember(p + kombu_patches.inflight_key(n), tag) for n in live):
                 qos.restore_by_tag(tag)  # atomic: a racing restorer finds the entry gone
-                restored += 1
-                done.append(tag)
-            elif not any(r.hexists(p + k, tag) for k in others):
-                done.append(tag)  # acked, or restored by someone else already
-            # else: held in another pool kind's hash; a node of that kind sweeps it
-        if done:
+                put_back += 1
+        restored += put_back
+        if handled:
             log.warning(
                 "node %s is gone (no liveness for %g s): put back %d of the %d message(s) it held",
-                other,
+                gone,
                 settings.node_alive_ttl_s,
-                restored,
+                put_back,
                 len(tags),
             )
-            pipe = r.pipeline(transaction=True)
-            pipe.srem(held, *done)
-            pipe.scard(held)
-            if pipe.execute()[1] == 0:
-                r.srem(p + NODES_KEY, other)
+        if not r.exists(held):
+            r.srem(p + NODES_KEY, gone)
     return restored
 
 

@@ -135,7 +135,8 @@ def test_a_sweep_puts_back_what_a_node_without_liveness_held_and_then_forgets_th
     """workers/inflight.py's answer to a node that never comes back under its name: once its
     liveness key has expired, a live node's sweep restores (through kombu's restore_by_tag, so the
     message is marked redelivered) the tags it finds in its own unacked hash, drops tags no hash
-    holds any more, leaves a tag another pool kind's hash holds, and deletes the set once empty."""
+    holds any more, leaves a tag another pool kind's hash holds, drops (without restoring) a tag that
+    a live node holds now (a restored message keeps its tag), and deletes the set once empty."""
     kombu_patches.install()
     prefix = f"{session_prefix}:sweep:"
     s = _sweep_settings(redis_base_url, prefix)
@@ -147,29 +148,35 @@ def test_a_sweep_puts_back_what_a_node_without_liveness_held_and_then_forgets_th
         assert redis_client.sismember(f"{prefix}{inflight.NODES_KEY}", "dead@test")
         queue = Queue("q", Exchange("q"), "q")
         with dead.Producer() as producer:
-            for n in range(2):
+            for n in range(3):
                 producer.publish({"n": n}, exchange=queue.exchange, routing_key="q", declare=[queue])
-        acked, stuck = (queue(dead.default_channel).get(no_ack=False) for _ in range(2))
-        assert acked is not None and stuck is not None
+        acked, stuck, taken_over = (queue(dead.default_channel).get(no_ack=False) for _ in range(3))
+        assert acked is not None and stuck is not None and taken_over is not None
         acked.ack()
         kombu_patches.track_inflight(None)  # the node is dead from here on
         redis_client.sadd(held, "acked-long-ago", "held-by-a-background-node")
         redis_client.hset(f"{prefix}unacked:interactive", "held-by-a-background-node", "[]")
+        # `taken_over` was restored by someone else and delivered to a live node (same tag)
+        redis_client.set(f"{prefix}{inflight.alive_key('other@test')}", "1")
+        redis_client.sadd(f"{prefix}{inflight.NODES_KEY}", "other@test")
+        redis_client.sadd(f"{prefix}{kombu_patches.inflight_key('other@test')}", taken_over.delivery_tag)
         r = redis.Redis.from_url(redis_base_url, decode_responses=True)
         qos = live.default_channel.qos
         assert qos.unacked_key == "unacked"
 
         # still alive (its key has not expired): nothing is touched
         assert inflight.sweep_gone_nodes(r, qos, s, "live@test", UNACKED_KEYS) == 0
-        assert redis_client.scard(held) == 3
+        assert redis_client.scard(held) == 4
 
         time.sleep(s.node_alive_ttl_s + s.node_gone_sweep_s + 0.1)  # its key gone, the lock free
         assert inflight.sweep_gone_nodes(r, qos, s, "live@test", UNACKED_KEYS) == 1
         assert redis_client.smembers(held) == {"held-by-a-background-node"}
         assert not redis_client.hexists(f"{prefix}unacked", stuck.delivery_tag)
+        assert redis_client.hexists(f"{prefix}unacked", taken_over.delivery_tag)  # the live node's now
         back = queue(live.default_channel).get(no_ack=True)
         assert back is not None and back.payload == {"n": stuck.payload["n"]}
         assert back.delivery_info.get("redelivered") is True  # what the redelivery cap counts
+        assert queue(live.default_channel).get(no_ack=True) is None  # only that one came back
 
         redis_client.hdel(f"{prefix}unacked:interactive", "held-by-a-background-node")
         # locked: one sweep at a time
