@@ -1,7 +1,8 @@
 """Enqueue tasks by name through a client-only Celery app.
 
 The API and the Python client use this; it imports no task code and no heavy dependency, exactly
-like another team's service would. Every enqueue carries an `expires` (a query nobody waits for any
+like another team's service would. It patches nothing (docs/compat.md: no patch of Celery or kombu
+is installed in a producer's process). Every enqueue carries an `expires` (a query nobody waits for any
 more must not burn a worker) and a priority.
 """
 
@@ -11,14 +12,12 @@ import base64
 import json
 import os
 import uuid
-from datetime import timedelta
 from functools import lru_cache
 from typing import Any
 
 from celery import Celery, signals
 from celery.utils.nodenames import anon_nodename
 
-from ragfleet import kombu_fixes
 from ragfleet.names import PRIORITY_STEPS, TASK_QUEUES, Priority, TaskName, priority_list
 from ragfleet.settings import Settings, get_settings
 
@@ -28,7 +27,6 @@ def _client_app(broker: str, backend: str, visibility_timeout: int, key_prefix: 
     # No result backend: producers poll job records, and a Redis result backend makes every send_task
     # subscribe to a result channel it never leaves (a leak, and a 19 s stall when Redis is down).
     del backend
-    kombu_fixes.install()  # one redis client per broker pool, not one per publish (see module)
     app = Celery("ragfleet-client", broker=broker, backend=None, set_as_current=False)
     app.conf.update(
         task_serializer="json",
@@ -64,7 +62,6 @@ def default_expires(task: TaskName, settings: Settings) -> int:
     return settings.index_expires_s
 
 
-_EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 _origin: tuple[int, str] | None = None
 
 
@@ -89,58 +86,52 @@ def build_message(
 ) -> tuple[str, str, str]:
     """(task id, queue key, message): the Redis list entry `enqueue` would publish, built directly.
 
-    Celery's task message (protocol 2, the documented wire format that producers in other languages
-    write too) and kombu's Redis envelope, field for field as `send_task` + kombu build them for
-    this call (`queue=`, `args=()`, `kwargs={"payload": ...}`, an `expires`, a priority), with
-    Celery's `before_task_publish` signal sent as Celery sends it (it adds the request id and the
-    enqueue time). Why not `send_task` with a collecting producer, as before: its routing, option
-    merging, producer pool and retry wrappers cost ~190 us of CPU per message in a warm process
-    and 0.6 ms in a retrieval worker right after a search (cold caches), on the critical path of the
-    API's enqueue and the retrieval stage's hand-off; this is a few dict literals. The contract test
-    (tests/integration/test_producer_contract.py) compares it with kombu's own message, inside and
-    outside a running task. Not done here: `add_to_parent` (a running task's `request.children`
-    trail, which only a stored result would show; our query tasks store none), and the
-    `after_task_publish` signal (the LPUSH runs later, in the caller's round trip; nothing listens)."""
+    Two layers. Celery's task message (protocol 2: headers, properties, body) is built by Celery
+    itself, `app.amqp.as_task_v2`, with the arguments `send_task` gives it for this call (`queue=`,
+    `args=()`, `kwargs={"payload": ...}`, an `expires`, a priority, our `argsrepr`/`kwargsrepr`), and
+    Celery's `before_task_publish` signal is sent as `send_task` sends it (our hooks add the request
+    id and the enqueue time). kombu's Redis list envelope around it (the base64 body, `delivery_info`,
+    `priority`, `body_encoding`, `delivery_tag`, the content type) is written here: kombu has no
+    public call that returns it without sending. docs/compat.md lists that envelope and the priority
+    list name (`names.priority_list`) as kept touches; tests/integration/test_producer_contract.py
+    compares this message with the one kombu publishes itself, field for field and in order, inside
+    and outside a running task.
+
+    Why not `send_task` with a collecting producer: its routing, option merging, producer pool and
+    retry wrappers cost ~190 us of CPU per message in a warm process and 0.6 ms in a retrieval worker
+    right after a search (cold caches), and a message built here can be LPUSHed in the same MULTI as
+    its job record (`enqueue_on`). Not done here: `add_to_parent` (a running task's
+    `request.children` trail, which only a stored result would show; our query tasks store none),
+    and the `after_task_publish` signal (the LPUSH runs later, in the caller's round trip; nothing
+    listens)."""
     s = settings or get_settings()
     app = client_app(s)
     task_id, payload = _task_id_and_payload(payload, job_id)
     name, queue = task.value, TASK_QUEUES[task].value
     expires_s = float(expires if expires is not None else default_expires(task, s))
-    parent = app.current_worker_task
-    root_id, parent_id = task_id, None
+    root_id, parent_id = None, None
+    parent = app.current_worker_task  # what send_task reads for a task sent from a running task
     if parent is not None:
         root_id = parent.request.root_id or parent.request.id
         parent_id = parent.request.id
     kwargsrepr = _kwargsrepr(task_id)
-    message_headers: dict[str, Any] = {
-        "lang": "py",
-        "task": name,
-        "id": task_id,
-        "shadow": None,
-        "eta": None,
-        "expires": (app.now() + timedelta(seconds=expires_s)).isoformat(),
-        "group": None,
-        "group_index": None,
-        "retries": 0,
-        "timelimit": [None, None],
-        "root_id": root_id,
-        "parent_id": parent_id,
-        "argsrepr": "()",
-        "kwargsrepr": kwargsrepr,
-        "origin": _origin_of_this_process(),
-        "ignore_result": None,
-        "replaced_task_nesting": 0,
-        "stamped_headers": None,
-        "stamps": {},
-        **(headers or {}),
-    }
-    properties: dict[str, Any] = {
-        "correlation_id": task_id,
-        "reply_to": app.thread_oid,
-        "argsrepr": "()",
-        "kwargsrepr": kwargsrepr,
-    }
-    body = ((), {"payload": payload}, _EMBED)
+    message_headers, properties, body, _sent_event = app.amqp.as_task_v2(
+        task_id,
+        name,
+        args=(),
+        kwargs={"payload": payload},
+        expires=expires_s,
+        reply_to=app.thread_oid,
+        root_id=root_id,
+        parent_id=parent_id,
+        origin=_origin_of_this_process(),
+        ignore_result=None,
+        argsrepr="()",
+        kwargsrepr=kwargsrepr,
+    )
+    message_headers.update(headers or {})
+    # send_task passes its leftover options on as message properties: these two, here
+    properties.update(argsrepr="()", kwargsrepr=kwargsrepr)
     signals.before_task_publish.send(
         sender=name,
         body=body,
@@ -151,6 +142,7 @@ def build_message(
         properties=properties,
         retry_policy=None,
     )
+    # kombu's Redis envelope (kombu/transport/redis.py: Channel._put via virtual.Channel.basic_publish)
     properties.update(
         delivery_mode=2,
         expiration=str(int(expires_s * 1000)),

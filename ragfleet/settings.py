@@ -52,10 +52,6 @@ class Settings(BaseSettings):
     redis_socket_timeout_s: float = 2.0
     """Socket timeout of every Redis call: a Redis outage answers 503 within about this long instead of
     hanging."""
-    # workers publish task events (Flower) from a thread of their own, not their event loop
-    # (workers/event_flusher.py)
-    task_events_thread: bool = True
-    """Workers publish Flower's task events from a thread of their own instead of their event loop."""
     # Celery's "Task ... received" INFO line in the retrieval and generation pools (one per task on
     # both hops of a query; its "succeeded"/"failed" line, the task-received event Flower shows and
     # the job record's stage start say the same). Other pools always log it.
@@ -263,6 +259,24 @@ class Settings(BaseSettings):
 
     extra: dict[str, str] = Field(default_factory=dict)
     """Free-form string settings (a JSON object); ragfleet itself reads none of them."""
+
+    # --- a node gone for good (workers/inflight.py) ------------------------------------------------
+    # Each worker node keeps `<broker prefix>ragfleet.alive.<node>` alive (SET EX node_alive_ttl_s,
+    # refreshed every node_alive_refresh_s by a thread of its own) and its in-flight set on a TTL
+    # (node_inflight_ttl_s). Every node_gone_sweep_s one live node puts back on their queues the
+    # messages held by nodes whose key is gone (0: off; the visibility-timeout sweep remains). A
+    # query held by a node that never comes back under its name is then terminal within its
+    # expiry + node_alive_ttl_s + node_gone_sweep_s (+ the time a live node takes to receive it).
+    node_alive_ttl_s: float = 6.0
+    """A node's liveness key expires this long after its last refresh; a node silent this long counts as gone."""
+    node_alive_refresh_s: float = 2.0
+    """How often a node refreshes its liveness key (from a thread of its own)."""
+    node_gone_sweep_s: float = 2.0
+    """How often one live node puts back on their queues the messages held by nodes gone for good (0 = off;
+    the visibility-timeout sweep remains)."""
+    # past the fleet-wide visibility timeout the sweep restores whatever a set still names anyway
+    node_inflight_ttl_s: int = 3_600
+    """TTL of a node's in-flight set, refreshed while it lives: a dead node's set expires."""
 
     @property
     def broker(self) -> str:

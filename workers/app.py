@@ -14,10 +14,9 @@ from __future__ import annotations
 from celery import Celery
 from kombu.entity import Queue as KQueue
 
-from ragfleet import kombu_fixes
 from ragfleet.names import PRIORITY_STEPS, TASK_QUEUES, Queue
 from ragfleet.settings import Settings, get_settings
-from workers import event_flusher
+from workers import kombu_patches
 
 TASK_MODULES = [
     "tasks.retrieval",
@@ -50,9 +49,7 @@ def interactive_transport_options(s: Settings) -> dict[str, object]:
 
 def create_app(settings: Settings | None = None) -> Celery:
     s = settings or get_settings()
-    kombu_fixes.install()  # survive losing Redis with messages unacked; one client per pool (see module)
-    if s.task_events_thread:
-        event_flusher.install()  # task events off the loop that takes messages off the queue
+    kombu_patches.install()  # survive losing Redis with messages unacked; in-flight sets (see module)
     app = Celery("ragfleet", broker=s.broker, backend=s.backend, include=TASK_MODULES)
     transport: dict[str, object] = {
         "visibility_timeout": s.visibility_timeout_s,

@@ -34,6 +34,7 @@ _QUEUES: set[str] = set()
 _POOL: str = "prefork"
 _NODE: str = "unknown"
 _ORPHANS: list[str] = []  # delivery tags this node's previous run died holding (workers/inflight.py)
+_KEEPER: list[inflight.NodeKeeper] = []  # this node's liveness + gone-node sweep thread (workers/inflight.py)
 
 _MODEL_QUEUES = {Queue.RETRIEVAL.value, Queue.INDEXING.value, Queue.MAINTENANCE.value}
 
@@ -96,6 +97,18 @@ def _after_setup(sender: str, instance: Any, **_: Any) -> None:
             # line is formatted in the loop, before the task reaches the pool).
             logging.getLogger("celery.worker.strategy").setLevel(logging.WARNING)
     _setup_observability(sender, main=True)
+    _start_node_keeper(instance.app, sender)
+
+
+def _start_node_keeper(app: Any, node: str) -> None:
+    """After the transport options are final: its sweep restores through a channel of its own."""
+    s = get_resources().settings
+    unacked = {
+        str(app.conf.broker_transport_options.get("unacked_key", "unacked")),
+        "unacked",
+        str(interactive_transport_options(s)["unacked_key"]),
+    }
+    _KEEPER.append(inflight.NodeKeeper(s, node, app.connection_for_write, frozenset(unacked)).start())
 
 
 @worker_process_init.connect
@@ -126,9 +139,17 @@ def _revoked(request: Any = None, expired: bool = False, terminated: bool = Fals
         return
     res = get_resources()
     job_id = str(request.id).removesuffix(":gen")
-    if expired:
+    redelivered = bool((getattr(request, "delivery_info", None) or {}).get("redelivered"))
+    if expired and redelivered:
+        # put back by workers/inflight.py (or the visibility sweep) after its node died holding it
+        message = (
+            "the worker holding this task died (or stopped), and the task expired before another "
+            "worker could take it over; retry"
+        )
+        code = ErrorCode.WORKER_LOST
+    elif expired:
         message = "the task expired in the queue before a worker could start it (backlog); retry later"
         code = ErrorCode.TIMEOUT
     else:
         message, code = "the task was revoked", ErrorCode.CANCELLED
-    fail_job(res, job_id, code, message, retry_after=30 if expired else None)
+    fail_job(res, job_id, code, message, retry_after=(5 if redelivered else 30) if expired else None)

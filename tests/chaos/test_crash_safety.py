@@ -176,8 +176,9 @@ def test_retrieval_worker_sigkilled_mid_query_job_completes_after_redelivery(
 ) -> None:
     """The whole worker node dies (parent and children): the query comes back after the interactive
     pools' own visibility timeout, found by the replacement's periodic restore sweep, while the
-    fleet-wide timeout (sized for a reindex) stays at an hour."""
-    s = isolated_settings(base_settings, tmp_path, visibility_timeout_s=3_600)
+    fleet-wide timeout (sized for a reindex) stays at an hour. The gone-node sweep is off here
+    (`node_gone_sweep_s=0`; tests/chaos/test_node_gone.py shows it): this is the last resort."""
+    s = isolated_settings(base_settings, tmp_path, visibility_timeout_s=3_600, node_gone_sweep_s=0)
     seed_documents(s, CORPUS)
     fleet: ChaosFleet = chaos_fleet_factory(s)
     slow, _gen = fleet.start("retrieval", "generation", extra_env={"RAGFLEET_CHAOS_DELAY_S": "20"})
@@ -285,9 +286,14 @@ def test_generation_node_restarted_under_its_name_requeues_what_it_died_holding_
     """A whole threads-pool node dies holding a query, and its supervisor restarts it under the
     same `-n` name. The restarted node requeues that message itself as it starts
     (workers/inflight.py), not one visibility timeout later: the timeout is 120 s here, so the
-    sweep cannot be what brings it back."""
+    sweep cannot be what brings it back; nor can the gone-node sweep of the live retrieval node
+    (off here, `node_gone_sweep_s=0`, so that the restart is what requeues it)."""
     with generation_holding_a_query(
-        base_settings, tmp_path, chaos_fleet_factory, interactive_visibility_timeout_s=120
+        base_settings,
+        tmp_path,
+        chaos_fleet_factory,
+        interactive_visibility_timeout_s=120,
+        node_gone_sweep_s=0,
     ) as query:
         llm, s, fleet, gen, job_id = query.llm, query.settings, query.fleet, query.gen, query.job_id
         r = get_redis(s)

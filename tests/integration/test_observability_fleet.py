@@ -211,9 +211,8 @@ def test_prometheus_scrapes_fleet_series_with_labels(ops: Ops) -> None:
 
 
 def test_task_events_of_both_pools_reach_an_event_receiver(ops: Ops) -> None:
-    """What Flower sees: every task of a query sends task-received, -started and -succeeded (the
-    generation worker publishes them from a thread of its own, a solo retrieval node after its task:
-    workers/event_flusher.py)."""
+    """What Flower sees: every task of a query sends task-received, -started and -succeeded (Celery's
+    own flush, in each worker's event loop)."""
     import threading
 
     from workers.app import create_app
