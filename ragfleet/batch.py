@@ -31,12 +31,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
 from ragfleet.jobs import JobStore, parse_record
 from ragfleet.names import Priority, TaskName
 from ragfleet.producer import enqueue
-from ragfleet.schemas import TERMINAL, ErrorCode, JobStatus, QueryPayload
+from ragfleet.schemas import TERMINAL, BatchDispatchPayload, ErrorCode, JobStatus, QueryPayload
 from ragfleet.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -363,25 +363,6 @@ def on_query_finished(client: redis.Redis, settings: Settings, job_id: str, *, o
         Batches(client, settings).on_job_finished(job_id, ok=ok)
     except Exception:
         log.exception("batch progress for job %s failed; reconcile will repair it", job_id)
-
-
-class BatchDispatchPayload(BaseModel):
-    """Payload of `ragfleet.batch.dispatch`: a whole batch submitted by task name.
-
-    `questions` items are strings or objects `{question, top_k?, filters?, mode?, use_cache?, id?}`;
-    `top_k`, `mode` and `use_cache` here are defaults for items that do not set them. The task id is
-    the batch id (`job_id`), so the producer polls `<prefix>:job:<task id>` for progress.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    questions: list[Any] = Field(min_length=1)
-    top_k: int | None = None
-    mode: str | None = None
-    use_cache: bool | None = None
-    tenant: str = Field(default="default", min_length=1, max_length=128)
-    job_id: str | None = None
-    request_id: str | None = None
 
 
 def submit_payload(client: redis.Redis, settings: Settings, p: BatchDispatchPayload) -> dict[str, Any]:

@@ -18,8 +18,8 @@ from typing import Any
 from celery import Celery, signals
 from celery.utils.nodenames import anon_nodename
 
-from ragfleet import kombu_fixes
-from ragfleet.names import PRIORITY_STEPS, TASK_QUEUES, Priority, TaskName, priority_list
+from ragfleet import kombu_fixes, task_headers
+from ragfleet.names import PRIORITY_STEPS, TASK_QUEUES, TASKS, Priority, TaskName, priority_list
 from ragfleet.settings import Settings, get_settings
 
 
@@ -57,11 +57,7 @@ def client_app(settings: Settings | None = None) -> Celery:
 
 
 def default_expires(task: TaskName, settings: Settings) -> int:
-    if task in (TaskName.QUERY, TaskName.GENERATE):
-        return settings.query_expires_s
-    if task in (TaskName.FEEDBACK_RECORD, TaskName.FEEDBACK_AGGREGATE):
-        return settings.feedback_expires_s
-    return settings.index_expires_s
+    return TASKS[task].expires_s(settings)
 
 
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
@@ -132,7 +128,7 @@ def build_message(
         "replaced_task_nesting": 0,
         "stamped_headers": None,
         "stamps": {},
-        **(headers or {}),
+        **task_headers.for_publish(headers),
     }
     properties: dict[str, Any] = {
         "correlation_id": task_id,
@@ -228,7 +224,7 @@ def enqueue(
         queue=TASK_QUEUES[task].value,
         priority=int(priority),
         expires=expires if expires is not None else default_expires(task, s),
-        headers=headers or {},
+        headers=task_headers.for_publish(headers),
         # Celery routes a `queue=` send through kombu's anonymous exchange (an LPUSH onto the
         # queue's list, no binding lookup), so declaring the queue on every publish only costs
         # kombu's copy-and-bind of two entities (~25 % of a publish's CPU, on the API's and the

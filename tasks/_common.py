@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,7 +16,6 @@ from ragfleet.jobs import JobCreate
 from ragfleet.outcomes import finish_with_answer
 from ragfleet.resources import Resources, get_resources
 from ragfleet.schemas import ErrorCode, JobStatus
-from ragfleet.settings import Settings
 from workers.base import RagfleetTask
 
 M = TypeVar("M", bound=BaseModel)
@@ -54,30 +51,6 @@ def parse(task: RagfleetTask, model: type[M], payload: Any, *, kind: str) -> M:
         res.jobs.create(jid, kind, tenant=str(data.get("tenant") or "default"))
         res.jobs.fail(jid, ErrorCode.INVALID_PAYLOAD, message)
         raise InvalidPayloadError(error_result(jid, ErrorCode.INVALID_PAYLOAD, message)) from exc
-
-
-class ChaosError(Exception):
-    """What `chaos_error_marker` raises: an exception no task expects."""
-
-
-def inject_fault(settings: Settings, question: str) -> None:
-    """Fault injection for the chaos suite (tests/chaos), off unless `chaos_*` settings are set.
-
-    A kill marker in the question makes this delivery die like an OOM kill would, every time: the
-    redelivery cap in `workers.base` must park it. An error marker raises what no task handles; a
-    hang marker blocks the soft time limit's signal (SIGUSR1 in a prefork child, SIGALRM in a
-    solo node) and sleeps, so only the hard limit can end it. A delay keeps the task busy so a
-    test can kill its worker.
-    """
-    if settings.chaos_kill_marker and settings.chaos_kill_marker in question:
-        os.kill(os.getpid(), signal.SIGKILL)
-    if settings.chaos_error_marker and settings.chaos_error_marker in question:
-        raise ChaosError(f"injected failure ({settings.chaos_error_marker})")
-    if settings.chaos_hang_marker and settings.chaos_hang_marker in question:
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1, signal.SIGALRM})
-        time.sleep(3_600)
-    if settings.chaos_delay_s > 0:
-        time.sleep(settings.chaos_delay_s)
 
 
 @dataclass(slots=True)

@@ -12,20 +12,10 @@ from ragfleet.outcomes import fail_job, finish_with_answer
 from ragfleet.resources import get_resources
 from ragfleet.schemas import ErrorCode, GeneratePayload, JobStatus
 from tasks._common import InvalidPayloadError, error_result, parse, stage
-from workers.app import app
-from workers.base import RagfleetTask
-
-_s = get_resources().settings
+from workers.base import RagfleetTask, task
 
 
-@app.task(
-    name=TaskName.GENERATE.value,
-    bind=True,
-    base=RagfleetTask,
-    ignore_result=True,  # the job record is the result (see tasks/retrieval.py)
-    time_limit=_s.generate_time_limit_s,
-    soft_time_limit=_s.generate_time_limit_s - 5,
-)
+@task(TaskName.GENERATE)
 def generate(self: RagfleetTask, *, payload: dict[str, Any]) -> dict[str, Any]:
     try:
         p = parse(self, GeneratePayload, payload, kind="query")

@@ -15,25 +15,12 @@ from ragfleet.names import Priority, Queue, TaskName
 from ragfleet.outcomes import fail_job, finish_with_answer
 from ragfleet.producer import enqueue_on
 from ragfleet.resources import get_resources
-from ragfleet.schemas import ErrorCode, GeneratePayload, JobStatus, QueryPayload
-from tasks._common import InvalidPayloadError, error_result, inject_fault, parse, stage
-from workers.app import app
-from workers.base import RagfleetTask
-
-_s = get_resources().settings
+from ragfleet.schemas import BatchDispatchPayload, ErrorCode, GeneratePayload, JobStatus, QueryPayload
+from tasks._common import InvalidPayloadError, error_result, parse, stage
+from workers.base import RagfleetTask, task
 
 
-# ignore_result: a query's result is its job record (polled, streamed, TTL'd); Celery's copy would
-# add a STARTED and a SUCCESS write to the backend on the interactive path of both pools.
-@app.task(
-    name=TaskName.QUERY.value,
-    bind=True,
-    base=RagfleetTask,
-    ignore_result=True,
-    time_limit=_s.query_time_limit_s,
-    soft_time_limit=_s.query_time_limit_s - 5,
-    max_retries=2,
-)
+@task(TaskName.QUERY)
 def query(self: RagfleetTask, *, payload: dict[str, Any]) -> dict[str, Any]:
     try:
         p = parse(self, QueryPayload, payload, kind="query")
@@ -67,7 +54,6 @@ def query(self: RagfleetTask, *, payload: dict[str, Any]) -> dict[str, Any]:
                 if flight.role == "follower":
                     return _follow(self, job_id, flight.leader)
             res.coalescer.count_run(run.pipe)
-            inject_fault(res.settings, p.question)
             r = querying.search(res, p, store, pointer.version, key, run.pipe, pre)
             if p.use_cache:
                 res.coalescer.renew(key, job_id, run.pipe)
@@ -145,10 +131,10 @@ def _follow(task: RagfleetTask, job_id: str, leader: str) -> dict[str, Any]:
     raise task.retry(countdown=countdown, max_retries=10_000)
 
 
-@app.task(name=TaskName.BATCH_DISPATCH.value, bind=True, base=RagfleetTask, time_limit=120)
+@task(TaskName.BATCH_DISPATCH)
 def batch_dispatch(self: RagfleetTask, *, payload: dict[str, Any]) -> dict[str, Any]:
     """A batch submitted by task name: store its questions, dispatch the first window (ragfleet.batch)."""
-    from ragfleet.batch import BatchDispatchPayload, submit_payload
+    from ragfleet.batch import submit_payload
 
     try:
         p = parse(self, BatchDispatchPayload, payload, kind="batch")

@@ -1,0 +1,28 @@
+"""An expired or revoked message never runs: its job must not stay `queued` until its TTL."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery, signals
+
+from ragfleet.outcomes import fail_job
+from ragfleet.resources import get_resources
+from ragfleet.schemas import ErrorCode
+
+
+def _revoked(request: Any = None, expired: bool = False, terminated: bool = False, **_: Any) -> None:
+    if request is None or not getattr(request, "id", None):
+        return
+    res = get_resources()
+    job_id = str(request.id).removesuffix(":gen")
+    if expired:
+        message = "the task expired in the queue before a worker could start it (backlog); retry later"
+        code = ErrorCode.TIMEOUT
+    else:
+        message, code = "the task was revoked", ErrorCode.CANCELLED
+    fail_job(res, job_id, code, message, retry_after=30 if expired else None)
+
+
+def install(app: Celery) -> None:
+    signals.task_revoked.connect(_revoked, weak=False, dispatch_uid="ragfleet.hooks.revoked")
