@@ -147,17 +147,6 @@ class Settings(BaseSettings):
     max_batch_questions: int = 10_000
     batch_window: int = 8  # questions of one batch in flight at once (bounded fan-out)
 
-    # --- fault injection (chaos tests only; all off by default, never set in production) -------
-    # the retrieval task sleeps this long before searching, so a test can kill it mid-query
-    chaos_delay_s: float = 0.0
-    # a query whose question contains this text SIGKILLs its own worker process (a poison message)
-    chaos_kill_marker: str = ""
-    # ... raises an exception no task handles (a bug): its job must still end, `internal`
-    chaos_error_marker: str = ""
-    # ... hangs where the soft time limit cannot reach it (as a call stuck in native code would):
-    # the hard time limit must stop it, and its job must end, `timeout`
-    chaos_hang_marker: str = ""
-
     extra: dict[str, str] = Field(default_factory=dict)
 
     @property
