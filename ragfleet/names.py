@@ -71,9 +71,9 @@ class TaskSpec:
 
     A time limit or an expiry given as a string names the Settings field that holds it (so a
     deployment tunes it through `RAGFLEET_*`); a number is fixed. `soft_margin_s`: the soft limit is
-    the hard one minus this (None: no soft limit), so a task can turn it into its own error result
-    before the hard limit stops it. `summary`: the task's entry in docs/tasks.md (None: internal or
-    scheduled, not documented there).
+    the hard one minus this, so a task can turn it into its own error result before the hard limit
+    stops it (None: none of its own; the worker app's default lies past a short hard limit).
+    `summary`: the task's entry in docs/tasks.md (None: internal or scheduled, not listed there).
     """
 
     name: TaskName

@@ -22,7 +22,8 @@ from ragfleet.logs import get_logger
 from ragfleet.names import Queue, TaskName
 from ragfleet.resources import Resources, get_resources
 from ragfleet.schemas import AggregatePayload, ErrorCode, FeedbackPayload, JobStatus
-from tasks._common import InvalidPayloadError, error_result, retry_or_fail, stage
+from ragfleet.stages import error_result, stage
+from tasks._common import InvalidPayloadError, retry_or_fail
 from workers.base import RagfleetTask, task
 
 M = TypeVar("M", bound=BaseModel)

@@ -19,8 +19,9 @@ from ragfleet.schemas import (
     IndexDocumentsPayload,
     JobStatus,
 )
+from ragfleet.stages import error_result, stage
 from ragfleet.update_buffer import UpdateBuffer
-from tasks._common import InvalidPayloadError, error_result, parse, retry_or_fail, stage
+from tasks._common import InvalidPayloadError, parse, retry_or_fail
 from workers.base import RagfleetTask, task
 
 

@@ -9,7 +9,8 @@ from ragfleet.names import Queue, TaskName
 from ragfleet.reindex import ReindexBusyError, run_reindex
 from ragfleet.resources import get_resources
 from ragfleet.schemas import ErrorCode, JobStatus, ReindexPayload
-from tasks._common import InvalidPayloadError, error_result, parse, stage
+from ragfleet.stages import error_result, stage
+from tasks._common import InvalidPayloadError, parse
 from workers.base import RagfleetTask, task
 
 
