@@ -107,10 +107,10 @@ def render() -> str:
         "## Limits and defaults",
         "",
         "Every task, internal and scheduled ones included, as declared in `ragfleet/names.py` (`TASKS`). "
-        "`expires`: what `ragfleet.producer` sets when the caller sets none. `priority`: the task's own: beat "
-        "sends its scheduled tasks with it, `ragfleet.producer` sends the others at 3 unless the caller "
-        "sets one. Time limits: past the soft one the task ends its job "
-        "with `timeout`; past the hard one it is stopped and its job fails with `timeout`.",
+        "`expires`: what `ragfleet.producer` sets when the caller sets none. `priority`: the task's own, "
+        "which beat sends its scheduled tasks with (`ragfleet.producer` sends at 3 unless the caller sets "
+        "one). Time limits: past the soft one the task ends its job with `timeout`; past the hard one it "
+        "is stopped and its job fails with `timeout`.",
         "",
         "| task | queue | expires | priority | hard time limit | soft time limit | max retries |",
         "| --- | --- | --- | --- | --- | --- | --- |",
