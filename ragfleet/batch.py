@@ -9,7 +9,7 @@ dispatched but not yet counted). Question `i` runs as an ordinary query job with
 Why a window instead of enqueueing everything: 10,000 queued batch messages would sit in front of
 nobody (interactive queries have a higher priority) but would expire, pin memory in the broker and
 make cancellation a hunt through the queue. With a window only `Settings.batch_window` questions of
-a batch are ever queued or running; each finishing question (the hook in `tasks/_common`) claims and
+a batch are ever queued or running; each finishing question (the hook in `ragfleet.outcomes`) claims and
 dispatches the next. Claiming and counting happen in one Lua script: a question is counted once
 even when its job is finished twice (coalesced followers, redelivery), and a cancelled batch
 dispatches nothing more.
