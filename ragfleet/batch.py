@@ -9,7 +9,7 @@ dispatched but not yet counted). Question `i` runs as an ordinary query job with
 Why a window instead of enqueueing everything: 10,000 queued batch messages would sit in front of
 nobody (interactive queries have a higher priority) but would expire, pin memory in the broker and
 make cancellation a hunt through the queue. With a window only `Settings.batch_window` questions of
-a batch are ever queued or running; each finishing question (the hook in `tasks/_common`) claims and
+a batch are ever queued or running; each finishing question (the hook in `ragfleet.outcomes`) claims and
 dispatches the next. Claiming and counting happen in one Lua script: a question is counted once
 even when its job is finished twice (coalesced followers, redelivery), and a cancelled batch
 dispatches nothing more.
@@ -31,12 +31,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
-from pydantic import BaseModel, ConfigDict, Field
 
 from ragfleet.batch_input import BatchError, normalize_questions, parse_jsonl
 from ragfleet.jobs import JobStore, parse_record
 from ragfleet.names import Priority, TaskName
-from ragfleet.schemas import TERMINAL, ErrorCode, JobStatus
+from ragfleet.schemas import TERMINAL, BatchDispatchPayload, ErrorCode, JobStatus
 from ragfleet.settings import Settings
 from ragfleet.submission import NewJob, submit_job
 
@@ -290,25 +289,6 @@ def on_query_finished(client: redis.Redis, settings: Settings, job_id: str, *, o
         Batches(client, settings).on_job_finished(job_id, ok=ok)
     except Exception:
         log.exception("batch progress for job %s failed; reconcile will repair it", job_id)
-
-
-class BatchDispatchPayload(BaseModel):
-    """Payload of `ragfleet.batch.dispatch`: a whole batch submitted by task name.
-
-    `questions` items are strings or objects `{question, top_k?, filters?, mode?, use_cache?, id?}`;
-    `top_k`, `mode` and `use_cache` here are defaults for items that do not set them. The task id is
-    the batch id (`job_id`), so the producer polls `<prefix>:job:<task id>` for progress.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    questions: list[Any] = Field(min_length=1)
-    top_k: int | None = None
-    mode: str | None = None
-    use_cache: bool | None = None
-    tenant: str = Field(default="default", min_length=1, max_length=128)
-    job_id: str | None = None
-    request_id: str | None = None
 
 
 def submit_payload(client: redis.Redis, settings: Settings, p: BatchDispatchPayload) -> dict[str, Any]:

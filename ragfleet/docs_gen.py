@@ -11,66 +11,34 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from ragfleet.batch import BatchDispatchPayload
-from ragfleet.names import TASK_QUEUES, Priority, TaskName
-from ragfleet.schemas import (
-    Answer,
-    DeleteDocumentPayload,
-    ErrorCode,
-    FeedbackPayload,
-    GeneratePayload,
-    IndexDocumentPayload,
-    IndexDocumentsPayload,
-    IndexResult,
-    JobRecord,
-    QueryPayload,
-    ReindexPayload,
-)
+from ragfleet.names import TASKS as SPECS
+from ragfleet.names import Priority, TaskName, TaskSpec
+from ragfleet.schemas import ErrorCode, JobRecord
+from ragfleet.settings import Settings
 
+# the documented tasks (those with a summary in their spec), in declaration order
 TASKS: list[tuple[TaskName, type[BaseModel], type[BaseModel] | None, str]] = [
-    (
-        TaskName.QUERY,
-        QueryPayload,
-        Answer,
-        "Ask a question. Retrieval runs here, then hands off to "
-        "`ragfleet.generate`; the job record's `result` is an Answer.",
-    ),
-    (
-        TaskName.INDEX_DOCUMENTS,
-        IndexDocumentsPayload,
-        IndexResult,
-        "Index a batch of documents "
-        "(`{id, text, title?, metadata?, tenant?}` each). Invalid documents are reported in `errors`; "
-        "the rest are indexed.",
-    ),
-    (
-        TaskName.INDEX_DOCUMENT_SINGLE,
-        IndexDocumentPayload,
-        IndexResult,
-        "Index one document; the indexing pool gathers these into batches before embedding.",
-    ),
-    (TaskName.DELETE_DOCUMENT, DeleteDocumentPayload, IndexResult, "Delete a document and all its chunks."),
-    (TaskName.FEEDBACK_RECORD, FeedbackPayload, None, "Rate an answered query (1-5)."),
-    (
-        TaskName.REINDEX,
-        ReindexPayload,
-        None,
-        "Rebuild the index as a new version and switch atomically (normally run by beat).",
-    ),
-    (
-        TaskName.BATCH_DISPATCH,
-        BatchDispatchPayload,
-        None,
-        "Submit a whole batch of questions; the task id is the batch id. Progress (done/failed/total) "
-        "is in the batch's job record; item i's answer is the job `<batch_id>.<i>`.",
-    ),
-    (
-        TaskName.GENERATE,
-        GeneratePayload,
-        Answer,
-        "Internal: the retrieval pool's hand-off. Do not send it yourself.",
-    ),
+    (spec.name, spec.payload, spec.result, spec.summary)
+    for spec in SPECS.values()
+    if spec.summary is not None and spec.payload is not None
 ]
+
+
+def _seconds(value: str | float) -> str:
+    """A fixed number of seconds, or the Settings field that holds it with its default."""
+    if isinstance(value, str):
+        default = Settings.model_fields[value].default
+        return f"`RAGFLEET_{value.upper()}` ({default:g} s)"
+    return f"{value:g} s"
+
+
+def _limits_row(spec: TaskSpec) -> str:
+    soft = "-" if spec.soft_margin_s is None else f"hard - {spec.soft_margin_s:g} s"
+    return (
+        f"| `{spec.name.value}` | `{spec.queue.value}` | {_seconds(spec.expires)} | "
+        f"{int(spec.priority)} ({spec.priority.name.lower()}) | {_seconds(spec.time_limit)} | {soft} | "
+        f"{spec.max_retries} |"
+    )
 
 
 def _schema(model: type[BaseModel]) -> str:
@@ -118,7 +86,7 @@ def render() -> str:
     ]
     for name, payload, result, _ in TASKS:
         out.append(
-            f"| `{name.value}` | `{TASK_QUEUES[name].value}` | {payload.__name__} | "
+            f"| `{name.value}` | `{SPECS[name].queue.value}` | {payload.__name__} | "
             f"{result.__name__ if result else '-'} |"
         )
     out.append("")
@@ -128,13 +96,27 @@ def render() -> str:
             "",
             text,
             "",
-            f"Queue `{TASK_QUEUES[name].value}`. Payload:",
+            f"Queue `{SPECS[name].queue.value}`. Payload:",
             "",
             _schema(payload),
             "",
         ]
         if result is not None:
             out += ["Result (the job record's `result`):", "", _schema(result), ""]
+    out += [
+        "## Limits and defaults",
+        "",
+        "Every task, internal and scheduled ones included, as declared in `ragfleet/names.py` (`TASKS`). "
+        "`expires`: what `ragfleet.producer` sets when the caller sets none. `priority`: the task's own, "
+        "which beat sends its scheduled tasks with (`ragfleet.producer` sends at 3 unless the caller sets "
+        "one). Time limits: past the soft one the task ends its job with `timeout`; past the hard one it "
+        "is stopped and its job fails with `timeout`.",
+        "",
+        "| task | queue | expires | priority | hard time limit | soft time limit | max retries |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+        *(_limits_row(spec) for spec in SPECS.values()),
+        "",
+    ]
     return "\n".join(out)
 
 

@@ -294,3 +294,12 @@ def set_worker_hostname(name: str) -> None:
     """Celery's node name (e.g. `retrieval@host`) identifies the pool in stage timings."""
     global _HOSTNAME
     _HOSTNAME = name
+
+
+def job_id_of(task_id: str, kwargs: Any) -> str:
+    """The job a caller polls for a task: a hand-off task (`<job>:gen`) carries it in its payload;
+    a task sent by name without one is its own job."""
+    payload = (kwargs or {}).get("payload") if isinstance(kwargs, dict) else None
+    if isinstance(payload, dict) and payload.get("job_id"):
+        return str(payload["job_id"])
+    return str(task_id).removesuffix(":gen")

@@ -4,11 +4,11 @@ Why the shape:
 - Every line is one JSON object on stderr, whoever wrote it: our structlog loggers and the stdlib
   loggers of Celery, kombu, uvicorn and friends all go through the same `ProcessorFormatter`, so a log
   shipper never has to parse two formats.
-- The request id lives in a `ContextVar`: the API binds it per request, `before_task_publish` copies it
-  into the message headers (`ragfleet_request_id`), and `task_prerun` binds it again in the worker, where
-  the next stage's publish copies it on. Grepping one id shows the API line, the retrieval task and the
-  generation task.
-- Celery configures logging itself unless a `setup_logging` receiver exists; `install_celery_logging`
+- The request id lives in a `ContextVar`: the API binds it per request, the producer copies it
+  into the message headers (`ragfleet_request_id`, ragfleet.task_headers), and the worker binds it
+  again around the task (workers/hooks/request_id.py), where the next stage's publish copies it on.
+  Grepping one id shows the API line, the retrieval task and the generation task.
+- Celery configures logging itself unless a `setup_logging` receiver exists; workers/hooks/logging.py
   connects one, so the worker's own lines ("Task ... succeeded") are JSON too.
 """
 
@@ -19,7 +19,7 @@ import logging
 import os
 import sys
 import uuid
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterator
 from contextvars import ContextVar, Token
 from typing import Any, Final, TextIO
 
@@ -170,77 +170,10 @@ def configure_logging(
     _configured = True
 
 
-def install_celery_logging(*, process: str, level: str | None = None) -> None:
-    """Make Celery call `configure_logging` instead of installing its own text handlers.
-
-    Connect at import of the Celery app module, before the worker starts.
-    """
-    from celery import signals
-
-    def _setup(loglevel: Any = None, **_: Any) -> None:
-        if level is not None:
-            lvl = level
-        elif isinstance(loglevel, int):
-            lvl = logging.getLevelName(loglevel)
-        else:
-            lvl = str(loglevel or "INFO")
-        configure_logging(lvl, process=process, force=True)
-
-    signals.setup_logging.connect(_setup, weak=False, dispatch_uid="ragfleet.logs.setup_logging")
-
-
-# --- Celery request-id propagation -------------------------------------------------------------------
-
-_task_tokens: dict[str, Token[str | None]] = {}
-_TASK_FIELDS: Final = ("job_id", "task", "queue")
-
-
-def _on_before_publish(headers: MutableMapping[str, Any] | None = None, **_: Any) -> None:
-    rid = _request_id.get()
-    if headers is not None and rid and not headers.get(REQUEST_ID_HEADER):
-        headers[REQUEST_ID_HEADER] = rid
-
-
-def _request_id_for(task: Any, kwargs: Any) -> str | None:
-    request = getattr(task, "request", None)
-    rid = getattr(request, REQUEST_ID_HEADER, None)
-    if not rid:
-        headers = getattr(request, "headers", None)
-        if isinstance(headers, dict):
-            rid = headers.get(REQUEST_ID_HEADER)
-    if not rid and isinstance(kwargs, dict):
-        payload = kwargs.get("payload")
-        if isinstance(payload, dict):
-            rid = payload.get("request_id")
-    return str(rid) if rid else None
-
-
-def _on_prerun(task_id: str | None = None, task: Any = None, kwargs: Any = None, **_: Any) -> None:
-    if task_id is None:
-        return
-    _task_tokens[task_id] = _request_id.set(_request_id_for(task, kwargs))
-    delivery = getattr(getattr(task, "request", None), "delivery_info", None) or {}
-    structlog.contextvars.bind_contextvars(
-        job_id=task_id, task=getattr(task, "name", None), queue=delivery.get("routing_key")
-    )
-
-
-def _on_postrun(task_id: str | None = None, **_: Any) -> None:
-    if task_id is None:
-        return
-    token = _task_tokens.pop(task_id, None)
-    if token is not None:
-        reset_request_id(token)
-    structlog.contextvars.unbind_contextvars(*_TASK_FIELDS)
-
-
 def install_celery_request_id() -> None:
-    """Carry the request id through Celery: into headers on publish, back into context on prerun.
+    """Stamp the bound request id on every task message this process publishes through
+    `ragfleet.producer` (ragfleet.task_headers); idempotent. A worker also binds it around each task
+    and carries it through Celery's own publishes (workers/hooks/request_id.py)."""
+    from ragfleet import task_headers  # it reads the request id from here
 
-    Call in every process that publishes (API, workers) and every worker; idempotent.
-    """
-    from celery import signals
-
-    signals.before_task_publish.connect(_on_before_publish, weak=False, dispatch_uid="ragfleet.logs.publish")
-    signals.task_prerun.connect(_on_prerun, weak=False, dispatch_uid="ragfleet.logs.prerun")
-    signals.task_postrun.connect(_on_postrun, weak=False, dispatch_uid="ragfleet.logs.postrun")
+    task_headers.enable(request_id=True)

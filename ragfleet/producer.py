@@ -18,7 +18,8 @@ from typing import Any
 from celery import Celery, signals
 from celery.utils.nodenames import anon_nodename
 
-from ragfleet.names import PRIORITY_STEPS, TASK_QUEUES, Priority, TaskName, priority_list
+from ragfleet import task_headers
+from ragfleet.names import PRIORITY_STEPS, TASK_QUEUES, TASKS, Priority, TaskName, priority_list
 from ragfleet.settings import Settings, get_settings
 
 
@@ -55,11 +56,7 @@ def client_app(settings: Settings | None = None) -> Celery:
 
 
 def default_expires(task: TaskName, settings: Settings) -> int:
-    if task in (TaskName.QUERY, TaskName.GENERATE):
-        return settings.query_expires_s
-    if task in (TaskName.FEEDBACK_RECORD, TaskName.FEEDBACK_AGGREGATE):
-        return settings.feedback_expires_s
-    return settings.index_expires_s
+    return TASKS[task].expires_s(settings)
 
 
 _origin: tuple[int, str] | None = None
@@ -129,7 +126,7 @@ def build_message(
         argsrepr="()",
         kwargsrepr=kwargsrepr,
     )
-    message_headers.update(headers or {})
+    message_headers.update(task_headers.for_publish(headers))
     # send_task passes its leftover options on as message properties: these two, here
     properties.update(argsrepr="()", kwargsrepr=kwargsrepr)
     signals.before_task_publish.send(
@@ -220,7 +217,7 @@ def enqueue(
         queue=TASK_QUEUES[task].value,
         priority=int(priority),
         expires=expires if expires is not None else default_expires(task, s),
-        headers=headers or {},
+        headers=task_headers.for_publish(headers),
         # Celery routes a `queue=` send through kombu's anonymous exchange (an LPUSH onto the
         # queue's list, no binding lookup), so declaring the queue on every publish only costs
         # kombu's copy-and-bind of two entities (~25 % of a publish's CPU, on the API's and the

@@ -256,3 +256,35 @@ class GeneratePayload(_Strict):
     tenant: str = "default"
     request_id: str | None = None
     stream: bool = False
+
+
+class BatchDispatchPayload(BaseModel):
+    """Payload of `ragfleet.batch.dispatch`: a whole batch submitted by task name.
+
+    `questions` items are strings or objects `{question, top_k?, filters?, mode?, use_cache?, id?}`;
+    `top_k`, `mode` and `use_cache` here are defaults for items that do not set them. The task id is
+    the batch id (`job_id`), so the producer polls `<prefix>:job:<task id>` for progress.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    questions: list[Any] = Field(min_length=1)
+    top_k: int | None = None
+    mode: str | None = None
+    use_cache: bool | None = None
+    tenant: str = Field(default="default", min_length=1, max_length=128)
+    job_id: str | None = None
+    request_id: str | None = None
+
+
+class AggregatePayload(BaseModel):
+    """Payload of `ragfleet.feedback.aggregate`; beat sends `{}` and gets these defaults, which match
+    the `RagfleetFeedbackRatingLow` alert rule (more than 10 ratings averaging below 3.5 in an hour)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    window_s: float = Field(default=3_600, gt=0, le=30 * 86_400)
+    min_count: int = Field(default=10, ge=0)
+    threshold: float = Field(default=3.5, ge=1, le=5)
+    job_id: str | None = None
+    request_id: str | None = None

@@ -242,21 +242,6 @@ class Settings(BaseSettings):
     batch_window: int = 8  # questions of one batch in flight at once (bounded fan-out)
     """Questions of one batch in flight at once (bounded fan-out)."""
 
-    # --- fault injection (chaos tests only; all off by default, never set in production) -------
-    # the retrieval task sleeps this long before searching, so a test can kill it mid-query
-    chaos_delay_s: float = 0.0
-    """Chaos tests only: the retrieval task sleeps this long before searching."""
-    # a query whose question contains this text SIGKILLs its own worker process (a poison message)
-    chaos_kill_marker: str = ""
-    """Chaos tests only: a question containing this text SIGKILLs its worker (a poison message)."""
-    # ... raises an exception no task handles (a bug): its job must still end, `internal`
-    chaos_error_marker: str = ""
-    """Chaos tests only: a question containing this text raises an unhandled exception."""
-    # ... hangs where the soft time limit cannot reach it (as a call stuck in native code would):
-    # the hard time limit must stop it, and its job must end, `timeout`
-    chaos_hang_marker: str = ""
-    """Chaos tests only: a question containing this text hangs past the soft time limit."""
-
     extra: dict[str, str] = Field(default_factory=dict)
     """Free-form string settings (a JSON object); ragfleet itself reads none of them."""
 
@@ -268,7 +253,8 @@ class Settings(BaseSettings):
     # query held by a node that never comes back under its name is then terminal within its
     # expiry + node_alive_ttl_s + node_gone_sweep_s (+ the time a live node takes to receive it).
     node_alive_ttl_s: float = 6.0
-    """A node's liveness key expires this long after its last refresh; a node silent this long counts as gone."""
+    """A node's liveness key expires this long after its last refresh: a node silent this long counts as
+    gone."""
     node_alive_refresh_s: float = 2.0
     """How often a node refreshes its liveness key (from a thread of its own)."""
     node_gone_sweep_s: float = 2.0

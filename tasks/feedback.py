@@ -11,7 +11,6 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from celery.exceptions import SoftTimeLimitExceeded
-from celery.signals import celeryd_after_setup
 from pydantic import BaseModel, ValidationError
 from redis.exceptions import RedisError
 from sqlalchemy.exc import OperationalError
@@ -22,10 +21,10 @@ from ragfleet.feedback import repository, service
 from ragfleet.logs import get_logger
 from ragfleet.names import Queue, TaskName
 from ragfleet.resources import Resources, get_resources
-from ragfleet.schemas import ErrorCode, FeedbackPayload, JobStatus
-from tasks._common import InvalidPayloadError, error_result, retry_or_fail, stage
-from workers.app import app
-from workers.base import RagfleetTask
+from ragfleet.schemas import AggregatePayload, ErrorCode, FeedbackPayload, JobStatus
+from ragfleet.stages import error_result, stage
+from tasks._common import InvalidPayloadError, retry_or_fail
+from workers.base import RagfleetTask, task
 
 M = TypeVar("M", bound=BaseModel)
 log = get_logger("ragfleet.feedback")
@@ -57,14 +56,7 @@ def _sessions(res: Resources) -> sessionmaker[Session]:
     return repository.get_session_factory(url)
 
 
-@app.task(
-    name=TaskName.FEEDBACK_RECORD.value,
-    bind=True,
-    base=RagfleetTask,
-    time_limit=30,
-    soft_time_limit=25,
-    max_retries=3,
-)
+@task(TaskName.FEEDBACK_RECORD)
 def record(self: RagfleetTask, *, payload: dict[str, Any]) -> dict[str, Any]:
     try:
         p = _parse(self, FeedbackPayload, payload)
@@ -89,17 +81,10 @@ def record(self: RagfleetTask, *, payload: dict[str, Any]) -> dict[str, Any]:
     return {"job_id": job_id, **out}
 
 
-@app.task(
-    name=TaskName.FEEDBACK_AGGREGATE.value,
-    bind=True,
-    base=RagfleetTask,
-    time_limit=60,
-    soft_time_limit=50,
-    max_retries=2,
-)
+@task(TaskName.FEEDBACK_AGGREGATE)
 def aggregate(self: RagfleetTask, *, payload: dict[str, Any] | None = None) -> dict[str, Any]:
     try:
-        p = _parse(self, service.AggregatePayload, payload if payload is not None else {})
+        p = _parse(self, AggregatePayload, payload if payload is not None else {})
     except InvalidPayloadError as exc:
         return exc.result
     res = get_resources()
@@ -125,21 +110,3 @@ def aggregate(self: RagfleetTask, *, payload: dict[str, Any] | None = None) -> d
     metrics.beat_heartbeat(AGGREGATE_SCHEDULE, interval_s=AGGREGATE_INTERVAL_S)
     res.jobs.finish(job_id, out)
     return {"job_id": job_id, **out}
-
-
-@celeryd_after_setup.connect
-def _migrate_on_start(sender: str, instance: Any, **_: Any) -> None:
-    """A worker that consumes the feedback queue brings the schema to head before it takes work.
-
-    Failure is logged, not fatal: the database may come up later, and each process retries the
-    migration on its first task (`repository.ensure_schema`).
-    """
-    if Queue.FEEDBACK.value not in instance.app.amqp.queues.consume_from:
-        return
-    url = get_resources().settings.feedback_db_url
-    try:
-        revision = repository.upgrade_to_head(url)
-    except Exception as exc:
-        log.error("feedback_migration_failed", error=f"{type(exc).__name__}: {exc}", node=sender)
-        return
-    log.info("feedback_schema_ready", revision=revision, node=sender)

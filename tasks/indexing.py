@@ -19,22 +19,13 @@ from ragfleet.schemas import (
     IndexDocumentsPayload,
     JobStatus,
 )
+from ragfleet.stages import error_result, stage
 from ragfleet.update_buffer import UpdateBuffer
-from tasks._common import InvalidPayloadError, error_result, parse, retry_or_fail, stage
-from workers.app import app
-from workers.base import RagfleetTask
-
-_s = get_resources().settings
+from tasks._common import InvalidPayloadError, parse, retry_or_fail
+from workers.base import RagfleetTask, task
 
 
-@app.task(
-    name=TaskName.INDEX_DOCUMENTS.value,
-    bind=True,
-    base=RagfleetTask,
-    time_limit=_s.index_time_limit_s,
-    soft_time_limit=_s.index_time_limit_s - 30,
-    max_retries=3,
-)
+@task(TaskName.INDEX_DOCUMENTS)
 def index_documents(self: RagfleetTask, *, payload: dict[str, Any]) -> dict[str, Any]:
     try:
         p = parse(self, IndexDocumentsPayload, payload, kind="index")
@@ -67,14 +58,7 @@ def index_documents(self: RagfleetTask, *, payload: dict[str, Any]) -> dict[str,
     return {"job_id": job_id, **out}
 
 
-@app.task(
-    name=TaskName.DELETE_DOCUMENT.value,
-    bind=True,
-    base=RagfleetTask,
-    time_limit=120,
-    soft_time_limit=110,
-    max_retries=3,
-)
+@task(TaskName.DELETE_DOCUMENT)
 def delete_document(self: RagfleetTask, *, payload: dict[str, Any]) -> dict[str, Any]:
     try:
         p = parse(self, DeleteDocumentPayload, payload, kind="delete")
@@ -96,13 +80,7 @@ def delete_document(self: RagfleetTask, *, payload: dict[str, Any]) -> dict[str,
     return {"job_id": job_id, **out}
 
 
-@app.task(
-    name=TaskName.INDEX_DOCUMENT_SINGLE.value,
-    bind=True,
-    base=RagfleetTask,
-    time_limit=60,
-    soft_time_limit=55,
-)
+@task(TaskName.INDEX_DOCUMENT_SINGLE)
 def index_document(self: RagfleetTask, *, payload: dict[str, Any]) -> dict[str, Any]:
     """Buffer one document; a flush embeds it together with the others (ragfleet.update_buffer)."""
     try:
@@ -131,13 +109,7 @@ def index_document(self: RagfleetTask, *, payload: dict[str, Any]) -> dict[str, 
     return {"job_id": job_id, "status": "buffered", "waiting": waiting}
 
 
-@app.task(
-    name=TaskName.INDEX_FLUSH.value,
-    bind=True,
-    base=RagfleetTask,
-    time_limit=_s.index_time_limit_s,
-    soft_time_limit=_s.index_time_limit_s - 30,
-)
+@task(TaskName.INDEX_FLUSH)
 def index_flush(self: RagfleetTask, *, payload: dict[str, Any] | None = None) -> dict[str, Any]:
     res = get_resources()
     report = UpdateBuffer(res).flush()

@@ -9,20 +9,12 @@ from ragfleet.names import Queue, TaskName
 from ragfleet.reindex import ReindexBusyError, run_reindex
 from ragfleet.resources import get_resources
 from ragfleet.schemas import ErrorCode, JobStatus, ReindexPayload
-from tasks._common import InvalidPayloadError, error_result, parse, stage
-from workers.app import app
-from workers.base import RagfleetTask
-
-_s = get_resources().settings
+from ragfleet.stages import error_result, stage
+from tasks._common import InvalidPayloadError, parse
+from workers.base import RagfleetTask, task
 
 
-@app.task(
-    name=TaskName.REINDEX.value,
-    bind=True,
-    base=RagfleetTask,
-    time_limit=_s.reindex_time_limit_s,
-    soft_time_limit=_s.reindex_time_limit_s - 60,
-)
+@task(TaskName.REINDEX)
 def reindex(self: RagfleetTask, *, payload: dict[str, Any]) -> dict[str, Any]:
     try:
         p = parse(self, ReindexPayload, payload, kind="reindex")
@@ -52,12 +44,12 @@ def reindex(self: RagfleetTask, *, payload: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-@app.task(name=TaskName.HEARTBEAT.value, bind=True, base=RagfleetTask, time_limit=30, soft_time_limit=25)
+@task(TaskName.HEARTBEAT)
 def heartbeat(self: RagfleetTask, *, payload: dict[str, Any] | None = None) -> dict[str, Any]:
     """Beat liveness plus the gauges nobody else refreshes: consumers per queue, index version/size."""
     res = get_resources()
     metrics.beat_heartbeat("heartbeat", interval_s=60)
-    replies = app.control.inspect(timeout=2.0).active_queues() or {}
+    replies = self.app.control.inspect(timeout=2.0).active_queues() or {}
     per_queue = {q.value: 0 for q in Queue}
     for queues in replies.values():
         for q in queues:
@@ -71,7 +63,7 @@ def heartbeat(self: RagfleetTask, *, payload: dict[str, Any] | None = None) -> d
     return {"workers_per_queue": per_queue, "index_version": pointer.version}
 
 
-@app.task(name=TaskName.EVAL_GOLDEN.value, bind=True, base=RagfleetTask, time_limit=900, soft_time_limit=870)
+@task(TaskName.EVAL_GOLDEN)
 def eval_golden(self: RagfleetTask, *, payload: dict[str, Any] | None = None) -> dict[str, Any]:
     """Nightly golden-set evaluation: sets the retrieval-quality gauge that the alert watches."""
     from ragfleet.evaluation import run_golden

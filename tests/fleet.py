@@ -23,6 +23,14 @@ import redis
 from ragfleet.settings import Settings
 from tests.conftest import PYTHON, REPO, settings_env
 
+# the test-only fault plugin (tests/faults/sitecustomize.py): first on every worker's PYTHONPATH
+FAULTS_DIR = REPO / "tests" / "faults"
+
+
+def with_fault_plugin(env: dict[str, str]) -> dict[str, str]:
+    return {**env, "PYTHONPATH": os.pathsep.join([str(FAULTS_DIR), env.get("PYTHONPATH", str(REPO))])}
+
+
 POOLS = {
     "retrieval": ("retrieval", "solo", 1),
     "retrieval-prefork": ("retrieval", "prefork", 1),
@@ -53,7 +61,7 @@ class Worker:
         self.concurrency = concurrency
         self.settings = settings
         self.redis = redis.Redis.from_url(settings.redis_url, decode_responses=True)
-        self.env = {**settings_env(settings), **(extra_env or {})}
+        self.env = with_fault_plugin({**settings_env(settings), **(extra_env or {})})
         self.log = log_dir / f"{self.node.split('@')[0]}-{uuid.uuid4().hex[:4]}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -85,7 +93,7 @@ class Worker:
         return self
 
     def wait_ready(self, timeout: float = 90.0) -> Worker:
-        """Ready = every pool process warmed up (the marker key set by workers.signals)."""
+        """Ready = every pool process warmed up (the marker key set by workers/hooks/warmup.py)."""
         deadline = time.monotonic() + timeout
         key = self.settings.key("warm", self.node)
         while time.monotonic() < deadline:
@@ -158,13 +166,15 @@ class SupervisedRetrieval:
         self.nodes = [f"retrieval{i}@{platform.node()}" for i in range(nodes)]
         self.redis = redis.Redis.from_url(settings.redis_url, decode_responses=True)
         self.log = log_dir / f"supervised-retrieval-{uuid.uuid4().hex[:4]}.log"
-        self.env = {
-            **settings_env(settings),
-            **(extra_env or {}),
-            "RAGFLEET_RETRIEVAL_NODES": str(nodes),
-            "RAGFLEET_SUPERVISOR_PIDFILE": str(log_dir / "retrieval-supervisord.pid"),
-            "PATH": os.pathsep.join([str(Path(PYTHON).parent), os.environ.get("PATH", "")]),
-        }
+        self.env = with_fault_plugin(
+            {
+                **settings_env(settings),
+                **(extra_env or {}),
+                "RAGFLEET_RETRIEVAL_NODES": str(nodes),
+                "RAGFLEET_SUPERVISOR_PIDFILE": str(log_dir / "retrieval-supervisord.pid"),
+                "PATH": os.pathsep.join([str(Path(PYTHON).parent), os.environ.get("PATH", "")]),
+            }
+        )
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> SupervisedRetrieval:

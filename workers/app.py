@@ -1,8 +1,13 @@
-"""The worker-side Celery app. Start a pool with e.g.
+"""The worker-side Celery app: built from Settings, with the worker's hooks installed from `HOOKS`.
 
-    celery -A workers.app worker -Q retrieval -n retrieval@%h --pool prefork -c 2
+Each role's command line is in workers/roles.py (the Procfile is rendered from it), e.g.
 
-Reliability defaults (see README "Reliability"): late acks + reject_on_worker_lost, so a task whose
+    celery -A workers.app worker -Q generation -n generation@%h --pool threads -c 8
+
+The task modules (`TASK_MODULES`, shared_task style: they build no app) are imported by the worker
+when it starts (`include`); their names, limits and queues come from ragfleet.names.TASKS.
+
+Reliability defaults (see docs/reliability.md): late acks + reject_on_worker_lost, so a task whose
 worker dies is redelivered rather than lost; prefetch 1, so a dying worker holds at most one
 unacked message per process; a visibility timeout above the longest time limit, so Redis does not
 redeliver a task that is still running; a redelivery cap (workers.base) so a message that kills
@@ -11,40 +16,44 @@ its worker every time is parked instead of looping forever.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from celery import Celery
 from kombu.entity import Queue as KQueue
 
-from ragfleet.names import PRIORITY_STEPS, TASK_QUEUES, Queue
+from ragfleet.names import PRIORITY_STEPS, TASKS, Queue
 from ragfleet.settings import Settings, get_settings
 from workers import kombu_patches
+from workers.beat import beat_schedule
+from workers.hooks import (
+    feedback_schema,
+    inflight,
+    interactive,
+    logs,
+    metrics,
+    node,
+    request_id,
+    revoked,
+    time_limits,
+    warmup,
+)
 
-TASK_MODULES = [
-    "tasks.retrieval",
-    "tasks.generation",
-    "tasks.indexing",
-    "tasks.feedback",
-    "tasks.maintenance",
-]
+# one task module per queue (tasks/<queue>.py), imported by the worker at start
+TASK_MODULES = [f"tasks.{q.value}" for q in Queue]
 
-
-# Pools that consume only these queues run on `interactive_transport_options`.
-INTERACTIVE_QUEUES = frozenset({Queue.RETRIEVAL.value, Queue.GENERATION.value})
-
-
-def interactive_transport_options(s: Settings) -> dict[str, object]:
-    """kombu Redis options for a pool that serves only queries: its own unacked hash, index and
-    mutex (`unacked:interactive`...), so its short visibility timeout never restores a background
-    pool's long task, and a restore sweep every few seconds instead of kombu's ~100 s (interval x
-    throttle), so a dead node's query comes back about one timeout after it died."""
-    vt = s.interactive_visibility_timeout_s
-    return {
-        "visibility_timeout": vt,
-        "unacked_key": "unacked:interactive",
-        "unacked_index_key": "unacked_index:interactive",
-        "unacked_mutex_key": "unacked_mutex:interactive",
-        "unacked_restore_interval": max(1, min(10, vt // 4)),
-        "unacked_restore_throttle": 1,
-    }
+# The worker's Celery wiring, installed in this order (workers/hooks/__init__.py says why it matters).
+HOOKS: tuple[Callable[[Celery], None], ...] = (
+    node.install,
+    logs.install,
+    request_id.install,
+    metrics.install,
+    interactive.install,
+    time_limits.install,
+    inflight.install,
+    warmup.install,
+    revoked.install,
+    feedback_schema.install,
+)
 
 
 def create_app(settings: Settings | None = None) -> Celery:
@@ -88,15 +97,13 @@ def create_app(settings: Settings | None = None) -> Celery:
         broker_heartbeat=0,
         task_default_queue=Queue.RETRIEVAL.value,
         task_queues=[KQueue(q.value, routing_key=q.value) for q in Queue],  # type: ignore[no-untyped-call]
-        task_routes={name.value: {"queue": queue.value} for name, queue in TASK_QUEUES.items()},
+        task_routes={name.value: {"queue": spec.queue.value} for name, spec in TASKS.items()},
         task_time_limit=s.index_time_limit_s,
         task_soft_time_limit=s.index_time_limit_s - 30,
         worker_max_tasks_per_child=None,
         worker_cancel_long_running_tasks_on_connection_loss=False,
         worker_hijack_root_logger=False,
     )
-    from workers.beat import beat_schedule
-
     app.conf.beat_schedule = beat_schedule(s)
     app.conf.redbeat_redis_url = s.redis_url
     app.conf.redbeat_key_prefix = s.key("redbeat") + ":"
@@ -106,12 +113,5 @@ def create_app(settings: Settings | None = None) -> Celery:
 
 
 app = create_app()
-
-from ragfleet.logs import install_celery_logging, install_celery_request_id  # noqa: E402
-from ragfleet.metrics import install_celery_metrics  # noqa: E402
-
-install_celery_logging(process="celery", level=get_settings().log_level)
-install_celery_request_id()
-install_celery_metrics()
-
-import workers.signals  # noqa: E402,F401  (connects per-process hooks to this app)
+for install in HOOKS:
+    install(app)

@@ -16,14 +16,18 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
-from celery import Task
+from celery import Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 
+from ragfleet.jobs import job_id_of
+from ragfleet.names import TASKS, TaskName
 from ragfleet.outcomes import fail_job
 from ragfleet.resources import get_resources
 from ragfleet.schemas import ErrorCode
+from ragfleet.settings import get_settings
 from workers import time_limits
 
 # The first redelivery finds no counter: it is the second delivery.
@@ -103,10 +107,19 @@ class RagfleetTask(Task):  # type: ignore[misc]
         return {"error": {"code": ErrorCode.WORKER_LOST.value, "message": message}}
 
 
-def job_id_of(task_id: str, kwargs: Any) -> str:
-    """The job a caller polls for this task: a hand-off task (`<job>:gen`) carries it in its
-    payload; a task sent by name without one is its own job."""
-    payload = (kwargs or {}).get("payload") if isinstance(kwargs, dict) else None
-    if isinstance(payload, dict) and payload.get("job_id"):
-        return str(payload["job_id"])
-    return str(task_id).removesuffix(":gen")
+def task(name: TaskName) -> Callable[[Callable[..., Any]], Any]:
+    """The decorator of a project task: `shared_task` (the module builds no app; workers.app binds it),
+    bound, on `RagfleetTask`, with its name, time limits, retries and result policy from its spec
+    (ragfleet.names.TASKS). Its queue is routed by the app (`task_routes`, from the same specs)."""
+    spec = TASKS[name]
+    hard, soft = spec.time_limits(get_settings())
+    decorator: Callable[[Callable[..., Any]], Any] = shared_task(
+        name=spec.name.value,
+        bind=True,
+        base=RagfleetTask,
+        time_limit=hard,
+        soft_time_limit=soft,
+        max_retries=spec.max_retries,
+        ignore_result=spec.ignore_result,
+    )
+    return decorator

@@ -13,7 +13,7 @@ from typing import Any
 
 from celery.schedules import crontab
 
-from ragfleet.names import TASK_QUEUES, Priority, TaskName
+from ragfleet.names import TASKS, TaskName
 from ragfleet.settings import Settings
 
 
@@ -24,15 +24,14 @@ def _cron(expr: str) -> crontab:
 
 def beat_schedule(s: Settings) -> dict[str, dict[str, Any]]:
     def entry(task: TaskName, schedule: Any, expires: int, payload: dict[str, Any]) -> dict[str, Any]:
+        """`expires` is the entry's own (below its interval: a tick late by a whole interval is
+        stale); queue and priority are the task's (ragfleet.names.TASKS)."""
+        spec = TASKS[task]
         return {
             "task": task.value,
             "schedule": schedule,
             "kwargs": {"payload": payload},
-            "options": {
-                "queue": TASK_QUEUES[task].value,
-                "expires": expires,
-                "priority": int(Priority.BACKGROUND),
-            },
+            "options": {"queue": spec.queue.value, "expires": expires, "priority": int(spec.priority)},
         }
 
     return {

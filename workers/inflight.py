@@ -25,7 +25,7 @@ trip of its own), and keeps a liveness key, `ragfleet.alive.<node>` (both under 
   that are in no unacked hash any more (acked), and deletes the set once it is empty. A query whose
   node died is then back on its queue within `node_alive_ttl_s + node_gone_sweep_s` (8 s by
   default): answered by another node if still in time, else revoked by Celery as expired on
-  receipt, which `workers.signals` reports as `worker_lost` (its worker died), not as a backlog.
+  receipt, which `workers.hooks.revoked` reports as `worker_lost` (its worker died), not as a backlog.
   A thread, not the consumer's event loop: a solo node's loop is blocked while its task runs, and
   a node busy for 30 s must not be taken for dead. A node sweeps only once it has renewed its own
   key for `node_alive_ttl_s` without a Redis error: after an outage (keys expire while Redis is

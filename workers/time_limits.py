@@ -22,7 +22,7 @@ every caller polling it would wait in vain. Here, in those pools:
   retries and circuit breaker); no exception can be raised into a thread blocked in a C call.
 
 Limits come from the message (`timelimit` header) or the task, as Celery resolves them. Prefork pools
-are left to Celery (`enable` is called only for the other kinds, in `workers.signals`).
+are left to Celery (`enable` is called only for the other kinds, by workers/hooks/time_limits.py).
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 
+from ragfleet.jobs import job_id_of
 from ragfleet.outcomes import fail_job
 from ragfleet.resources import get_resources
 from ragfleet.schemas import ErrorCode
@@ -93,8 +94,6 @@ class _Watchdog:
 
     @staticmethod
     def _expire(e: _Running) -> None:
-        from workers.base import job_id_of  # workers.base imports this module
-
         job_id = job_id_of(e.task_id, e.kwargs)
         message = (
             f"task {e.task.name} exceeded its hard time limit ({e.hard:g} s); its job ends here "

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -236,16 +236,3 @@ def candidates(
 
 def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-class AggregatePayload(BaseModel):
-    """Payload of `ragfleet.feedback.aggregate`; beat sends `{}` and gets these defaults, which match
-    the `RagfleetFeedbackRatingLow` alert rule (more than 10 ratings averaging below 3.5 in an hour)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    window_s: float = Field(default=3_600, gt=0, le=30 * 86_400)
-    min_count: int = Field(default=10, ge=0)
-    threshold: float = Field(default=3.5, ge=1, le=5)
-    job_id: str | None = None
-    request_id: str | None = None

@@ -2,7 +2,8 @@
 
 One module a concern: `spec` (what exists), `registry` (the lazily built objects, multiprocess
 mode), `recorders` (what call sites call), `queue_depth` (a scrape-time collector), `exposition`
-(serving `/metrics`) and `celery_hooks` (task metrics from Celery's signals). Import from here:
+(serving `/metrics`); the Celery signal handlers that record task metrics are in
+workers/hooks/metrics.py. Import from here:
 `from ragfleet import metrics; metrics.observe_stage(...)`.
 
 Why the shape:
@@ -22,7 +23,6 @@ Why the shape:
 
 from __future__ import annotations
 
-from ragfleet.metrics.celery_hooks import install_celery_metrics
 from ragfleet.metrics.exposition import (
     EXPOSITION,
     MetricsServer,
@@ -41,6 +41,7 @@ from ragfleet.metrics.recorders import (
     cache_event,
     coalesced,
     degraded,
+    install_celery_metrics,
     observe_feedback,
     observe_request,
     observe_stage,
@@ -53,6 +54,7 @@ from ragfleet.metrics.recorders import (
     set_retrieval_quality,
     set_workers_per_queue,
     task_failed,
+    task_in_progress,
     task_retried,
 )
 from ragfleet.metrics.registry import (
@@ -141,5 +143,6 @@ __all__ = [
     "set_workers_per_queue",
     "start_worker_metrics_server",
     "task_failed",
+    "task_in_progress",
     "task_retried",
 ]

@@ -117,3 +117,18 @@ def task_failed(task: str, exception: str) -> None:
 
 def task_retried(task: str) -> None:
     _counter("ragfleet_task_retries").labels(task=task).inc()
+
+
+# --- task lifecycle (the Celery signal handlers that call these are in workers/hooks/metrics.py) ------
+
+
+def task_in_progress(task: str, delta: int) -> None:
+    _gauge("ragfleet_tasks_in_progress").labels(task=task).inc(delta)
+
+
+def install_celery_metrics() -> None:
+    """Stamp the enqueue time on every task message this process publishes through
+    `ragfleet.producer` (ragfleet.task_headers), so the worker can measure queue wait; idempotent."""
+    from ragfleet import task_headers
+
+    task_headers.enable(enqueued_at=True)

@@ -35,8 +35,20 @@ from tests.fleet import POOLS, Worker
 VISIBILITY_TIMEOUT_S = 12
 
 
+class FaultSettings(Settings):
+    """Settings plus the faults tests/faults/ragfleet_faults.py injects into the workers' query path
+    (see there): `settings_env` hands them to the workers as `RAGFLEET_CHAOS_*`. Production Settings
+    know nothing of them."""
+
+    chaos_delay_s: float = 0.0
+    chaos_kill_marker: str = ""
+    chaos_error_marker: str = ""
+    chaos_hang_marker: str = ""
+
+
 def isolated_settings(base: Settings, tmp_path: Path, **update: Any) -> Settings:
-    """A copy of the session settings with its own prefixes and data dir (cleanup deletes by prefix).
+    """A copy of the session settings with its own prefixes and data dir (cleanup deletes by prefix),
+    and the faults (`chaos_*`) it is given.
 
     The prefix starts with the session prefix, so the session's final cleanup sweeps it too.
     """
@@ -53,6 +65,8 @@ def isolated_settings(base: Settings, tmp_path: Path, **update: Any) -> Settings
         "log_level": "INFO",
     }
     fields.update(update)
+    if any(name.startswith("chaos_") for name in fields):
+        return FaultSettings.model_validate({**dict(base), **fields})
     return base.model_copy(update=fields)
 
 

@@ -257,7 +257,7 @@ def test_a_stage_that_starts_with_its_end_is_one_round_trip_and_leaves_a_cancell
     import os
 
     from ragfleet.resources import Resources
-    from tasks._common import stage
+    from ragfleet.stages import stage
 
     res = Resources(base_settings)
     answer = {"answer": "Yes [1].", "sources": [], "usage": {}, "degraded": False}

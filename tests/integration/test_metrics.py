@@ -35,6 +35,8 @@ from ragfleet.names import Priority, Queue, TaskName
 from ragfleet.producer import enqueue
 from ragfleet.settings import Settings
 from tests.conftest import REPO, free_port
+from workers.hooks import metrics as metrics_hook
+from workers.hooks import request_id as request_id_hook
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -270,8 +272,8 @@ def json_log() -> Iterator[io.StringIO]:
 def test_task_metrics_and_request_id_follow_a_two_stage_job_through_a_real_worker(
     celery_app: Celery, session_prefix: str, json_log: io.StringIO
 ) -> None:
-    metrics.install_celery_metrics()
-    logs.install_celery_request_id()
+    metrics_hook.install_task_signals()  # what workers.app installs (workers/hooks/)
+    request_id_hook.install()
     log = logs.get_logger("rftest.stage")
     ids = {name: f"{session_prefix}-{name}-{uuid.uuid4().hex[:8]}" for name in ("one", "two", "bad", "flaky")}
     attempts: list[int] = []

@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 from celery import Celery, signals
 
-from ragfleet import logs
+from ragfleet import logs, task_headers
+from workers.hooks import request_id as request_id_hook
 
 
 @pytest.fixture
@@ -151,13 +152,30 @@ def test_configure_logging_is_once_per_process_unless_forced() -> None:
         root.setLevel(saved[1])
 
 
-# --- Celery hooks -------------------------------------------------------------------------------------
+# --- Celery hooks (workers/hooks/request_id.py) and the producer's own stamp ------------------------
 
 
 @pytest.fixture
 def app() -> Celery:
-    logs.install_celery_request_id()
+    request_id_hook.install()
     return Celery("rftest-logs", set_as_current=False)
+
+
+def test_the_producer_stamps_the_request_id_once_the_process_turns_it_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The API publishes through ragfleet.producer, which connects no Celery signal: it adds the
+    header itself, once `install_celery_request_id` turned the stamp on (the API does)."""
+    monkeypatch.setattr(task_headers, "_stamp_request_id", False)
+    with logs.request_context("rid-off"):
+        assert logs.REQUEST_ID_HEADER not in task_headers.for_publish({"x": 1})
+    logs.install_celery_request_id()
+    with logs.request_context("rid-on"):
+        stamped = task_headers.for_publish({"x": 1})
+        assert stamped == {"x": 1, logs.REQUEST_ID_HEADER: "rid-on"}
+        explicit = task_headers.for_publish({logs.REQUEST_ID_HEADER: "rid-explicit"})
+        assert explicit[logs.REQUEST_ID_HEADER] == "rid-explicit"  # a producer's explicit id wins
+    assert logs.REQUEST_ID_HEADER not in task_headers.for_publish()  # none bound: none stamped
 
 
 def test_publish_copies_the_current_request_id_into_message_headers(app: Celery) -> None:

@@ -1,23 +1,25 @@
-"""Task metrics from Celery's signals (queue wait, run time, failures, retries, in-progress).
+"""Task metrics from Celery's signals (runtime, queue wait, failures, retries, in progress), and
+each node's `/metrics` endpoint.
 
-Moved here unchanged from the old single-module `ragfleet/metrics.py`; its home is workers/ (issue
-20: the core imports no Celery signals), where the integrator moves it.
+The recorders are ragfleet.metrics'; this only connects them. Queue wait is measured from the
+`ragfleet_enqueued_at` header the producer stamps (ragfleet.task_headers) and this worker stamps on
+what Celery publishes for it (a retry is measured from its own publish).
 """
 
 from __future__ import annotations
 
 import os
 import time
+from datetime import datetime
 from typing import Any
 
-from ragfleet.metrics.recorders import observe_task, observe_task_wait, task_failed, task_retried
-from ragfleet.metrics.registry import _gauge, mark_dead
-from ragfleet.metrics.spec import ENQUEUED_AT_HEADER
+from celery import Celery, signals
 
-# --- Celery signals ------------------------------------------------------------------------------------
+from ragfleet import metrics
+from ragfleet.settings import get_settings
+from ragfleet.task_headers import ENQUEUED_AT_HEADER, add_enqueued_at
 
 _task_started: dict[str, float] = {}
-_installed = False
 
 
 def _header(request: Any, name: str) -> Any:
@@ -30,8 +32,6 @@ def _header(request: Any, name: str) -> Any:
 
 
 def _eta_timestamp(request: Any) -> float | None:
-    from datetime import datetime
-
     eta = getattr(request, "eta", None)
     if not eta:
         return None
@@ -43,14 +43,14 @@ def _eta_timestamp(request: Any) -> float | None:
 
 def _on_before_publish(headers: dict[str, Any] | None = None, **_: Any) -> None:
     if headers is not None:
-        headers[ENQUEUED_AT_HEADER] = time.time()  # overwritten on retry: wait is per attempt
+        add_enqueued_at(headers)
 
 
 def _on_prerun(task_id: str | None = None, task: Any = None, **_: Any) -> None:
     if task is None or task_id is None:
         return
     _task_started[task_id] = time.perf_counter()
-    _gauge("ragfleet_tasks_in_progress").labels(task=task.name).inc()
+    metrics.task_in_progress(task.name, +1)
     enqueued = _header(task.request, ENQUEUED_AT_HEADER)
     if enqueued is None:
         return
@@ -62,7 +62,7 @@ def _on_prerun(task_id: str | None = None, task: Any = None, **_: Any) -> None:
     if eta is not None:
         ref = max(ref, eta)  # a countdown is not queueing delay
     queue = (getattr(task.request, "delivery_info", None) or {}).get("routing_key") or "unknown"
-    observe_task_wait(task.name, str(queue), time.time() - ref)
+    metrics.observe_task_wait(task.name, str(queue), time.time() - ref)
 
 
 def _on_postrun(task_id: str | None = None, task: Any = None, state: str | None = None, **_: Any) -> None:
@@ -71,31 +71,35 @@ def _on_postrun(task_id: str | None = None, task: Any = None, state: str | None 
     started = _task_started.pop(task_id, None)
     if started is None:
         return
-    _gauge("ragfleet_tasks_in_progress").labels(task=task.name).dec()
-    observe_task(task.name, str(state or "UNKNOWN"), time.perf_counter() - started)
+    metrics.task_in_progress(task.name, -1)
+    metrics.observe_task(task.name, str(state or "UNKNOWN"), time.perf_counter() - started)
 
 
 def _on_failure(sender: Any = None, exception: BaseException | None = None, **_: Any) -> None:
     name = getattr(sender, "name", None) or "unknown"
-    task_failed(name, type(exception).__name__ if exception is not None else "unknown")
+    metrics.task_failed(name, type(exception).__name__ if exception is not None else "unknown")
 
 
 def _on_retry(sender: Any = None, **_: Any) -> None:
-    task_retried(getattr(sender, "name", None) or "unknown")
+    metrics.task_retried(getattr(sender, "name", None) or "unknown")
 
 
 def _on_process_shutdown(pid: int | None = None, **_: Any) -> None:
-    mark_dead(pid or os.getpid())
+    metrics.mark_dead(pid or os.getpid())
 
 
-def install_celery_metrics() -> None:
-    """Connect task metrics to Celery's signals; idempotent. Call it in producers too: the publish hook
-    stamps `ragfleet_enqueued_at` into the headers so the worker can measure queue wait."""
-    global _installed
-    if _installed:
-        return
-    from celery import signals
+def _after_setup(sender: str, **_: Any) -> None:
+    """The node's main process: one metrics directory per node (its prefork children write there,
+    it serves what they write), and its `/metrics` port (RAGFLEET_METRICS_PORT + offset)."""
+    s = get_settings()
+    if s.metrics_dir is not None:
+        metrics.configure_multiproc(s.metrics_dir / sender.replace("@", "_"), wipe=True)
+    if s.metrics_port:
+        metrics.start_worker_metrics_server(s.metrics_port + s.metrics_port_offset)
 
+
+def install_task_signals() -> None:
+    """The task and publish hooks alone (idempotent): what a test's own Celery app needs."""
     signals.before_task_publish.connect(
         _on_before_publish, weak=False, dispatch_uid="ragfleet.metrics.publish"
     )
@@ -106,4 +110,8 @@ def install_celery_metrics() -> None:
     signals.worker_process_shutdown.connect(
         _on_process_shutdown, weak=False, dispatch_uid="ragfleet.metrics.process_shutdown"
     )
-    _installed = True
+
+
+def install(app: Celery) -> None:
+    install_task_signals()
+    signals.celeryd_after_setup.connect(_after_setup, weak=False, dispatch_uid="ragfleet.hooks.metrics.setup")
