@@ -17,9 +17,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from api_shim.app import create_app
 from ragfleet.settings import Settings
-from tests.integration.test_api import serve
+from tests.helpers import serve_api
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
@@ -47,7 +46,7 @@ def test_schemathesis_finds_no_failures(
             "broker_key_prefix": f"{base_settings.key_prefix}:fuzzq:",
         }
     )
-    with serve(create_app(s)) as url:
+    with serve_api(s) as url:
         proc = subprocess.run(
             [str(SCHEMATHESIS), "--no-color", "run", f"{url}/openapi.json", "--max-time", str(MAX_TIME_S),
              "--checks", "all", "--exclude-path", "/readyz",
