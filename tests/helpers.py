@@ -11,6 +11,7 @@ import hashlib
 import re
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -70,6 +71,14 @@ def wait_job(
         return wait_for(probe, timeout=timeout, what=f"job {job_id} in {statuses}")
     except AssertionError as exc:
         raise AssertionError(f"{exc}; last record: {jobs.get(job_id)}") from None
+
+
+def isolated(base: Settings, tag: str, **update: Any) -> Settings:
+    """`base` with a key prefix (and broker prefix) of its own under the session's: a test that
+    asserts on what lies in Redis sees only its own keys, and the session's cleanup still removes
+    them (it deletes everything under the session prefix)."""
+    prefix = f"{base.key_prefix}-{tag}-{uuid.uuid4().hex[:8]}"
+    return base.model_copy(update={"key_prefix": prefix, "broker_key_prefix": f"{prefix}:q:", **update})
 
 
 def index(settings: Settings, docs: list[dict[str, Any]], tenant: str = "default") -> dict[str, Any]:
