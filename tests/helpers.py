@@ -176,4 +176,5 @@ class HashingEmbedder:
         return out
 
     def encode_one(self, text: str) -> NDArray[np.float32]:
-        return self.encode([text])[0]
+        vec: NDArray[np.float32] = self.encode([text])[0]
+        return vec

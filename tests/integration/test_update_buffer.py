@@ -117,5 +117,5 @@ def test_one_timed_flush_is_scheduled_per_wait_window(res: Resources) -> None:
 def test_updates_are_kept_as_json_in_arrival_order(res: Resources) -> None:
     buf = UpdateBuffer(res)
     first, second = add(buf, "x"), add(buf, "y")
-    raw: list[Any] = res.redis.lrange(buf.list_key, 0, -1)  # type: ignore[assignment]
+    raw: list[Any] = res.redis.lrange(buf.list_key, 0, -1)
     assert [json.loads(x)["job_id"] for x in raw] == [first, second]
