@@ -33,6 +33,7 @@ from ragfleet.schemas import ErrorCode, clean_text
 from ragfleet.settings import Settings
 from tests.conftest import REPO, RedisServer, settings_env
 from tests.helpers import api_client, wait_for
+from tests.helpers import serve as serve  # moved to tests/helpers.py; importable here for older imports
 
 pytestmark = pytest.mark.redis
 
