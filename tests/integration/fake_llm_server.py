@@ -39,7 +39,9 @@ class FakeLLM:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._server = _QuietServer(("127.0.0.1", 0), self._handler())
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        # shutdown() waits for the serve loop to look at its flag: every 0.5 s by default, which was
+        # half a second of every test's teardown
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.02,), daemon=True)
 
     @property
     def url(self) -> str:

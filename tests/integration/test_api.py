@@ -17,52 +17,29 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import redis
-import uvicorn
-from fastapi import FastAPI
 from pydantic import ValidationError
 
-from api_shim.app import create_app
 from ragfleet.events import JobEvents, finish_query
 from ragfleet.jobs import JobStore
 from ragfleet.names import Queue
 from ragfleet.producer import client_app
 from ragfleet.schemas import ErrorCode, clean_text
 from ragfleet.settings import Settings
-from tests.conftest import REPO, RedisServer, free_port, settings_env
+from tests.conftest import REPO, RedisServer, settings_env
+from tests.helpers import api_client, wait_for
+from tests.helpers import serve as serve  # moved to tests/helpers.py; importable here for older imports
 
 pytestmark = pytest.mark.redis
 
 KEY_A, KEY_B = "key-a-" + uuid.uuid4().hex[:8], "key-b-" + uuid.uuid4().hex[:8]
 AUTH_A = {"Authorization": f"Bearer {KEY_A}"}
 AUTH_B = {"X-API-Key": KEY_B}
-
-
-@contextmanager
-def serve(app: FastAPI) -> Iterator[str]:
-    """A real uvicorn server in a thread; yields its base URL."""
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +66,7 @@ def api_settings(base_settings: Settings) -> Settings:
 
 @pytest.fixture(scope="module")
 def api(api_settings: Settings) -> Iterator[httpx.Client]:
-    with serve(create_app(api_settings)) as url, httpx.Client(base_url=url, timeout=10) as client:
+    with api_client(api_settings) as client:
         yield client
 
 
@@ -335,7 +312,7 @@ def test_rate_limit_is_429_with_retry_after(base_settings: Settings, redis_clien
             "broker_key_prefix": f"{prefix}:q:",
         }
     )
-    with serve(create_app(s)) as url, httpx.Client(base_url=url, timeout=10) as c:
+    with api_client(s) as c:
         codes = [
             c.get(f"/v1/jobs/{uuid.uuid4().hex}", headers={"X-API-Key": key}).status_code for _ in range(3)
         ]
@@ -506,13 +483,13 @@ def test_ready_when_a_live_worker_consumes_every_required_queue(
         env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        with serve(create_app(s)) as url, httpx.Client(base_url=url, timeout=10) as c:
-            deadline = time.monotonic() + 30
-            resp = c.get("/readyz")
-            while resp.status_code != 200 and time.monotonic() < deadline:
-                time.sleep(1)
+        with api_client(s) as c:
+
+            def ready() -> httpx.Response | None:
                 resp = c.get("/readyz")
-            assert resp.status_code == 200, resp.text
+                return resp if resp.status_code == 200 else None
+
+            resp = wait_for(ready, timeout=30, interval=0.2, what="/readyz answers 200")
             assert resp.json()["checks"] == ["redis", "workers"]
     finally:
         worker.kill()
@@ -526,8 +503,10 @@ def test_ready_when_a_live_worker_consumes_every_required_queue(
 def private_redis(base_settings: Settings) -> Iterator[tuple[RedisServer, Settings]]:
     server = RedisServer().start()
     try:
-        # Open API (no keys): also covers the default tenant.
-        yield server, base_settings.model_copy(update={"redis_url": server.url, "api_keys": ""})
+        # Open API (no keys): also covers the default tenant. A short socket timeout: the property is
+        # "503 within the configured timeout", whatever it is, and a frozen Redis costs it per request.
+        fast = {"redis_url": server.url, "api_keys": "", "redis_socket_timeout_s": 0.5}
+        yield server, base_settings.model_copy(update=fast)
     finally:
         if server.proc is not None and server.proc.poll() is None:
             server.proc.send_signal(signal.SIGCONT)
@@ -548,7 +527,7 @@ def test_redis_down_answers_503_with_retry_after_quickly(
     private_redis: tuple[RedisServer, Settings], failure: str
 ) -> None:
     server, s = private_redis
-    with serve(create_app(s)) as url, httpx.Client(base_url=url, timeout=15) as c:
+    with api_client(s, timeout=15) as c:
         ok = c.post("/v1/queries", json={"question": "warm the pools"})
         assert ok.status_code == 202, ok.text
         rec = c.get(f"/v1/jobs/{ok.json()['job_id']}").json()

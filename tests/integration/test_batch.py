@@ -18,14 +18,13 @@ from typing import Any
 import httpx
 import pytest
 
-from api_shim.app import create_app
 from ragfleet.client import FleetClient
 from ragfleet.producer import client_app
 from ragfleet.settings import Settings
 from tests.conftest import REPO, need, scifact_dir
 from tests.fleet import Fleet
-from tests.integration.test_api import serve
-from tests.integration.test_fleet_e2e import DOCS, index, wait_job
+from tests.helpers import api_client, index, wait_for, wait_job
+from tests.integration.test_fleet_e2e import DOCS
 
 pytestmark = [pytest.mark.redis, pytest.mark.workers, pytest.mark.model]
 
@@ -49,21 +48,18 @@ def batch_settings(base_settings: Settings) -> Settings:
 @pytest.fixture(scope="module")
 def api(fleet: Fleet, batch_settings: Settings) -> Iterator[httpx.Client]:
     assert index(batch_settings, DOCS)["status"] == "done"
-    with (
-        serve(create_app(batch_settings)) as url,
-        httpx.Client(base_url=url, headers={"Authorization": f"Bearer {KEY}"}, timeout=30) as client,
-    ):
+    with api_client(batch_settings, headers={"Authorization": f"Bearer {KEY}"}, timeout=30) as client:
         yield client
 
 
 def wait_batch(api: httpx.Client, batch_id: str, timeout: float = 120) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    """The batch's status body (as the API serves it) once the batch is terminal."""
+
+    def probe() -> dict[str, Any] | None:
         body: dict[str, Any] = api.get(f"/v1/batches/{batch_id}").json()
-        if body["status"] in ("done", "failed", "cancelled"):
-            return body
-        time.sleep(0.1)
-    raise AssertionError(f"batch {batch_id} not finished: {body}")
+        return body if body["status"] in ("done", "failed", "cancelled") else None
+
+    return wait_for(probe, timeout=timeout, interval=0.1, what=f"batch {batch_id} finished")
 
 
 def results(api: httpx.Client, batch_id: str) -> list[dict[str, Any]]:

@@ -16,8 +16,8 @@ from tests.conftest import PYTHON, REPO, settings_env
 pytestmark = pytest.mark.redis
 
 
-def _wait_ready(s: Settings, pools: str) -> subprocess.CompletedProcess[str]:
-    cmd = [PYTHON, "-m", "ragfleet.cli", "wait-ready", "--pools", pools, "--timeout", "2"]
+def _wait_ready(s: Settings, pools: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    cmd = [PYTHON, "-m", "ragfleet.cli", "wait-ready", "--pools", pools, "--timeout", str(timeout)]
     return subprocess.run(cmd, cwd=REPO, env=settings_env(s), capture_output=True, text=True, timeout=60)
 
 
@@ -29,10 +29,11 @@ def test_wait_ready_counts_numbered_nodes_as_their_pool(
     try:
         redis_client.set(s.key("warm", "retrieval1@host"), "1", ex=60)
         redis_client.set(s.key("warm", "generation@host"), "1", ex=60)
-        ok = _wait_ready(s, "retrieval,generation")
+        ok = _wait_ready(s, "retrieval,generation", timeout=10)
         assert ok.returncode == 0, ok.stderr
         assert "pools ready: generation, retrieval" in ok.stderr
-        missing = _wait_ready(s, "retrieval,generation,indexing")
+        # it looks every 0.5 s: 0.6 s is two looks before it gives up
+        missing = _wait_ready(s, "retrieval,generation,indexing", timeout=0.6)
         assert missing.returncode == 6 and "indexing" in missing.stderr, missing.stderr
     finally:
         for key in redis_client.scan_iter(f"{prefix}:*"):

@@ -17,12 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from api_shim.app import create_app
 from ragfleet.settings import Settings
 from tests.conftest import REPO, settings_env
 from tests.fleet import Fleet
-from tests.integration.test_api import serve
-from tests.integration.test_fleet_e2e import DOCS, index
+from tests.helpers import index, serve_api
+from tests.integration.test_fleet_e2e import DOCS
 
 pytestmark = [pytest.mark.redis, pytest.mark.workers, pytest.mark.model]
 
@@ -39,7 +38,7 @@ def examples(page: str) -> list[tuple[str, str]]:
 @pytest.fixture(scope="module")
 def api_url(fleet: Fleet, base_settings: Settings) -> Iterator[str]:
     assert index(base_settings, DOCS)["status"] == "done"
-    with serve(create_app(base_settings.model_copy(update={"rate_limit": "100000/minute"}))) as url:
+    with serve_api(base_settings.model_copy(update={"rate_limit": "100000/minute"})) as url:
         yield url
 
 

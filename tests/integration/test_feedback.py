@@ -13,15 +13,14 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from api_shim.app import create_app
 from ragfleet.feedback import repository
 from ragfleet.feedback.models import Feedback
 from ragfleet.names import TaskName
 from ragfleet.producer import enqueue
 from ragfleet.settings import Settings
 from tests.fleet import POOLS, Fleet, Worker
-from tests.integration.test_api import serve
-from tests.integration.test_fleet_e2e import DOCS, ask, index, wait_job
+from tests.helpers import api_client, ask, index, wait_job
+from tests.integration.test_fleet_e2e import DOCS
 from tests.unit.test_feedback_service import Webhook, seed
 
 pytestmark = [pytest.mark.redis, pytest.mark.workers, pytest.mark.model]
@@ -156,8 +155,7 @@ def api(fb_settings: Settings, feedback_worker: Worker) -> Iterator[httpx.Client
     settings = fb_settings.model_copy(
         update={"api_keys": f"{KEY_A}:default,{KEY_B}:tenant-b", "rate_limit": "10000/minute"}
     )
-    app = create_app(settings)  # it mounts the feedback routes itself
-    with serve(app) as url, httpx.Client(base_url=url, timeout=10) as client:
+    with api_client(settings) as client:  # create_app mounts the feedback routes itself
         yield client
 
 

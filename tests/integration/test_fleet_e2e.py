@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from ragfleet.jobs import JobStore
 from ragfleet.names import TaskName
 from ragfleet.producer import enqueue
-from ragfleet.redis_conn import get_redis
 from ragfleet.settings import Settings
 from tests.fleet import Fleet
+from tests.helpers import ask, index, wait_for, wait_job
 
 pytestmark = [pytest.mark.redis, pytest.mark.workers, pytest.mark.model]
 
@@ -40,27 +37,6 @@ DOCS = [
         "metadata": {"kind": "store"},
     },
 ]
-
-
-def wait_job(settings: Settings, job_id: str, timeout: float = 60) -> dict[str, Any]:
-    jobs = JobStore(get_redis(settings), settings)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        rec = jobs.get(job_id)
-        if rec is not None and rec.status in ("done", "failed", "cancelled"):
-            return rec.model_dump(mode="json")
-        time.sleep(0.02)
-    raise AssertionError(f"job {job_id} not finished: {jobs.get(job_id)}")
-
-
-def index(settings: Settings, docs: list[dict[str, Any]], tenant: str = "default") -> dict[str, Any]:
-    job_id = enqueue(TaskName.INDEX_DOCUMENTS, {"documents": docs, "tenant": tenant}, settings=settings)
-    return wait_job(settings, job_id)
-
-
-def ask(settings: Settings, question: str, **kw: Any) -> dict[str, Any]:
-    job_id = enqueue(TaskName.QUERY, {"question": question, **kw}, settings=settings)
-    return wait_job(settings, job_id)
 
 
 def test_index_then_query_runs_each_stage_on_its_own_pool(fleet: Fleet, base_settings: Settings) -> None:
@@ -192,9 +168,7 @@ def test_a_compaction_keeps_the_answer_cache_and_readers_follow_it(
     res = Resources(base_settings)
     # the indexing worker may be optimizing right now (it does after every tenth write): wait it out
     lock = base_settings.key("lock", "optimize")
-    deadline = time.monotonic() + 60
-    while res.redis.exists(lock) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_for(lambda: not res.redis.exists(lock), timeout=60, interval=0.1, what="optimize lock released")
     before = res.index_state.read()
     res.redis.set(base_settings.key("index", "optimized_version"), 0)  # due, whatever the worker did
     assert maybe_optimize(res, force=True)

@@ -269,7 +269,7 @@ def test_breaker_half_opens_after_reset_and_closes_on_success(
     server.mode = "500"
     primary = unique("primary")
     settings = gateway_settings(
-        base_settings, {primary: server}, llm_breaker_fail_max=2, llm_breaker_reset_s=2
+        base_settings, {primary: server}, llm_breaker_fail_max=2, llm_breaker_reset_s=1
     )
     gw = LLMGateway(settings, redis_bytes)
     gw.generate(QUESTION, SOURCES)
@@ -281,13 +281,13 @@ def test_breaker_half_opens_after_reset_and_closes_on_success(
     assert gw.generate(QUESTION, SOURCES).degraded  # still open: the provider is not called
     assert server.calls == 2
 
-    time.sleep(max(0.0, opened + 2.2 - time.monotonic()))
+    time.sleep(max(0.0, opened + 1.1 - time.monotonic()))  # the reset timeout is time itself
     server.mode = "500"  # the trial call fails: open again, after a single call
     assert gw.generate(QUESTION, SOURCES).degraded
     assert server.calls == 3
     assert resilience.breaker_state(redis_bytes, settings, primary) == resilience.STATE_OPEN
 
-    time.sleep(2.2)
+    time.sleep(1.1)
     server.mode = "ok"
     out = gw.generate(QUESTION, SOURCES)
     assert out.provider == primary and not out.degraded

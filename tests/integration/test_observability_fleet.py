@@ -3,6 +3,7 @@ runs through the API's and both pools' log lines, and /readyz follows the retrie
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
@@ -19,7 +20,8 @@ import pytest
 from ragfleet.settings import Settings
 from tests.conftest import REPO, free_port, need, settings_env
 from tests.fleet import Fleet
-from tests.integration.test_fleet_e2e import DOCS, index
+from tests.helpers import index, wait_for
+from tests.integration.test_fleet_e2e import DOCS
 
 pytestmark = [pytest.mark.redis, pytest.mark.workers, pytest.mark.model, pytest.mark.slow]
 
@@ -37,8 +39,10 @@ class Ops:
         self.prom_port = free_port()
 
     def start(self) -> Ops:
+        """The API, the three pools and the documents every test asks about: each test can run alone."""
         for pool, port in self.ports.items():
             self.fleet.start(pool, extra_env={"RAGFLEET_METRICS_PORT": str(port)}, wait=False)
+        self.fleet.start("indexing", wait=False)
         env = settings_env(self.settings)
         self.api = subprocess.Popen(
             [
@@ -59,14 +63,18 @@ class Ops:
         )
         for w in self.fleet.workers.values():
             w.wait_ready()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
+        wait_for(self.healthy, timeout=30, interval=0.2, what="API /healthz")
+        assert index(self.settings, DOCS)["status"] == "done"
         return self
+
+    def healthy(self) -> bool:
+        try:
+            return httpx.get(f"{self.base}/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def restart_retrieval(self) -> None:
+        self.fleet.start("retrieval", extra_env={"RAGFLEET_METRICS_PORT": str(self.ports["retrieval"])})
 
     @property
     def base(self) -> str:
@@ -150,12 +158,9 @@ def _ask(ops: Ops, question: str, rid: str) -> dict[str, Any]:
 
 
 def test_one_request_id_in_api_retrieval_and_generation_logs(ops: Ops) -> None:
-    ops.fleet.start("indexing")
-    index(ops.settings, DOCS)
     rid = f"req-{uuid.uuid4().hex}"
     rec = _ask(ops, "What is Redis used as?", rid)
     assert rec["status"] == "done"
-    time.sleep(0.5)  # let the log lines reach the files
 
     def lines_with(path: Path) -> list[dict[str, Any]]:
         out = []
@@ -163,6 +168,11 @@ def test_one_request_id_in_api_retrieval_and_generation_logs(ops: Ops) -> None:
             if rid in line and line.startswith("{"):
                 out.append(json.loads(line))
         return out
+
+    logs = [ops.api_log, ops.fleet.workers["retrieval"].log, ops.fleet.workers["generation"].log]
+    with contextlib.suppress(AssertionError):  # the lines reach the files just after the answer; the
+        # checks below say which is missing if they never do
+        wait_for(lambda: all(lines_with(path) for path in logs), timeout=10, what="log lines")
 
     api_lines = lines_with(ops.api_log)
     retrieval_lines = lines_with(ops.fleet.workers["retrieval"].log)
@@ -253,19 +263,14 @@ def test_task_events_of_both_pools_reach_an_event_receiver(ops: Ops) -> None:
 
 
 def test_readyz_turns_unready_when_the_retrieval_pool_stops(ops: Ops) -> None:
-    assert "indexing" in ops.fleet.workers, "runs after the log test, which starts the indexing pool"
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and httpx.get(f"{ops.base}/readyz", timeout=10).status_code != 200:
-        time.sleep(1)
-    assert httpx.get(f"{ops.base}/readyz", timeout=10).status_code == 200
-    ops.fleet.workers["retrieval"].stop()
-    deadline = time.monotonic() + 30
-    status, body = 200, {}
-    while time.monotonic() < deadline:
+    def readyz(status: int) -> httpx.Response | None:
         r = httpx.get(f"{ops.base}/readyz", timeout=10)
-        status, body = r.status_code, r.json()
-        if status == 503:
-            break
-        time.sleep(1)
-    assert status == 503, body
-    assert "retrieval" in json.dumps(body)
+        return r if r.status_code == status else None
+
+    wait_for(lambda: readyz(200), timeout=20, interval=0.5, what="/readyz 200 with every pool up")
+    ops.fleet.workers["retrieval"].stop()
+    try:
+        r = wait_for(lambda: readyz(503), timeout=30, interval=0.5, what="/readyz 503 without retrieval")
+        assert "retrieval" in json.dumps(r.json())
+    finally:
+        ops.restart_retrieval()  # the module's other tests need it, whatever order they run in

@@ -16,7 +16,7 @@ from ragfleet.resources import Resources
 from ragfleet.settings import Settings
 from tests.conftest import REPO, settings_env
 from tests.fleet import POOLS, Worker
-from tests.integration.test_fleet_e2e import ask, index, wait_job
+from tests.helpers import ask, index, wait_job
 
 pytestmark = [pytest.mark.redis, pytest.mark.workers, pytest.mark.model]
 

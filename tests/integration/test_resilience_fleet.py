@@ -9,19 +9,17 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
-from api_shim.app import create_app
 from ragfleet.coalesce import Coalescer
 from ragfleet.names import TaskName
 from ragfleet.producer import enqueue
 from ragfleet.redis_conn import get_redis
 from ragfleet.settings import Settings
 from tests.fleet import POOLS, Fleet, Worker
+from tests.helpers import api_client, index, wait_job
 from tests.integration.fake_llm_server import FakeLLM
-from tests.integration.test_api import serve
-from tests.integration.test_fleet_e2e import DOCS, index, wait_job
+from tests.integration.test_fleet_e2e import DOCS
 
 pytestmark = [pytest.mark.redis, pytest.mark.workers, pytest.mark.model]
 
@@ -33,8 +31,7 @@ def test_100_identical_concurrent_queries_run_the_pipeline_once(fleet: Any, base
     runs = Coalescer(r, settings).runs_key()
     before = int(r.get(runs) or 0)
     question = f"Which store keeps vectors on local disk? ({uuid.uuid4().hex[:6]})"
-    app = create_app(settings)
-    with serve(app) as base, httpx.Client(base_url=base, timeout=60) as http:
+    with api_client(settings, timeout=60) as http:
 
         def one(_: int) -> dict[str, Any]:
             resp = http.post("/v1/queries", json={"question": question}, params={"wait": 30})
@@ -133,7 +130,7 @@ def test_api_answers_a_repeated_question_from_cache_until_the_index_changes(
     index(base_settings, DOCS)
     settings = base_settings.model_copy(update={"rate_limit": "100000/minute"})
     question = f"What is Redis used as? ({uuid.uuid4().hex[:6]})"
-    with serve(create_app(settings)) as base, httpx.Client(base_url=base, timeout=30) as http:
+    with api_client(settings, timeout=30) as http:
         first = http.post("/v1/queries", json={"question": question}, params={"wait": 20}).json()
         assert first["status"] == "done" and first["result"]["cached"] is None
         t0 = time.perf_counter()

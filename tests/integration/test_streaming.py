@@ -12,7 +12,6 @@ from typing import Any
 import httpx
 import pytest
 
-from api_shim.app import create_app
 from api_shim.streaming import events_key
 from ragfleet.client import BrokerTransport, FleetClient
 from ragfleet.events import JobEvents
@@ -22,8 +21,8 @@ from ragfleet.producer import enqueue
 from ragfleet.redis_conn import get_redis
 from ragfleet.settings import Settings
 from tests.fleet import Fleet
-from tests.integration.test_api import serve
-from tests.integration.test_fleet_e2e import DOCS, index, wait_job
+from tests.helpers import api_client, index, wait_job
+from tests.integration.test_fleet_e2e import DOCS
 
 pytestmark = [pytest.mark.redis, pytest.mark.workers, pytest.mark.model]
 
@@ -42,10 +41,7 @@ def stream_settings(base_settings: Settings) -> Settings:
 @pytest.fixture(scope="module")
 def api(fleet: Fleet, stream_settings: Settings) -> Iterator[httpx.Client]:
     assert index(stream_settings, DOCS)["status"] == "done"
-    with (
-        serve(create_app(stream_settings)) as url,
-        httpx.Client(base_url=url, headers=AUTH, timeout=30) as client,
-    ):
+    with api_client(stream_settings, headers=AUTH, timeout=30) as client:
         yield client
 
 
@@ -161,7 +157,7 @@ def test_idle_stream_sends_heartbeats_and_ends_at_its_time_limit(stream_settings
     s = stream_settings.model_copy(update={"stream_max_s": 1.2, "stream_heartbeat_s": 0.3})
     job_id = "idle-" + uuid.uuid4().hex
     JobStore(get_redis(s), s).create(job_id, "query", tenant="default")  # nobody will ever run it
-    with serve(create_app(s)) as url, httpx.Client(base_url=url, headers=AUTH, timeout=10) as client:
+    with api_client(s, headers=AUTH) as client:
         t0 = time.monotonic()
         lines = [json.loads(x) for x in client.get(f"/v1/queries/{job_id}/stream").text.splitlines()]
         elapsed = time.monotonic() - t0

@@ -12,7 +12,7 @@ from ragfleet.names import TaskName
 from ragfleet.producer import enqueue
 from ragfleet.resources import Resources
 from ragfleet.settings import Settings
-from tests.integration.test_fleet_e2e import wait_job
+from tests.helpers import wait_job
 
 pytestmark = [pytest.mark.redis, pytest.mark.workers, pytest.mark.model]
 

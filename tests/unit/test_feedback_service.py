@@ -148,7 +148,8 @@ class Webhook:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        # a short poll interval: shutdown() waits for the serve loop to look (0.5 s by default)
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True)
 
     def __enter__(self) -> Webhook:
         self.thread.start()
@@ -357,8 +358,12 @@ def _writer(url: str, n: int, start: multiprocessing.synchronize.Event) -> None:
 
 @pytest.mark.slow
 def test_concurrent_writer_processes_lose_nothing(db_url: str) -> None:
-    """Four processes inserting at once: no 'database is locked' on SQLite, no lost rows anywhere."""
-    ctx = multiprocessing.get_context("spawn")
+    """Four processes inserting at once: no 'database is locked' on SQLite, no lost rows anywhere.
+
+    Fresh interpreters, not forks of this one (which holds engines and sockets): a fork server that
+    imported this module once forks them, so the four do not each pay a second of imports."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__])
     start = ctx.Event()
     procs = [ctx.Process(target=_writer, args=(db_url, 25, start)) for _ in range(4)]
     for p in procs:
