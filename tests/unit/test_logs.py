@@ -167,6 +167,7 @@ def test_the_producer_stamps_the_request_id_once_the_process_turns_it_on(
     """The API publishes through ragfleet.producer, which connects no Celery signal: it adds the
     header itself, once `install_celery_request_id` turned the stamp on (the API does)."""
     monkeypatch.setattr(task_headers, "_stamp_request_id", False)
+    monkeypatch.setattr(task_headers, "_stamp_enqueued_at", False)  # another test may have turned it on
     with logs.request_context("rid-off"):
         assert logs.REQUEST_ID_HEADER not in task_headers.for_publish({"x": 1})
     logs.install_celery_request_id()
