@@ -30,6 +30,13 @@ class ErrorCode(StrEnum):
     CANCELLED = "cancelled"
     WORKER_LOST = "worker_lost"
     INTERNAL = "internal"
+    # a document file that could not be parsed (ragfleet.parsing, docs/parsing.md)
+    EMPTY_DOCUMENT = "empty_document"
+    UNREADABLE_DOCUMENT = "unreadable_document"
+    ENCRYPTED_DOCUMENT = "encrypted_document"
+    UNSUPPORTED_FORMAT = "unsupported_format"
+    TOO_LARGE = "too_large"
+    PARSE_TIMEOUT = "parse_timeout"
 
 
 class JobStatus(StrEnum):

@@ -122,6 +122,21 @@ class Settings(BaseSettings):
     chunk_overlap_words: int = 40
     """Words shared by consecutive chunks."""
 
+    # --- document parsing (ragfleet/parsing, docs/parsing.md) --------------------------------------
+    # each document is parsed in a child process of its own, bounded by these
+    parse_timeout_s: float = 60.0
+    """Wall-clock limit of one document's parse (OCR included); past it the child is killed and the document
+    fails `parse_timeout`."""
+    parse_max_memory_mb: int = 1_024
+    """Address-space limit (RLIMIT_AS) of the parsing child; past it, or a zip/image inflating past it, the
+    document fails `too_large`."""
+    parse_max_file_mb: int = 100
+    """Largest document file parsed; a bigger one fails `too_large` before any child starts."""
+    parse_max_pages: int = 500
+    """Most pages (PDF pages, slides, sheets, image frames) in one document; more fails `too_large`."""
+    parse_min_chars: int = 16
+    """A document with fewer usable (non-whitespace) characters after OCR fails `empty_document`."""
+
     # --- retrieval ----------------------------------------------------------------------------------
     default_top_k: int = 5
     """Sources per answer when the query does not say."""
