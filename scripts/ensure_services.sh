@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Make sure a Redis answers at RAGFLEET_REDIS_URL's host:port (default 127.0.0.1:6379); start one if
-# none does. With --promtool, also make sure Prometheus' promtool is installed (alert-rule tests).
+# none does. With --promtool, also make sure Prometheus' promtool is installed (alert-rule tests); with
+# --tesseract, the Tesseract OCR binary and its English data (document parsing, docs/parsing.md).
 set -euo pipefail
 HOST=127.0.0.1
 PORT="${RAGFLEET_REDIS_PORT:-6379}"
@@ -21,6 +22,9 @@ if ! ping_redis; then
   ping_redis || { echo "could not start redis-server on $PORT" >&2; exit 1; }
   echo "started redis-server on $HOST:$PORT"
 fi
-if [ "${1:-}" = "--promtool" ] && ! command -v promtool >/dev/null; then
+if [[ " $* " == *" --promtool "* ]] && ! command -v promtool >/dev/null; then
   apt_install prometheus || echo "warning: could not install prometheus (promtool)" >&2
+fi
+if [[ " $* " == *" --tesseract "* ]] && ! command -v tesseract >/dev/null; then
+  apt_install tesseract-ocr tesseract-ocr-eng || echo "warning: could not install tesseract-ocr" >&2
 fi

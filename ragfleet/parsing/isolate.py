@@ -40,7 +40,10 @@ def child_argv(path: Path, limits: ParseLimits, source: str) -> list[str]:
 
 
 def _child_env() -> dict[str, str]:
+    """The child imports the same `ragfleet` as this process (whatever put it on our sys.path)."""
     env = dict(os.environ)
+    root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
     # one OCR, one core; no BLAS thread pool reserving address space against RLIMIT_AS
     env.update(OMP_THREAD_LIMIT="1", OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     return env

@@ -35,6 +35,10 @@ def ocr_image(image: Any) -> list[Block]:
         text = pytesseract.image_to_string(image, lang=OCR_LANG)
     except pytesseract.TesseractNotFoundError as exc:
         raise ParseError(ErrorCode.UNREADABLE_DOCUMENT, "OCR needed but tesseract is not installed") from exc
+    except pytesseract.TesseractError as exc:  # Tesseract inherits the child's RLIMIT_AS
+        memory = "alloc" in str(exc).lower() or "memory" in str(exc).lower()
+        code = ErrorCode.TOO_LARGE if memory else ErrorCode.UNREADABLE_DOCUMENT
+        raise ParseError(code, f"OCR failed: {exc}"[:300]) from exc
     return [Block(kind="paragraph", text=p) for p in _paragraphs(text)]
 
 

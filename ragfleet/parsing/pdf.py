@@ -37,15 +37,18 @@ def _render_scale(page: Any) -> float:
     return scale
 
 
-def _pdfium_pages(path: Path, limits: ParseLimits, warnings: list[str]) -> list[Page]:
+def _open_pdfium(path: Path) -> Any:
     import pypdfium2 as pdfium
 
     try:
-        document = pdfium.PdfDocument(str(path))
+        return pdfium.PdfDocument(str(path))
     except pdfium.PdfiumError as exc:
         if exc.err_code == _FPDF_ERR_PASSWORD:
             raise ParseError(ErrorCode.ENCRYPTED_DOCUMENT, "the PDF needs a password to open") from exc
         raise
+
+
+def _pdfium_pages(document: Any, limits: ParseLimits, warnings: list[str]) -> list[Page]:
     try:
         check_pages(len(document), limits.max_pages)
         pages: list[Page] = []
@@ -102,7 +105,8 @@ def parse_pdf(path: Path, limits: ParseLimits, warnings: list[str]) -> tuple[lis
     import pypdfium2 as pdfium
 
     try:
-        return _pdfium_pages(path, limits, warnings), "pypdfium2"
+        document = _open_pdfium(path)
     except pdfium.PdfiumError as exc:
         warnings.append(f"PDFium could not open the file ({exc}); fell back to pypdf")
-    return _pypdf_pages(path, limits), "pypdf"
+        return _pypdf_pages(path, limits), "pypdf"
+    return _pdfium_pages(document, limits, warnings), "pypdfium2"
