@@ -19,6 +19,7 @@ PDF_PAGES = [
 ]
 SCAN_FACT = "The boiler room key hangs behind the blue door"
 IMAGE_FACT = "Invoice total due is 4200 euros"
+PPTX_GROUPED = "The budget owner is Dana Scully."
 NAV = "Home About Careers Contact"
 FOOTER = "Copyright Example Corp all rights reserved"
 
@@ -116,6 +117,7 @@ def docx(path: Path) -> Path:
 
 def pptx(path: Path) -> Path:
     from pptx import Presentation
+    from pptx.util import Inches
 
     deck = Presentation()
     for title, body, notes in [
@@ -126,6 +128,9 @@ def pptx(path: Path) -> Path:
         slide.shapes.title.text = title
         slide.placeholders[1].text = body
         slide.notes_slide.notes_text_frame.text = notes
+    group = deck.slides[1].shapes.add_group_shape()  # text inside a group shape is text too
+    box = group.shapes.add_textbox(Inches(1), Inches(5), Inches(6), Inches(1))
+    box.text_frame.text = PPTX_GROUPED
     deck.save(str(path))
     return path
 

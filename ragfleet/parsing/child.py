@@ -9,6 +9,7 @@ worker's host down. Output on stdout, always one JSON object: `{"ok": true, "doc
 from __future__ import annotations
 
 import json
+import os
 import resource
 import sys
 from pathlib import Path
@@ -44,9 +45,14 @@ def run(argv: list[str]) -> dict[str, object]:
 
 
 def main() -> None:
-    result = run(sys.argv[1:])
-    sys.stdout.write(json.dumps(result) + "\n")
+    """The result goes to the real stdout; during the parse, fd 1 points at stderr, so nothing a library
+    prints (C code included) can corrupt the one JSON line the parent reads."""
+    result_out = os.fdopen(os.dup(1), "w", encoding="utf-8")
     sys.stdout.flush()
+    os.dup2(2, 1)
+    result = run(sys.argv[1:])
+    result_out.write(json.dumps(result) + "\n")
+    result_out.flush()
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,15 @@ def parse_docx(path: Path) -> list[Page]:
     return [Page(number=1, blocks=tuple(blocks))]
 
 
+def _shapes(shapes: Any) -> Iterator[Any]:
+    """Every shape of a slide in reading order, those inside groups included."""
+    for shape in shapes:
+        if hasattr(shape, "shapes"):  # a group
+            yield from _shapes(shape.shapes)
+        else:
+            yield shape
+
+
 def parse_pptx(path: Path, max_pages: int) -> list[Page]:
     """One page per slide; the title is the section; speaker notes are part of the slide's page."""
     from pptx import Presentation
@@ -61,7 +71,7 @@ def parse_pptx(path: Path, max_pages: int) -> list[Page]:
         title = " ".join(title_shape.text_frame.text.split()) if title_shape is not None else ""
         section = (title,) if title else ()
         blocks = [Block(kind="heading", text=title, section=section)] if title else []
-        for shape in slide.shapes:
+        for shape in _shapes(slide.shapes):
             if title_shape is not None and shape.shape_id == title_shape.shape_id:
                 continue
             if getattr(shape, "has_table", False) and shape.has_table:

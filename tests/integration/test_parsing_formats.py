@@ -118,6 +118,7 @@ def test_pptx_is_one_page_per_slide_with_its_speaker_notes(tmp_path: Path) -> No
     assert "Search launches in March." in texts(doc, 2)
     assert "The launch date is still tentative." in texts(doc, 2)
     assert "The launch date is still tentative." not in texts(doc, 1)
+    assert corpus.PPTX_GROUPED in texts(doc, 2)
 
 
 def test_xlsx_is_one_page_per_sheet_named_by_the_sheet(tmp_path: Path) -> None:
