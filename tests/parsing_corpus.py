@@ -28,8 +28,11 @@ def _pdf_escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
 
 
-def text_pdf(path: Path, pages: list[list[str]] | None = None) -> Path:
-    """A PDF with a real text layer (Helvetica), one list of lines per page, written byte by byte."""
+def text_pdf(
+    path: Path, pages: list[list[str]] | None = None, *, invisible: bool = False, top: int = 720
+) -> Path:
+    """A PDF with a real text layer (Helvetica), one list of lines per page, written byte by byte.
+    `invisible`: text render mode 3, extractable but not drawn (the text layer of an OCRed scan)."""
     pages = PDF_PAGES if pages is None else pages
     n = len(pages)
     objects: list[bytes] = [
@@ -40,7 +43,7 @@ def text_pdf(path: Path, pages: list[list[str]] | None = None) -> Path:
         b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /Encoding /WinAnsiEncoding >>",
     ]
     for i, lines in enumerate(pages):
-        ops = ["BT", "/F1 14 Tf", "16 TL", "72 720 Td"]
+        ops = ["BT", "/F1 14 Tf", "16 TL", f"72 {top} Td", *(["3 Tr"] if invisible else [])]
         for line in lines:
             ops += [f"({_pdf_escape(line)}) Tj", "T*", "T*"]
         ops.append("ET")
@@ -76,6 +79,22 @@ def scanned_pdf(path: Path, text: str = SCAN_FACT, pages: int = 1) -> Path:
     """An image-only PDF (no text layer at all), as a scanner writes it."""
     images = [text_image(text, size=(1100, 1400)) for _ in range(pages)]
     images[0].save(path, "PDF", resolution=150, save_all=True, append_images=images[1:])  # type: ignore[attr-defined]
+    return path
+
+
+def garbage_layer_scan_pdf(path: Path) -> Path:
+    """A scan whose hidden text layer is `(cid:NN)` glyph garbage: what a PDF with a font lacking a
+    Unicode map gives a text extractor. Only OCR of the rendered page finds `SCAN_FACT`."""
+    from pypdf import PdfReader, PdfWriter
+
+    garbage = " ".join(f"(cid:{n})(cid:{n + 7})(cid:{n + 3})" for n in range(10, 40))
+    layer = text_pdf(
+        path.with_suffix(".layer.pdf"), [[garbage[:90], garbage[90:180]]], invisible=True, top=500
+    )
+    writer = PdfWriter(clone_from=PdfReader(scanned_pdf(path.with_suffix(".scan.pdf"))))
+    writer.pages[0].merge_page(PdfReader(layer).pages[0])
+    with path.open("wb") as fh:
+        writer.write(fh)
     return path
 
 

@@ -77,6 +77,18 @@ def test_only_the_pages_without_a_text_layer_are_ocred(tmp_path: Path) -> None:
 
 @pytest.mark.ocr
 @pytest.mark.usefixtures("tesseract")
+def test_a_page_whose_text_layer_is_cid_garbage_is_ocred_instead(tmp_path: Path) -> None:
+    path = corpus.garbage_layer_scan_pdf(tmp_path / "garbled.pdf")
+    assert "(cid:" in PdfReader(path).pages[0].extract_text()
+    doc = parse_file(path, SETTINGS)
+    assert doc.pages[0].ocr and doc.report.pages_ocred == 1
+    assert "boiler room key" in " ".join(texts(doc)).lower()
+    assert "(cid:" not in " ".join(texts(doc))
+    assert any("replaced by OCR" in w for w in doc.report.warnings)
+
+
+@pytest.mark.ocr
+@pytest.mark.usefixtures("tesseract")
 @pytest.mark.parametrize(("name", "fmt"), [("invoice.png", "PNG"), ("invoice.tiff", "TIFF")])
 def test_an_image_is_ocred(tmp_path: Path, name: str, fmt: str) -> None:
     doc = parse_file(corpus.image(tmp_path / name, fmt=fmt), SETTINGS)
