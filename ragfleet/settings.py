@@ -136,6 +136,22 @@ class Settings(BaseSettings):
     """Most pages (PDF pages, slides, sheets, image frames) in one document; more fails `too_large`."""
     parse_min_chars: int = 16
     """A document with fewer usable (non-whitespace) characters after OCR fails `empty_document`."""
+    # --- document files (ragfleet/blobs.py, docs/parsing.md) ---------------------------------------
+    blob_dir: Path | None = None
+    """Content-addressed store of uploaded document files (default `<data_dir>/blobs`). Every host that runs
+    the API or the indexing pool must see the same directory (a shared volume): messages carry only the
+    blob id."""
+    blob_area: Path | None = None
+    """Directory under which `ragfleet.index_documents` may read files named by `path` (unset: no path is
+    accepted, only blob ids)."""
+    blob_failed_ttl_s: int = 7 * 86_400
+    """A failed document's blob is kept this long (so the job can be retried), then swept; an indexed
+    document's blob is deleted at once."""
+    files_per_task: int = 12
+    """Most files in one indexing task: each may take `parse_timeout_s`, and together they must fit the
+    task's hard limit (`index_time_limit_s`)."""
+    upload_max_mb: int = 100
+    """Largest file `POST /v1/documents/files` accepts (HTTP 413 above)."""
 
     # --- retrieval ----------------------------------------------------------------------------------
     default_top_k: int = 5
@@ -286,6 +302,10 @@ class Settings(BaseSettings):
     @property
     def backend(self) -> str:
         return self.result_backend_url or self.redis_url
+
+    @property
+    def blob_root(self) -> Path:
+        return self.blob_dir if self.blob_dir is not None else self.data_dir / "blobs"
 
     def key(self, *parts: str) -> str:
         """Every Redis key of the project goes through here, so tests can isolate by prefix."""
