@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from ragfleet.names import TASKS as SPECS
 from ragfleet.names import Priority, TaskName, TaskSpec
-from ragfleet.schemas import ErrorCode, JobRecord
+from ragfleet.schemas import ErrorCode, FileIn, IndexDocumentsPayload, JobRecord
 from ragfleet.settings import Settings
 
 # the documented tasks (those with a summary in their spec), in declaration order
@@ -103,6 +103,19 @@ def render() -> str:
         ]
         if result is not None:
             out += ["Result (the job record's `result`):", "", _schema(result), ""]
+        if payload is IndexDocumentsPayload:
+            out += [
+                "Each item of `files` (FileIn): a reference the workers can read, never the bytes. "
+                "`blob_id` names an upload in the fleet's blob store (`RAGFLEET_BLOB_DIR`, shared by "
+                "every API and indexing host; `POST /v1/documents/files` and `ragfleet ingest` store "
+                "files there); `path` names a file under the workers' `RAGFLEET_BLOB_AREA` (anything "
+                "else is refused). A file that cannot be parsed is an entry of `errors` with one of the "
+                "parse codes of docs/parsing.md; each parsed file has an entry in `parse_reports`; its "
+                "chunks carry `source`, `page` (and `page_label`) and `section` in their metadata.",
+                "",
+                _schema(FileIn),
+                "",
+            ]
     out += [
         "## Limits and defaults",
         "",

@@ -11,7 +11,7 @@ import re
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _ID = re.compile(r"^[^\x00-\x1f\x7f]{1,512}$")
@@ -74,9 +74,7 @@ class DocumentIn(_Strict):
     @field_validator("id")
     @classmethod
     def _id_printable(cls, v: str) -> str:
-        if not _ID.fullmatch(v) or not v.strip():
-            raise ValueError("id must be 1-512 printable characters")
-        return v
+        return _check_id(v)
 
     @field_validator("text")
     @classmethod
@@ -89,20 +87,91 @@ class DocumentIn(_Strict):
     @field_validator("metadata")
     @classmethod
     def _metadata_keys(cls, v: dict[str, MetadataValue]) -> dict[str, MetadataValue]:
-        for key in v:
-            if not key or "=" in key or _CONTROL.search(key) or len(key) > 128:
-                raise ValueError(f"metadata key {key!r} is invalid (1-128 chars, no '=')")
-        return v
+        return _check_metadata(v)
+
+
+def _check_id(v: str) -> str:
+    if not _ID.fullmatch(v) or not v.strip():
+        raise ValueError("id must be 1-512 printable characters")
+    return v
+
+
+def _check_metadata(v: dict[str, MetadataValue]) -> dict[str, MetadataValue]:
+    for key in v:
+        if not key or "=" in key or _CONTROL.search(key) or len(key) > 128:
+            raise ValueError(f"metadata key {key!r} is invalid (1-128 chars, no '=')")
+    return v
+
+
+BLOB_ID_PATTERN = r"^[0-9a-f]{64}$"
+
+
+class FileIn(_Strict):
+    """One document file to parse and index (docs/parsing.md): an uploaded blob (`blob_id`, the SHA-256
+    of its bytes in the fleet's blob store) or a `path` under the workers' `RAGFLEET_BLOB_AREA`. File
+    bytes never ride in the message. `(tenant, id)` identifies the document, as for `DocumentIn`."""
+
+    blob_id: Annotated[str | None, Field(default=None, pattern=BLOB_ID_PATTERN)] = None
+    path: Annotated[str | None, Field(default=None, min_length=1, max_length=4_096)] = None
+    name: Annotated[
+        str | None,
+        Field(
+            default=None,
+            max_length=512,
+            description="File name that citations show and whose extension breaks ties between text "
+            "formats (default: the path's file name; required with blob_id).",
+        ),
+    ] = None
+    id: Annotated[
+        str | None,
+        Field(default=None, max_length=512, description="Stable document id (default: the file name)."),
+    ] = None
+    title: Annotated[str | None, Field(default=None, max_length=2_000)] = None
+    metadata: dict[str, MetadataValue] = Field(default_factory=dict)
+    tenant: Annotated[str | None, Field(default=None, max_length=128)] = None
+
+    @model_validator(mode="after")
+    def _one_reference(self) -> FileIn:
+        if (self.blob_id is None) == (self.path is None):
+            raise ValueError("give exactly one of blob_id and path")
+        if self.blob_id is not None and not self.name:
+            raise ValueError("name (the file name) is required with blob_id")
+        _check_id(self.doc_id)  # the same id and metadata rules as DocumentIn
+        _check_metadata(self.metadata)
+        return self
+
+    @property
+    def file_name(self) -> str:
+        if self.name:
+            return self.name.replace("\\", "/").rsplit("/", 1)[-1] or self.name
+        return (self.path or "").rstrip("/").rsplit("/", 1)[-1]
+
+    @property
+    def doc_id(self) -> str:
+        return self.id or self.file_name
 
 
 class IndexDocumentsPayload(_Strict):
     """Payload of `ragfleet.index_documents`. Documents are validated one by one in the task, so one
     bad document is reported in the result while the rest of the batch is indexed."""
 
-    documents: list[dict[str, Any]] = Field(min_length=1)
+    documents: list[dict[str, Any]] = Field(default_factory=list)
+    files: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Document files to parse and index (`FileIn`: `{blob_id | path, name?, id?, title?, "
+        "metadata?, tenant?}`), each parsed in a bounded child process; one that fails is an entry in "
+        "`errors` with its code. At most `RAGFLEET_FILES_PER_TASK` (12) per task. At least one of "
+        "`documents` and `files` must be non-empty.",
+    )
     tenant: str = Field(default="default", min_length=1, max_length=128)
     job_id: str | None = None
     request_id: str | None = None
+
+    @model_validator(mode="after")
+    def _something_to_index(self) -> IndexDocumentsPayload:
+        if not self.documents and not self.files:
+            raise ValueError("documents and files are both empty: nothing to index")
+        return self
 
 
 class IndexDocumentPayload(_Strict):
@@ -193,6 +262,21 @@ class DocumentError(BaseModel):
     doc_id: str | None = None
     code: ErrorCode = ErrorCode.INVALID_DOCUMENT
     message: str
+    source: str | None = Field(default=None, description="File name, for an entry of `files`.")
+
+
+class ParseReportOut(BaseModel):
+    """How one file of `files` was parsed (ragfleet.parsing's report, plus the chunks it became)."""
+
+    doc_id: str
+    source: str
+    format: str
+    pages: int
+    pages_ocred: int
+    characters: int
+    chunks: int
+    warnings: list[str] = Field(default_factory=list)
+    parser: str
 
 
 class IndexResult(BaseModel):
@@ -205,6 +289,7 @@ class IndexResult(BaseModel):
     chunks_skipped: int = 0
     errors: list[DocumentError] = Field(default_factory=list)
     index_version: int = 0
+    parse_reports: list[ParseReportOut] = Field(default_factory=list)
 
 
 class JobError(BaseModel):

@@ -34,7 +34,16 @@ def index_documents(self: RagfleetTask, *, payload: dict[str, Any]) -> dict[str,
     res = get_resources()
     job_id = str(p.job_id)
     res.jobs.create(job_id, "index", tenant=p.tenant, request_id=p.request_id)
-    total = len(p.documents)
+    cap = res.settings.files_per_task
+    if len(p.files) > cap:
+        # each file may take parse_timeout_s: more than the cap could outlive the task's hard limit
+        message = (
+            f"invalid payload: {len(p.files)} files in one task, over the limit of {cap} "
+            f"(RAGFLEET_FILES_PER_TASK); split them across tasks"
+        )
+        res.jobs.fail(job_id, ErrorCode.INVALID_PAYLOAD, message)
+        return error_result(job_id, ErrorCode.INVALID_PAYLOAD, message)
+    total = len(p.documents) + len(p.files)
     res.jobs.set_progress(job_id, done=0, total=total)
 
     def progress(done: int, valid: int) -> None:
@@ -43,7 +52,9 @@ def index_documents(self: RagfleetTask, *, payload: dict[str, Any]) -> dict[str,
 
     try:
         with stage(res, job_id, "indexing", Queue.INDEXING.value, JobStatus.INDEXING):
-            result = indexing.index_documents(res, p.documents, tenant=p.tenant, progress=progress)
+            result = indexing.index_documents(
+                res, p.documents, tenant=p.tenant, files=p.files, progress=progress
+            )
     except SoftTimeLimitExceeded:
         message = "indexing exceeded its time limit; split the batch"
         res.jobs.fail(job_id, ErrorCode.TIMEOUT, message)
