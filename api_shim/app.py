@@ -26,6 +26,7 @@ from api_shim.readiness import ReadyCheck
 from api_shim.routes.batches import batches_router
 from api_shim.routes.documents import documents_router
 from api_shim.routes.feedback import feedback_router
+from api_shim.routes.files import FILES_PATH, files_router
 from api_shim.routes.jobs import jobs_router
 from api_shim.routes.ops import ops_router
 from api_shim.routes.queries import queries_router, stream_router
@@ -68,11 +69,13 @@ def create_app(
         stream_router(deps),
         batches_router(deps),
         ops_router(deps.readiness),
+        files_router(deps),
     ):
         app.include_router(router)
     install_error_handlers(app, jobs=deps.jobs, retry_after=deps.retry_after)
     # last added runs first: the request id and metrics wrap everything, including a 413
-    app.add_middleware(BodyLimitMiddleware, max_bytes=s.max_request_bytes)
+    upload_limit = s.files_per_task * s.upload_max_mb * 2**20 + 2**20  # files + the form's fields
+    app.add_middleware(BodyLimitMiddleware, max_bytes=s.max_request_bytes, uploads={FILES_PATH: upload_limit})
     app.add_middleware(RequestContextMiddleware)
     return app
 

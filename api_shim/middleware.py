@@ -93,26 +93,34 @@ class RequestContextMiddleware:
 class BodyLimitMiddleware:
     """Rejects bodies over `max_bytes` with 413, by Content-Length first and by bytes actually read."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, uploads: dict[str, int] | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        # upload paths and their own limits: those bodies are streamed to the handler (which spools
+        # files to disk), counted but never buffered here
+        self.uploads = uploads or {}
 
-    def _too_large(self) -> JSONResponse:
-        return JSONResponse({"detail": f"request body exceeds {self.max_bytes} bytes"}, status_code=413)
+    def _too_large(self, limit: int | None = None) -> JSONResponse:
+        limit = self.max_bytes if limit is None else limit
+        return JSONResponse({"detail": f"request body exceeds {limit} bytes"}, status_code=413)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
+        limit = self.uploads.get(scope.get("path", ""), self.max_bytes)
         for name, value in scope.get("headers", []):
             if name == b"content-length":
                 try:
                     declared = int(value)
                 except ValueError:
                     declared = 0
-                if declared > self.max_bytes:
-                    await self._too_large()(scope, receive, send)
+                if declared > limit:
+                    await self._too_large(limit)(scope, receive, send)
                     return
+        if scope.get("path", "") in self.uploads:
+            await self._stream_counted(scope, receive, send, limit)
+            return
         # Read the body here, counting, so chunked uploads without Content-Length are bounded too;
         # the handler would buffer it anyway to parse JSON.
         chunks: list[bytes] = []
@@ -143,3 +151,33 @@ class BodyLimitMiddleware:
             return await receive()
 
         await self.app(scope, replay, send)
+
+    async def _stream_counted(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+        """Pass the body through, counting; past `limit` the handler's read fails and the client gets
+        a 413 (the handler reads the whole body before it answers, so nothing was sent yet)."""
+        size = 0
+        started = False
+
+        async def counted() -> Message:
+            nonlocal size
+            message = await receive()
+            size += len(message.get("body", b""))
+            if size > limit:
+                raise _BodyTooLargeError
+            return message
+
+        async def tracking(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted, tracking)
+        except _BodyTooLargeError:
+            if started:
+                raise
+            await self._too_large(limit)(scope, receive, send)
+
+
+class _BodyTooLargeError(Exception):
+    """Raised from `receive` inside the app; only `BodyLimitMiddleware` catches it."""

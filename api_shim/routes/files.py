@@ -1,0 +1,167 @@
+"""`POST /v1/documents/files`: upload document files (multipart) to be parsed and indexed on the fleet.
+
+The API only stores bytes: each file goes to the blob store (`ragfleet.blobs`, a directory every API
+and indexing host shares) and the job's message carries blob ids (`FileIn`), never the bytes. Parsing
+happens on the indexing pool, in a bounded child process per file (docs/parsing.md); nothing here
+opens a document.
+
+What must stay true:
+- Nothing is stored unless the whole request is acceptable (file count, sizes, fields): a 413 or 422
+  leaves no blob behind.
+- With API keys configured the tenant is the key's; a `tenant` form field naming another is refused.
+- At most `RAGFLEET_FILES_PER_TASK` files per request, because one request is one indexing task, and
+  each file may take `parse_timeout_s` of the task's hard limit.
+"""
+
+# No `from __future__ import annotations`: FastAPI must resolve the per-app dependency types at runtime.
+
+import json
+from typing import Annotated, Any
+
+import anyio.to_thread
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+
+from api_shim.auth import Caller
+from api_shim.deps import ApiDeps, accepted
+from api_shim.errors import validation_error
+from api_shim.models import Accepted, error_responses
+from ragfleet.blobs import blob_store
+from ragfleet.names import Priority, TaskName
+from ragfleet.schemas import FileIn
+
+FILES_PATH = "/v1/documents/files"
+FIELDS = ("id", "title", "metadata", "tenant")
+_PLACEHOLDER_BLOB = "0" * 64  # validates a reference before any byte is stored
+
+
+def _request_body_schema() -> dict[str, Any]:
+    per_file = "Optional; give it once per file, in the order of the files (an empty value for none)."
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["files"],
+                        "properties": {
+                            "files": {
+                                "type": "array",
+                                "items": {"type": "string", "format": "binary"},
+                                "description": "One or more document files (PDF, PNG/JPEG/TIFF, DOCX, "
+                                "PPTX, XLSX, CSV, HTML, Markdown, text; docs/parsing.md).",
+                            },
+                            "id": {"type": "array", "items": {"type": "string"}, "description": per_file},
+                            "title": {"type": "array", "items": {"type": "string"}, "description": per_file},
+                            "metadata": {
+                                "type": "array",
+                                "items": {"type": "string"},
+                                "description": "A JSON object (string, number and boolean values). "
+                                + per_file,
+                            },
+                            "tenant": {
+                                "type": "array",
+                                "items": {"type": "string"},
+                                "description": "Without API keys only; with keys the tenant is the key's. "
+                                + per_file,
+                            },
+                        },
+                    }
+                }
+            },
+        }
+    }
+
+
+def _unprocessable(message: str, *loc: str | int) -> HTTPException:
+    return HTTPException(422, [{"loc": ["body", *loc], "msg": message, "type": "value_error"}])
+
+
+def files_router(deps: ApiDeps) -> APIRouter:
+    router = APIRouter()
+    CallerDep = Annotated[Caller, Depends(deps.caller)]  # noqa: N806
+    RequestId = Annotated[str, Depends(deps.request_id)]  # noqa: N806
+    s = deps.settings
+    cap = s.files_per_task
+    max_file_bytes = s.upload_max_mb * 2**20
+    blobs = blob_store(s)
+
+    @router.post(
+        FILES_PATH,
+        status_code=202,
+        response_model=Accepted,
+        responses={
+            **error_responses(*deps.error_codes),
+            422: {"description": "No files, too many files, or an invalid field."},
+        },
+        summary="Upload document files to parse and index",
+        description=(
+            f"Multipart upload of 1-{cap} files (each at most {s.upload_max_mb} MiB). The files are "
+            "stored in the fleet's blob store and parsed on the indexing pool; the job's result names "
+            "each file that failed (`errors`, with a parse error code) and reports each parse "
+            "(`parse_reports`)."
+        ),
+        tags=["documents"],
+        openapi_extra=_request_body_schema(),
+    )
+    async def post_files(request: Request, who: CallerDep, rid: RequestId) -> JSONResponse:
+        form = await request.form(max_files=max(100, 4 * cap), max_fields=1_000)
+        uploads = [u for u in form.getlist("files") if isinstance(u, UploadFile)]
+        if not uploads:
+            raise _unprocessable("no files: send one or more parts named 'files'", "files")
+        if len(uploads) > cap:
+            raise _unprocessable(
+                f"{len(uploads)} files, over the limit of {cap} per request: send them in several requests",
+                "files",
+            )
+        fields: dict[str, list[str]] = {}
+        for name in FIELDS:
+            values = [v if isinstance(v, str) else "" for v in form.getlist(name)]
+            if values and len(values) != len(uploads):
+                raise _unprocessable(
+                    f"{len(values)} '{name}' fields for {len(uploads)} files: give one per file, in order",
+                    name,
+                )
+            fields[name] = values
+        refs: list[dict[str, Any]] = []
+        for i, upload in enumerate(uploads):
+            if not upload.filename:
+                raise _unprocessable("a file part without a file name", "files", i)
+            if upload.size is not None and upload.size > max_file_bytes:
+                raise HTTPException(
+                    413, f"file {upload.filename!r} is over the {s.upload_max_mb} MiB upload limit"
+                )
+            ref: dict[str, Any] = {"name": upload.filename}
+            for name in ("id", "title"):
+                if fields[name] and fields[name][i]:
+                    ref[name] = fields[name][i]
+            if fields["metadata"] and fields["metadata"][i]:
+                try:
+                    ref["metadata"] = json.loads(fields["metadata"][i])
+                except ValueError as exc:
+                    raise _unprocessable(f"metadata is not JSON: {exc}", "metadata", i) from exc
+            if fields["tenant"] and fields["tenant"][i] and fields["tenant"][i] != who.tenant:
+                if deps.keyring:
+                    raise _unprocessable(
+                        "the tenant comes from the API key; a tenant field naming another is refused",
+                        "tenant",
+                        i,
+                    )
+                ref["tenant"] = fields["tenant"][i]
+            try:  # the worker's own schema, before a byte is stored
+                FileIn.model_validate({**ref, "blob_id": _PLACEHOLDER_BLOB})
+            except ValidationError as exc:
+                raise validation_error(["body", "files", i], exc) from exc
+            refs.append(ref)
+        for ref, upload in zip(refs, uploads, strict=True):
+            await upload.seek(0)
+            ref["blob_id"] = await anyio.to_thread.run_sync(blobs.put, upload.file)
+        payload = {"documents": [], "files": refs, "tenant": who.tenant, "request_id": rid}
+        return accepted(
+            await deps.submit(TaskName.INDEX_DOCUMENTS, "index", payload, who, rid, Priority.DEFAULT)
+        )
+
+    return router
