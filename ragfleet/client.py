@@ -14,6 +14,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
@@ -139,6 +140,23 @@ class HttpTransport:
         r.raise_for_status()
         return str(r.json()["job_id"])
 
+    def upload_files(self, files: Sequence[tuple[Path, dict[str, Any]]]) -> str:
+        """`POST /v1/documents/files`: each file with its id/title/metadata fields, in file order."""
+        data: dict[str, list[str]] = {"id": [], "title": [], "metadata": []}
+        for _path, ref in files:
+            data["id"].append(str(ref.get("id") or ""))
+            data["title"].append(str(ref.get("title") or ""))
+            data["metadata"].append(json.dumps(ref["metadata"]) if ref.get("metadata") else "")
+        handles = [path.open("rb") for path, _ in files]
+        try:
+            parts = [("files", (p.name, fh)) for (p, _), fh in zip(files, handles, strict=True)]
+            r = self._http.post("/v1/documents/files", files=parts, data=data)
+        finally:
+            for fh in handles:
+                fh.close()
+        r.raise_for_status()
+        return str(r.json()["job_id"])
+
     def job(self, job_id: str) -> dict[str, Any] | None:
         r = self._http.get(f"/v1/jobs/{job_id}")
         if r.status_code == 404:
@@ -257,6 +275,29 @@ class FleetClient:
     def index(self, documents: list[dict[str, Any]], *, priority: Priority = Priority.DEFAULT) -> str:
         return self.transport.submit(
             TaskName.INDEX_DOCUMENTS, {"documents": documents}, kind="index", priority=priority
+        )
+
+    def index_files(
+        self, files: Sequence[tuple[Path, dict[str, Any]]], *, priority: Priority = Priority.DEFAULT
+    ) -> str:
+        """Index document files (parsed on the fleet, docs/parsing.md), each `(path, {id?, title?,
+        metadata?})`. Over the broker the bytes go to the blob store (`RAGFLEET_BLOB_DIR`, which this
+        host must share with the indexing pool) and the message carries blob ids; over HTTP they are
+        uploaded to `POST /v1/documents/files`. At most `RAGFLEET_FILES_PER_TASK` files per call."""
+        t = self.transport
+        if isinstance(t, HttpTransport):
+            return t.upload_files(files)
+        if not isinstance(t, BrokerTransport):
+            raise TypeError(f"{type(t).__name__} cannot upload files")
+        from ragfleet.blobs import blob_store
+
+        blobs = blob_store(t.settings)
+        refs = []
+        for path, ref in files:
+            with path.open("rb") as fh:
+                refs.append({**ref, "name": path.name, "blob_id": blobs.put(fh)})
+        return t.submit(
+            TaskName.INDEX_DOCUMENTS, {"documents": [], "files": refs}, kind="index", priority=priority
         )
 
     def delete(self, doc_id: str) -> str:
