@@ -63,13 +63,15 @@ def create_app(
     # the order is the routing order and the OpenAPI schema's path order: keep it stable
     for router in (
         feedback_router(deps),
+        # before documents_router: its DELETE /v1/documents/{doc_id:anypath} also matches this path, and
+        # the first route that matches a path answers a wrong method (405 and its Allow header)
+        files_router(deps),
         documents_router(deps),
         queries_router(deps),
         jobs_router(deps),
         stream_router(deps),
         batches_router(deps),
         ops_router(deps.readiness),
-        files_router(deps),
     ):
         app.include_router(router)
     install_error_handlers(app, jobs=deps.jobs, retry_after=deps.retry_after)

@@ -33,13 +33,19 @@ def index_documents(self: RagfleetTask, *, payload: dict[str, Any]) -> dict[str,
         return exc.result
     res = get_resources()
     job_id = str(p.job_id)
-    res.jobs.create(job_id, "index", tenant=p.tenant, request_id=p.request_id)
-    cap = res.settings.files_per_task
+    status = res.jobs.create(job_id, "index", tenant=p.tenant, request_id=p.request_id)
+    if p.files and status in TERMINAL:
+        # a redelivery after the job finished: its blobs may be gone, and rerunning would overwrite
+        # the record's result with `not_found` errors (a text-only job reruns harmlessly)
+        return {"job_id": job_id, "status": status.value}
+    s = res.settings
+    # each file may take parse_timeout_s, and together they must end before the soft time limit
+    cap = min(s.files_per_task, max(1, int((s.index_time_limit_s - 30) * 0.9 // s.parse_timeout_s)))
     if len(p.files) > cap:
-        # each file may take parse_timeout_s: more than the cap could outlive the task's hard limit
         message = (
             f"invalid payload: {len(p.files)} files in one task, over the limit of {cap} "
-            f"(RAGFLEET_FILES_PER_TASK); split them across tasks"
+            f"(RAGFLEET_FILES_PER_TASK, and {cap} x RAGFLEET_PARSE_TIMEOUT_S must fit the task's "
+            "time limit); split them across tasks"
         )
         res.jobs.fail(job_id, ErrorCode.INVALID_PAYLOAD, message)
         return error_result(job_id, ErrorCode.INVALID_PAYLOAD, message)

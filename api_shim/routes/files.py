@@ -27,7 +27,7 @@ from starlette.datastructures import UploadFile
 from api_shim.auth import Caller
 from api_shim.deps import ApiDeps, accepted
 from api_shim.errors import validation_error
-from api_shim.models import Accepted, error_responses
+from api_shim.models import ID_PATTERN, Accepted, error_responses
 from ragfleet.blobs import blob_store
 from ragfleet.names import Priority, TaskName
 from ragfleet.schemas import FileIn
@@ -37,8 +37,11 @@ FIELDS = ("id", "title", "metadata", "tenant")
 _PLACEHOLDER_BLOB = "0" * 64  # validates a reference before any byte is stored
 
 
-def _request_body_schema() -> dict[str, Any]:
+def _request_body_schema(cap: int) -> dict[str, Any]:
+    """The multipart body. What JSON Schema cannot say, the handler checks (422): each per-file field
+    is given once per file or not at all, and `metadata` is a JSON object."""
     per_file = "Optional; give it once per file, in the order of the files (an empty value for none)."
+    per_file_array: dict[str, Any] = {"type": "array", "maxItems": cap}
     return {
         "requestBody": {
             "required": True,
@@ -50,21 +53,35 @@ def _request_body_schema() -> dict[str, Any]:
                         "properties": {
                             "files": {
                                 "type": "array",
+                                "minItems": 1,
+                                "maxItems": cap,
                                 "items": {"type": "string", "format": "binary"},
                                 "description": "One or more document files (PDF, PNG/JPEG/TIFF, DOCX, "
                                 "PPTX, XLSX, CSV, HTML, Markdown, text; docs/parsing.md).",
                             },
-                            "id": {"type": "array", "items": {"type": "string"}, "description": per_file},
-                            "title": {"type": "array", "items": {"type": "string"}, "description": per_file},
+                            "id": {
+                                **per_file_array,
+                                "items": {
+                                    "type": "string",
+                                    "maxLength": 512,
+                                    "pattern": f"^$|{ID_PATTERN.pattern}",
+                                },
+                                "description": "Document id (default: the file name). " + per_file,
+                            },
+                            "title": {
+                                **per_file_array,
+                                "items": {"type": "string", "maxLength": 2_000},
+                                "description": per_file,
+                            },
                             "metadata": {
-                                "type": "array",
+                                **per_file_array,
                                 "items": {"type": "string"},
                                 "description": "A JSON object (string, number and boolean values). "
                                 + per_file,
                             },
                             "tenant": {
-                                "type": "array",
-                                "items": {"type": "string"},
+                                **per_file_array,
+                                "items": {"type": "string", "maxLength": 128},
                                 "description": "Without API keys only; with keys the tenant is the key's. "
                                 + per_file,
                             },
@@ -105,7 +122,7 @@ def files_router(deps: ApiDeps) -> APIRouter:
             "(`parse_reports`)."
         ),
         tags=["documents"],
-        openapi_extra=_request_body_schema(),
+        openapi_extra=_request_body_schema(cap),
     )
     async def post_files(request: Request, who: CallerDep, rid: RequestId) -> JSONResponse:
         form = await request.form(max_files=max(100, 4 * cap), max_fields=1_000)
@@ -128,13 +145,11 @@ def files_router(deps: ApiDeps) -> APIRouter:
             fields[name] = values
         refs: list[dict[str, Any]] = []
         for i, upload in enumerate(uploads):
-            if not upload.filename:
-                raise _unprocessable("a file part without a file name", "files", i)
             if upload.size is not None and upload.size > max_file_bytes:
                 raise HTTPException(
                     413, f"file {upload.filename!r} is over the {s.upload_max_mb} MiB upload limit"
                 )
-            ref: dict[str, Any] = {"name": upload.filename}
+            ref: dict[str, Any] = {"name": upload.filename or f"upload-{i + 1}"}
             for name in ("id", "title"):
                 if fields[name] and fields[name][i]:
                     ref[name] = fields[name][i]

@@ -170,3 +170,14 @@ def test_an_http_multipart_upload_is_parsed_and_answerable(
         "finance",
     )
     assert "Lisbon" in top["text"]  # the speaker notes of slide 1 are part of slide 1
+
+
+def test_more_files_than_a_task_may_parse_are_refused_whole(fleet: Fleet, base_settings: Settings) -> None:
+    from ragfleet.names import TaskName
+    from ragfleet.producer import enqueue
+
+    files = [{"path": f"f{i}.pdf"} for i in range(base_settings.files_per_task + 1)]
+    job_id = enqueue(TaskName.INDEX_DOCUMENTS, {"files": files, "tenant": TENANT}, settings=base_settings)
+    rec = wait_job(base_settings, job_id)
+    assert rec["status"] == "failed" and rec["error"]["code"] == "invalid_payload", rec
+    assert f"over the limit of {base_settings.files_per_task}" in rec["error"]["message"]
