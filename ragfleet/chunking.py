@@ -76,6 +76,9 @@ class BlockChunk:
     section: tuple[str, ...]
 
 
+BLOCK_CHUNKER = "blocks-1"
+"""Recorded in the metadata of every chunk `chunk_blocks` made (`chunker`): bump it when the chunk
+shapes change, so an index never mixes shapes unknowingly (a reindex copies such chunks as they are)."""
 _MIN_BODY_WORDS = 32
 
 

@@ -23,7 +23,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ragfleet.blobs import BlobStore, blob_store
-from ragfleet.chunking import chunk_blocks, chunk_text
+from ragfleet.chunking import BLOCK_CHUNKER, chunk_blocks, chunk_text
 from ragfleet.parsing import ParseError, parse_file
 from ragfleet.resources import Resources
 from ragfleet.schemas import (
@@ -173,7 +173,12 @@ def _file_records(
         return None
     records = []
     for c in chunks:
-        metadata: dict[str, MetadataValue] = {**f.metadata, "source": parsed.source, "page": c.page}
+        metadata: dict[str, MetadataValue] = {
+            **f.metadata,
+            "source": parsed.source,
+            "page": c.page,
+            "chunker": BLOCK_CHUNKER,
+        }
         if c.page_label:
             metadata["page_label"] = c.page_label
         if c.section:
@@ -345,6 +350,46 @@ def _fill_vectors(
         for r in records:
             if not r.vector:
                 r.vector = fresh[r.content_hash]
+
+
+def copy_chunked_documents(
+    res: Resources,
+    tenant: str,
+    docs: dict[str, list[ChunkRecord]],
+    *,
+    store: VectorStore,
+    vector_source: VectorStore | None = None,
+) -> IndexResult:
+    """Write documents whose chunks cannot be rebuilt from text (parsed files: their blobs are gone,
+    their pages and sections live only in the chunks) into `store` as they are, vectors copied by
+    content hash (embedded only for a new model). What a reindex does with them."""
+    result = IndexResult(documents_received=len(docs))
+    model = res.settings.embedding_model
+    pending = {
+        doc_id: [
+            ChunkRecord(
+                chunk_id=chunk_id_for(tenant, doc_id, c.chunk_index),
+                doc_id=doc_id,
+                tenant=tenant,
+                chunk_index=c.chunk_index,
+                text=c.text,
+                title=c.title,
+                start=c.start,
+                end=c.end,
+                content_hash=row_hash(c.text, c.metadata),
+                embedding_model=model,
+                vector=[],
+                metadata=dict(c.metadata),
+            )
+            for c in chunks
+        ]
+        for doc_id, chunks in docs.items()
+    }
+    if pending:
+        _fill_vectors(res, pending, store, vector_source, result)
+        result.chunks_written = store.replace_documents(tenant, pending)
+        result.documents_indexed = len(pending)
+    return result
 
 
 def delete_document(res: Resources, *, tenant: str, doc_id: str) -> IndexResult:

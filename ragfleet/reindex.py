@@ -17,8 +17,10 @@ from typing import Any
 
 from redis.lock import Lock
 
-from ragfleet.indexing import index_documents
+from ragfleet.chunking import BLOCK_CHUNKER
+from ragfleet.indexing import copy_chunked_documents, index_documents
 from ragfleet.resources import Resources
+from ragfleet.stores.base import ChunkRecord
 
 LOCK_TTL_S = 120
 
@@ -45,8 +47,12 @@ class ReindexReport:
         return {k: getattr(self, k) for k in self.__slots__}
 
 
-def _documents_of(res: Resources, collection: str) -> dict[str, dict[str, dict[str, Any]]]:
-    """Rebuild documents (per tenant) from their chunks: the store is the source of truth here."""
+def _documents_of(
+    res: Resources, collection: str, files: dict[str, dict[str, list[ChunkRecord]]] | None = None
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Rebuild documents (per tenant) from their chunks: the store is the source of truth here.
+    Parsed files' chunks (`chunker` in their metadata) go to `files` as they are: their structure
+    cannot be rebuilt from text."""
     store = res.store(collection)
     store.refresh()
     docs: dict[str, dict[str, dict[str, Any]]] = {}
@@ -56,6 +62,9 @@ def _documents_of(res: Resources, collection: str) -> dict[str, dict[str, dict[s
             parts.setdefault((c.tenant, c.doc_id), []).append(c)
     for (tenant, doc_id), chunks in parts.items():
         chunks.sort(key=lambda c: c.chunk_index)
+        if files is not None and chunks[0].metadata.get("chunker") == BLOCK_CHUNKER:
+            files.setdefault(tenant, {})[doc_id] = chunks
+            continue
         text = _join(chunks)
         first = chunks[0]
         docs.setdefault(tenant, {})[doc_id] = {
@@ -101,10 +110,11 @@ def run_reindex(
         new = f"{s.collection}_v{int(time.time())}_{uuid.uuid4().hex[:4]}"
         source = res.store(old)
         chunks_before = source.count()
-        docs = _documents_of(res, old)
+        files: dict[str, dict[str, list[ChunkRecord]]] = {}
+        docs = _documents_of(res, old, files)
         lock.extend(LOCK_TTL_S, replace_ttl=True)
         target = res.store(new)
-        total = sum(len(d) for d in docs.values())
+        total = sum(len(d) for d in docs.values()) + sum(len(d) for d in files.values())
         done = 0
         embedded = copied = 0
         for tenant, tdocs in docs.items():
@@ -122,6 +132,14 @@ def run_reindex(
                 lock.extend(LOCK_TTL_S, replace_ttl=True)  # renew: we are alive and making progress
                 if progress:
                     progress(done, total)
+        for tenant, tfiles in files.items():
+            r = copy_chunked_documents(res, tenant, tfiles, store=target, vector_source=source)
+            embedded += r.chunks_embedded
+            copied += r.chunks_skipped
+            done += len(tfiles)
+            lock.extend(LOCK_TTL_S, replace_ttl=True)
+            if progress:
+                progress(done, total)
         target.optimize()
         target.refresh()
         chunks_after = target.count()

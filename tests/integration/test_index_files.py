@@ -121,3 +121,20 @@ def test_without_a_blob_area_paths_are_refused(base_settings: Settings, tmp_path
     result = index_documents(r, [], tenant="default", files=[{"path": "/etc/hostname"}])
     assert [e.code.value for e in result.errors] == ["invalid_document"]
     assert "RAGFLEET_BLOB_AREA is not set" in result.errors[0].message
+
+
+def test_a_reindex_copies_parsed_files_chunks_as_they_are(res: Resources, tmp_path: Path) -> None:
+    from ragfleet.reindex import run_reindex
+
+    pdf = upload(res, corpus.text_pdf(tmp_path / "handbook.pdf"))
+    text_doc = {"id": "note", "text": "Plain text documents are chunked in word windows as before."}
+    first = index_documents(res, [text_doc], tenant="default", files=[pdf])
+    assert first.documents_indexed == 2, first.errors
+    before = [(c.chunk_id, c.text, c.metadata) for c in chunks_of(res, "handbook.pdf")]
+    assert {m["chunker"] for _, _, m in before} == {"blocks-1"}  # the index records the chunker
+    embedded = res.embedder.calls  # type: ignore[attr-defined]
+    report = run_reindex(res)
+    assert report.status == "switched" and report.documents == 2
+    assert report.chunks_embedded == 0 and res.embedder.calls == embedded  # type: ignore[attr-defined]
+    after = [(c.chunk_id, c.text, c.metadata) for c in chunks_of(res, "handbook.pdf")]
+    assert after == before  # pages and sections survive: not flattened into word windows of page 1
