@@ -81,11 +81,10 @@ class QueueDepthCollector(Collector):
 def queue_depth_collector(settings: Settings, queues: Iterable[str] | None = None) -> QueueDepthCollector:
     """A collector for the broker named in `settings`, with the same key prefix the producer uses."""
     import redis as redis_mod
-
-    from ragfleet.names import Queue
-
     from redis.backoff import NoBackoff
     from redis.retry import Retry
+
+    from ragfleet.names import Queue
 
     # no retries: redis-py 8 retries a failed command several times by default, so a scrape during a
     # Redis outage took ~4 s; one attempt answers `ragfleet_queue_depth_up 0` within the socket timeout
