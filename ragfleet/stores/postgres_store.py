@@ -23,9 +23,9 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql
@@ -46,6 +46,7 @@ RECORD_COLUMNS = sql.SQL(
 OR_QUERY = sql.SQL("replace(plainto_tsquery(%s::regconfig, %s)::text, ' & ', ' | ')::tsquery")
 REPLICA_RETRY_S = 5.0  # a replica that did not answer is skipped this long (no per-query connect wait)
 REPLICA_CONNECT_TIMEOUT_S = 1.0
+T = TypeVar("T")
 
 
 class SearchTimeoutError(TimeoutError):
@@ -157,26 +158,32 @@ class PostgresStore:
         with _pool(self.url, self.pool_size).connection() as conn:
             yield conn
 
-    @contextmanager
-    def _reader(self) -> Iterator[psycopg.Connection[Any]]:
-        """A connection to the first replica that answers, else to the primary."""
-        now = time.monotonic()
+    def _read(self, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
+        """`fn` on the first replica that answers, else on the primary.
+
+        A replica that refuses a connection, or drops one mid-query, is skipped for
+        `REPLICA_RETRY_S` and the read moves on: a replica going away costs one slower query, not
+        an error. A cancelled statement (the statement timeout) is the query's own fault and is
+        raised, not retried elsewhere."""
         for url in self.read_urls:
-            if _replica_down_until.get(url, 0.0) > now:
+            if _replica_down_until.get(url, 0.0) > time.monotonic():
                 continue
             pool = _pool(url, self.pool_size)
             try:
                 conn = pool.getconn(timeout=REPLICA_CONNECT_TIMEOUT_S)
             except (PoolTimeout, psycopg.OperationalError):
-                _replica_down_until[url] = now + REPLICA_RETRY_S
+                _replica_down_until[url] = time.monotonic() + REPLICA_RETRY_S
                 continue
             try:
-                yield conn
+                return fn(conn)
+            except psycopg.errors.QueryCanceled:
+                raise
+            except psycopg.OperationalError:
+                _replica_down_until[url] = time.monotonic() + REPLICA_RETRY_S
             finally:
                 pool.putconn(conn)
-            return
         with self._primary() as conn:
-            yield conn
+            return fn(conn)
 
     def _ensured(self) -> None:
         """Migrate and create this collection's table once per process (LanceDB's `_tbl()` does the
@@ -359,29 +366,27 @@ class PostgresStore:
         where = sql.SQL("tenant = %s") + (sql.SQL(" AND tags @> %s::text[]") if tags else sql.SQL(""))
         where_params: list[Any] = [tenant, *([tags] if tags else [])]
         want_fts = mode in ("fts", "hybrid") and bool(text and text.strip())
-        dense: dict[str, tuple[float, tuple[Any, ...]]] = {}
-        sparse: dict[str, tuple[float, tuple[Any, ...]]] = {}
-        try:
-            with self._reader() as conn, conn.transaction():
+
+        def run(conn: psycopg.Connection[Any]) -> tuple[list[Any], list[Any]]:
+            dense_rows: list[Any] = []
+            sparse_rows: list[Any] = []
+            with conn.transaction():
                 conn.execute(
                     "SELECT set_config('statement_timeout', %s, true), "
                     "set_config('hnsw.iterative_scan', 'relaxed_order', true), "
                     "set_config('hnsw.ef_search', %s, true)",
-                    (str(self.statement_timeout_ms), str(max(40, n))),
+                    (str(self.statement_timeout_ms), str(min(1_000, max(40, n)))),
                 )
-                if mode in ("vector", "hybrid"):
-                    assert vector is not None
-                    q = _vector_literal(vector)
-                    rows = conn.execute(
+                if vector is not None and mode in ("vector", "hybrid"):
+                    dense_rows = conn.execute(
                         sql.SQL(
                             "SELECT {cols}, vector <=> %s::vector AS distance FROM {t} "
                             "WHERE {where} ORDER BY distance LIMIT %s"
                         ).format(cols=HIT_COLUMNS, t=self._t, where=where),
-                        [q, *where_params, n],
+                        [_vector_literal(vector), *where_params, n],
                     ).fetchall()
-                    dense = {r[0]: (1.0 - float(r[8]), r) for r in rows}
                 if want_fts:
-                    rows = conn.execute(
+                    sparse_rows = conn.execute(
                         sql.SQL(
                             "SELECT {cols}, ts_rank(tsv, q, 1) AS rank "
                             "FROM {t}, (SELECT {query} AS q) AS query "
@@ -389,12 +394,17 @@ class PostgresStore:
                         ).format(cols=HIT_COLUMNS, t=self._t, query=OR_QUERY, where=where),
                         [pg_schema.FTS_CONFIG, text, *where_params, n],
                     ).fetchall()
-                    sparse = {r[0]: (float(r[8]), r) for r in rows}
+            return dense_rows, sparse_rows
+
+        try:
+            dense_rows, sparse_rows = self._read(run)
         except psycopg.errors.QueryCanceled as exc:
             raise SearchTimeoutError(
                 f"search in collection {self.name!r} ran past the statement timeout "
                 f"({self.statement_timeout_ms} ms, RAGFLEET_PG_STATEMENT_TIMEOUT_MS) and was cancelled"
             ) from exc
+        dense = {r[0]: (1.0 - float(r[8]), r) for r in dense_rows}
+        sparse = {r[0]: (float(r[8]), r) for r in sparse_rows}
         if mode == "hybrid":
             best = fuse_minmax(
                 {k: v[0] for k, v in dense.items()},

@@ -245,6 +245,49 @@ def test_searches_read_the_first_replica_that_answers_else_the_primary(pg_url: s
         replica.drop()
 
 
+def test_a_replica_that_drops_the_connection_mid_query_hands_the_search_to_the_primary(
+    pg_url: str, fresh_db: str
+) -> None:
+    """The "replica" database's table is locked so the search waits there; its backend is then
+    terminated, as a replica that crashes mid-query would: the same search call answers from the
+    primary instead of raising."""
+    name = f"midq_{uuid.uuid4().hex[:8]}"
+    vec = unit_vectors(1, 8)
+    primary = PostgresStore(pg_url, name, dim=DIM)
+    replica = PostgresStore(fresh_db, name, dim=DIM)
+    primary.replace_documents("t", {"on-primary": doc("t", "on-primary", ["primary row"], vec)})
+    replica.replace_documents("t", {"on-replica": doc("t", "on-replica", ["replica row"], vec)})
+    reader = PostgresStore(pg_url, name, dim=DIM, read_urls=[fresh_db], statement_timeout_ms=20_000)
+    answers: list[object] = []
+    try:
+        with psycopg.connect(fresh_db) as blocker:
+            blocker.execute(f"LOCK TABLE {replica.table} IN ACCESS EXCLUSIVE MODE")
+            t = threading.Thread(
+                target=lambda: answers.append(
+                    reader.search("t", vector=vec[0], text=None, mode="vector", top_k=1)[0].doc_id
+                )
+            )
+            t.start()
+            with psycopg.connect(pg_url, autocommit=True) as admin:
+                deadline = time.monotonic() + 10
+                killed = 0
+                while not killed and time.monotonic() < deadline:
+                    row = admin.execute(
+                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                        "WHERE datname = %s AND wait_event_type = 'Lock'",
+                        (fresh_db.rsplit("/", 1)[1],),
+                    ).fetchone()
+                    killed = int(row[0]) if row else 0
+                    time.sleep(0.05)
+            assert killed == 1
+            t.join(10)
+            blocker.rollback()
+        assert answers == ["on-primary"]
+    finally:
+        primary.drop()
+        replica.drop()
+
+
 # -- processes --------------------------------------------------------------------------------------
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_forked_child_builds_its_own_pool_and_the_parent_keeps_working(store: PostgresStore) -> None:
