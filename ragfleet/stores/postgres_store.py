@@ -12,9 +12,11 @@ What must stay true:
 - a replica may lag the primary: until reads carry the writer's WAL position (issue 18, next
   step), `refresh()` cannot make a replica read fresh, so run without `pg_read_urls` where a
   caller needs read-after-write;
-- searches run with `statement_timeout` (`SearchTimeoutError` when it fires) and, filtered by a
-  tenant or tags, with `hnsw.iterative_scan = relaxed_order`: the HNSW scan keeps going until it
-  has k rows that pass the filter, so a small tenant still gets k results.
+- searches run with `statement_timeout` (`SearchTimeoutError` when it fires) and with
+  `hnsw.iterative_scan = relaxed_order` (every search is filtered, by tenant at least): the HNSW
+  scan keeps going until k rows pass the filter, so a tenant with 1 % of the rows still gets k
+  results (up to `hnsw.max_scan_tuples` visited, 20,000 by default; the order is relaxed, so the
+  legs' rows are sorted here by score).
 """
 
 from __future__ import annotations

@@ -61,6 +61,26 @@ def _schema_state(url: str) -> tuple[list[tuple[str, ...]], list[str], list[str]
     return versions, exts, tables
 
 
+def test_settings_build_the_postgres_store(pg_url: str) -> None:
+    from ragfleet.settings import Settings
+    from ragfleet.stores import build_store
+
+    replica = f"postgresql://reader:s3cret@127.0.0.1:{free_port()}/postgres"
+    settings = Settings(
+        store="postgres",
+        pg_url=pg_url,
+        pg_read_urls=f" {replica} ,",
+        pg_statement_timeout_ms=750,
+        pg_pool_size=2,
+    )
+    assert "s3cret" not in repr(settings)  # URLs may carry passwords: never in a log line
+    s = build_store(settings, collection="built", dim=DIM)
+    assert isinstance(s, PostgresStore)
+    assert (s.url, s.read_urls, s.statement_timeout_ms, s.pool_size) == (pg_url, [replica], 750, 2)
+    with pytest.raises(ValueError, match="RAGFLEET_PG_URL"):
+        build_store(Settings(store="postgres"), collection="built", dim=DIM)
+
+
 # -- migrations -----------------------------------------------------------------------------------
 def test_migrating_twice_is_a_noop(fresh_db: str) -> None:
     assert pg_schema.migrate(fresh_db) == "0001"
