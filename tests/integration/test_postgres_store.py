@@ -16,7 +16,9 @@ from urllib.parse import quote
 import numpy as np
 import psycopg
 import pytest
+from pydantic import SecretStr
 
+from ragfleet.settings import Settings
 from ragfleet.stores import pg_schema
 from ragfleet.stores.postgres_store import PostgresStore, SearchTimeoutError, _pools
 from tests.conftest import free_port
@@ -62,7 +64,6 @@ def _schema_state(url: str) -> tuple[list[tuple[str, ...]], list[str], list[str]
 
 
 def test_settings_build_the_postgres_store(pg_url: str) -> None:
-    from ragfleet.settings import Settings
     from ragfleet.stores import build_store
 
     replica = f"postgresql://reader:s3cret@127.0.0.1:{free_port()}/postgres"
@@ -328,3 +329,54 @@ def test_a_forked_child_builds_its_own_pool_and_the_parent_keeps_working(store: 
     hits = store.search("t1", vector=rows[1].vector, text=None, mode="vector", top_k=1)
     assert hits[0].chunk_id == rows[1].chunk_id
     assert _pools[(os.getpid(), store.url)] is parent_pool
+
+
+# -- blue/green reindex ---------------------------------------------------------------------------
+@pytest.mark.redis
+@pytest.mark.model
+@pytest.mark.usefixtures("redis_client")  # its teardown deletes the session prefix's keys, ours too
+def test_a_reindex_writes_a_new_table_switches_to_it_and_rolls_back(
+    pg_url: str, base_settings: Settings
+) -> None:
+    """ragfleet/reindex.py on this store: the new index version is a new table, filled from the old
+    one's vectors by content hash (nothing re-embedded), and the pointer moves; rollback moves it
+    back to the old table, which still answers."""
+    from ragfleet.indexing import index_documents
+    from ragfleet.reindex import run_reindex
+    from ragfleet.resources import Resources
+
+    settings = base_settings.model_copy(
+        update={
+            "store": "postgres",
+            "pg_url": SecretStr(pg_url),
+            "collection": f"rx_{uuid.uuid4().hex[:8]}",
+            "key_prefix": f"{base_settings.key_prefix}:pgrx{uuid.uuid4().hex[:6]}",
+        }
+    )
+    res = Resources(settings)
+    docs = [
+        {"id": f"doc-{i}", "title": f"Note {i}", "text": f"Note {i} explains {topic} in a fleet of workers."}
+        for i, topic in enumerate(["queues", "caches", "vectors", "locks", "brokers", "indexes"])
+    ]
+    assert not index_documents(res, docs, tenant="t").errors
+    old = res.index_state.read().active
+    old_store = res.store(old)
+    report = run_reindex(res, verify_sample=6)
+    try:
+        assert report.status == "switched" and report.old_collection == old
+        assert report.chunks_embedded == 0 and report.chunks_copied == report.chunks_after > 0
+        live, pointer = res.live_store()
+        assert pointer.active == report.new_collection != old
+        assert isinstance(live, PostgresStore) and live.table != old_store.table
+        with psycopg.connect(pg_url) as conn:
+            names = {r[0] for r in conn.execute("SELECT name FROM ragfleet_collections")}
+        assert {old, report.new_collection} <= names
+        vec = res.embedder.encode_one("How are caches explained?").tolist()
+        assert live.search("t", vector=vec, text="caches", mode="hybrid", top_k=1)[0].doc_id == "doc-1"
+
+        assert res.index_state.rollback().active == old
+        back, _ = res.live_store()
+        assert back.search("t", vector=vec, text="caches", mode="hybrid", top_k=1)[0].doc_id == "doc-1"
+    finally:
+        for name in (old, report.new_collection):
+            res.store(name).drop()
