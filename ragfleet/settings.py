@@ -86,9 +86,22 @@ class Settings(BaseSettings):
     # --- storage ------------------------------------------------------------------------------------
     data_dir: Path = Path("./var/data")
     """Directory of the embedded LanceDB store."""
-    store: str = "lancedb"  # lancedb | weaviate
-    """Vector store: `lancedb` (embedded, on local disk) or `weaviate` (a server; see
-    infra/README-weaviate.md)."""
+    store: str = "lancedb"  # lancedb | postgres | weaviate
+    """Vector store: `lancedb` (embedded, on local disk), `postgres` (PostgreSQL + pgvector, shared by
+    several machines; docs/scaling.md) or `weaviate` (a server; see infra/README-weaviate.md)."""
+    pg_url: SecretStr | None = None
+    """libpq URL of the PostgreSQL primary (with `store=postgres`), e.g.
+    `postgresql://ragfleet:PASSWORD@db:5432/ragfleet`; every write and the schema migrations go here (secret:
+    it may carry a password)."""
+    pg_read_urls: SecretStr | None = None
+    """Comma-separated libpq URLs of read replicas (optional): searches go to the first that answers, else
+    to the primary. Replicas may lag: leave unset where reads must see the latest write."""
+    pg_statement_timeout_ms: int = 2_000
+    """`statement_timeout` of every search on PostgreSQL: a slower one is cancelled and fails instead of
+    holding a connection (a write is not limited)."""
+    pg_pool_size: int = 4
+    """Most connections each worker process keeps per PostgreSQL server (psycopg_pool); count processes x
+    servers x this against the server's `max_connections`."""
     weaviate_url: str | None = None
     """Weaviate HTTP URL (with `store=weaviate`); `https://` turns on TLS for HTTP and gRPC."""
     weaviate_grpc_port: int = 50051
