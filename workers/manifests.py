@@ -258,14 +258,22 @@ def beat_manifests() -> list[dict[str, Any]]:
 def config_manifests() -> list[dict[str, Any]]:
     meta = {"labels": {"app.kubernetes.io/name": APP}}
     return [
-        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": CONFIG, **meta}, "data": CONFIG_VARS},
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": CONFIG, **meta}, "data": CONFIG_VARS}
+    ]
+
+
+def secret_manifests() -> list[dict[str, Any]]:
+    """Placeholders: create the real Secret with kubectl and leave this file out of the kustomization."""
+    meta = {"labels": {"app.kubernetes.io/name": APP}}
+    secret = {"name": SECRET, **meta}
+    return [
         {
             "apiVersion": "v1",
             "kind": "Secret",
-            "metadata": {"name": SECRET, **meta},
+            "metadata": secret,
             "type": "Opaque",
             "stringData": SECRET_KEYS,
-        },
+        }
     ]
 
 
@@ -279,7 +287,8 @@ def _yaml(docs: list[dict[str, Any]]) -> str:
 def k8s_files(settings: Settings | None = None) -> dict[str, str]:
     """infra/k8s/<name>.yaml -> its text."""
     s = settings or Settings.model_construct()  # the defaults, whatever the environment says
-    files = {"config.yaml": _yaml(config_manifests()), "api.yaml": _yaml(api_manifests(s))}
+    files = {"config.yaml": _yaml(config_manifests()), "secret.yaml": _yaml(secret_manifests())}
+    files["api.yaml"] = _yaml(api_manifests(s))
     files |= {f"{r.name}.yaml": _yaml(worker_manifests(r, s)) for r in WORKER_ROLES}
     files["beat.yaml"] = _yaml(beat_manifests())
     kustomization = {

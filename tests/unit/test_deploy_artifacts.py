@@ -388,3 +388,12 @@ def test_the_api_and_beat_units() -> None:
     assert api == [f"{manifests.UNIT_PREFIX}python", *roles.api_argv("127.0.0.1", str(roles.API_PORT))[1:]]
     beat = shlex.split(_unit("ragfleet-beat.service")["ExecStart"])
     assert beat[1:] == roles.process_argv("beat")[1:]
+
+
+def test_the_kustomization_applies_every_manifest_and_sets_the_image_tag() -> None:
+    kustomization = yaml.safe_load((manifests.K8S_DIR / "kustomization.yaml").read_text())
+    files = {p.name for p in manifests.K8S_DIR.glob("*.yaml")} - {"kustomization.yaml"}
+    assert sorted(kustomization["resources"]) == sorted(files)
+    (image,) = kustomization["images"]
+    for deployment in _by_kind("Deployment").values():
+        assert _container(deployment)["image"] == f"{image['name']}:{image['newTag']}"
