@@ -397,3 +397,18 @@ def test_the_kustomization_applies_every_manifest_and_sets_the_image_tag() -> No
     (image,) = kustomization["images"]
     for deployment in _by_kind("Deployment").values():
         assert _container(deployment)["image"] == f"{image['name']}:{image['newTag']}"
+
+
+def test_the_configmap_and_secret_values_are_valid_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in [v for v in os.environ if v.startswith("RAGFLEET_")]:
+        monkeypatch.delenv(var)
+    values = {
+        **_by_kind("ConfigMap")["ragfleet-config"]["data"],
+        **_by_kind("Secret")["ragfleet-secrets"]["stringData"],
+    }
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+    settings = Settings()
+    assert settings.store == "postgres" and settings.feedback_db_url.startswith("postgresql+psycopg://")
+    assert settings.heartbeat_file == Path(manifests.HEARTBEAT_FILE)
+    assert not settings.llm_provider_config and not settings.feedback_alert_webhook  # empty: off
