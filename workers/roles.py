@@ -1,8 +1,10 @@
 """Each process of the fleet declared once: what a worker role consumes and how it runs.
 
 The Procfile is rendered from here (`python -m workers.roles > Procfile`) and a test holds the
-Procfile and infra/supervisor/*.conf to it (tests/unit/test_roles.py); the worker hooks read the
-warm-up and interactive queue sets from here. A new pool (parsing, callbacks) is one `WorkerRole`
+Procfile and infra/supervisor/*.conf to it (tests/unit/test_roles.py); the container image runs a
+role by name (`python -m workers.roles --command ROLE`), and infra/k8s and infra/systemd are
+rendered from here (`python -m workers.manifests`); the worker hooks read the warm-up and
+interactive queue sets from here. A new pool (parsing, callbacks) is one `WorkerRole`
 here plus its `Queue`, `TaskName`s and `TaskSpec`s in ragfleet/names.py, and its task module
 `tasks/<queue>.py` (workers.app imports one module per queue).
 """
