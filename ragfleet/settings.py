@@ -253,6 +253,9 @@ class Settings(BaseSettings):
     # from one command line (infra/supervisor/retrieval.conf sets it to the node's number)
     metrics_port_offset: int = 0
     """Added to `metrics_port`: supervisord gives retrieval node n the offset n."""
+    heartbeat_file: Path | None = None
+    """File a worker node touches every few seconds from a thread of its own (None = off): a liveness
+    probe that reads its age costs no broker round trip (infra/k8s, workers/hooks/heartbeat.py)."""
 
     # --- CLI ----------------------------------------------------------------------------------------
     api_url: str = "http://127.0.0.1:8000"
