@@ -49,6 +49,11 @@ class Settings(BaseSettings):
     max_redeliveries: int = 3
     """Deliveries of one task id before its message is parked and its job fails with `worker_lost` (a poison
     message cannot loop)."""
+    dead_letter_max: int = 10_000
+    """Dead letters kept (`ragfleet.dead_letters`: parked poison messages, `worker_lost` and `internal`
+    failures, each with its payload); past it the oldest are dropped as new ones arrive."""
+    dead_letter_ttl_s: int = 7 * 86_400
+    """How long a dead letter is kept for an operator to list, replay or purge."""
     redis_socket_timeout_s: float = 2.0
     """Socket timeout of every Redis call: a Redis outage answers 503 within about this long instead of
     hanging."""
