@@ -141,6 +141,7 @@ def _error(description: str, *, retry_after: bool = False, model: Any = ErrorBod
 ERRORS: dict[int, dict[str, Any]] = {
     400: _error("The body could not be parsed."),
     401: _error("Missing or invalid API key."),
+    403: _error("The route needs an admin key, or the entry belongs to another tenant."),
     404: _error("No such job for this tenant."),
     413: _error("The request body is larger than the configured limit."),
     429: _error("Rate limit exceeded; `limit` names the budget.", retry_after=True, model=RateLimitedBody),

@@ -20,7 +20,6 @@ import asyncio
 import math
 import time
 import weakref
-
 from typing import Literal
 
 from limits import RateLimitItem, parse_many
@@ -28,7 +27,6 @@ from limits.aio.storage import RedisStorage as AsyncRedisStorage
 from limits.aio.strategies import MovingWindowRateLimiter as AsyncMovingWindowRateLimiter
 
 from ragfleet.settings import Settings
-
 
 LimitName = Literal["submit", "read"]
 

@@ -18,7 +18,7 @@ from ragfleet.outcomes import fail_job
 from ragfleet.resources import Resources
 from ragfleet.schemas import ErrorCode, JobStatus
 from ragfleet.settings import Settings
-from tests.helpers import isolated
+from tests.helpers import api_client, isolated
 
 pytestmark = pytest.mark.redis
 
@@ -195,3 +195,68 @@ def test_a_replay_of_a_job_whose_record_is_gone_resends_the_message(res: Resourc
     assert dlq.replay(entry_id) == (ReplayOutcome.REPLAYED, None)
     assert res.jobs.get(job_id) is None  # the task's first stage creates it, as for any task sent by name
     assert [m["headers"]["id"] for m in queued_messages(res, Queue.RETRIEVAL)] == [job_id]
+
+
+# --- the admin routes -------------------------------------------------------------------------------
+
+ADMIN, KEY_1, KEY_2 = (f"{n}-{uuid.uuid4().hex[:8]}" for n in ("admin", "t1", "t2"))
+
+
+def test_admin_routes_admin_sees_all_a_tenant_only_its_own(res: Resources, dlq: DeadLetters) -> None:
+    s = res.settings.model_copy(
+        update={"api_keys": f"{KEY_1}:t1,{KEY_2}:t2", "admin_keys": ADMIN, "rate_limit": "10000/minute"}
+    )
+    job_1, job_2 = failed_query(res, tenant="t1"), failed_query(res, tenant="t2", code=ErrorCode.INTERNAL)
+    e1 = record(dlq, job_1)
+    e2 = record(dlq, job_2, code=ErrorCode.INTERNAL, parked=False, deliveries=1)
+    admin, t1, t2 = ({"Authorization": f"Bearer {k}"} for k in (ADMIN, KEY_1, KEY_2))
+    url = "/v1/admin/dead-letters"
+    with api_client(s) as c:
+        listed = c.get(url, headers=admin)
+        assert listed.status_code == 200, listed.text
+        assert [e["id"] for e in listed.json()["items"]] == [e2, e1]
+        assert all(e["payload"] is None for e in listed.json()["items"])
+        assert [e["id"] for e in c.get(url, headers=admin, params={"tenant": "t1"}).json()["items"]] == [e1]
+        assert [e["id"] for e in c.get(url, headers=t1).json()["items"]] == [e1]
+        assert c.get(url, headers=t1, params={"tenant": "t2"}).status_code == 403
+        assert c.get(url).status_code == 401
+        shown = c.get(f"{url}/{e1}", headers=t1)
+        assert shown.status_code == 200 and shown.json()["payload"]["question"] == "What is Redis?"
+        assert c.get(f"{url}/{e1}", headers=t2).status_code == 403
+        assert c.get(f"{url}/{uuid.uuid4().hex}", headers=admin).status_code == 404
+        # a tenant replays its own, not another's; the replay keeps the job id
+        assert c.post(f"{url}/{e2}/replay", headers=t1).status_code == 403
+        replayed = c.post(f"{url}/{e1}/replay", headers=t1)
+        assert replayed.status_code == 202, replayed.text
+        assert replayed.json() == {"dead_letter": e1, "job_id": job_1, "outcome": "replayed", "attempt": 2}
+        assert replayed.headers["location"] == f"/v1/jobs/{job_1}"
+        polled = c.get(f"/v1/jobs/{job_1}", headers=t1).json()
+        assert (polled["status"], polled["attempt"], polled["error"]) == ("queued", 2, None)
+        again = c.post(f"{url}/{e1}/replay", headers=admin)
+        assert again.status_code == 409 and again.json()["outcome"] == "already_replayed"
+        assert len(queued_messages(res, Queue.RETRIEVAL)) == 1
+        # purge: admin only
+        assert c.delete(url, headers=t1).status_code == 403
+        assert c.delete(url, headers=t2).status_code == 403
+        assert c.get(url, headers=admin).json()["items"] != []
+        assert c.delete(url, headers=admin).json() == {"purged": 2}
+        assert c.get(url, headers=admin).json()["items"] == []
+
+
+def test_the_gauge_reads_the_count_at_scrape_time(res: Resources, dlq: DeadLetters) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from ragfleet.metrics import DeadLettersCollector
+
+    registry = CollectorRegistry()
+    registry.register(DeadLettersCollector(dlq))
+    assert b"ragfleet_dead_letters 0.0" in generate_latest(registry)
+    for _ in range(3):
+        record(dlq, uuid.uuid4().hex)
+    assert b"ragfleet_dead_letters 3.0" in generate_latest(registry)
+    dead = DeadLetters(
+        res.redis.__class__.from_url("redis://127.0.0.1:1", socket_connect_timeout=0.2), res.settings
+    )
+    broken = CollectorRegistry()
+    broken.register(DeadLettersCollector(dead))
+    assert b"ragfleet_dead_letters " not in generate_latest(broken)  # no sample, not a failed scrape
