@@ -260,3 +260,67 @@ def test_the_gauge_reads_the_count_at_scrape_time(res: Resources, dlq: DeadLette
     broken = CollectorRegistry()
     broken.register(DeadLettersCollector(dead))
     assert b"ragfleet_dead_letters " not in generate_latest(broken)  # no sample, not a failed scrape
+
+
+# --- where they are recorded: the task base class (workers/base.py) ---------------------------------
+
+
+def test_the_task_base_records_a_parked_message_and_an_internal_failure(
+    res: Resources, dlq: DeadLetters, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from celery import Celery
+
+    import workers.base
+
+    monkeypatch.setattr(workers.base, "get_resources", lambda: res)
+    app = Celery("dlq-test", set_as_current=False)
+
+    @app.task(bind=True, base=workers.base.RagfleetTask, name="ragfleet.query", shared=False)
+    def boom(self: Any, *, payload: dict[str, Any]) -> None:
+        raise RuntimeError("a bug")
+
+    # an exception no task handled: the job ends `internal`, and a dead letter keeps its payload
+    job_id = uuid.uuid4().hex
+    res.jobs.create(job_id, "query", tenant="t-bug")
+    payload = {"job_id": job_id, "question": "q?", "tenant": "t-bug"}
+    boom.apply(kwargs={"payload": payload}, task_id=job_id)
+    rec = res.jobs.get(job_id)
+    assert rec is not None and rec.error is not None and rec.error.code == "internal"
+    (entry,) = dlq.list()
+    full = dlq.get(entry.id)
+    assert full is not None
+    assert (full.code, full.parked, full.deliveries, full.tenant) == ("internal", False, 1, "t-bug")
+    assert (full.task, full.queue, full.job_id, full.payload) == (
+        "ragfleet.query",
+        "retrieval",
+        job_id,
+        payload,
+    )
+    # a late duplicate failure of the same job fails nothing, so it records nothing
+    boom.apply(kwargs={"payload": payload}, task_id=job_id)
+    assert len(dlq.list()) == 1
+
+    # the redelivery cap parks a message: failed `worker_lost`, recorded as parked, the old list kept too
+    parked_id = uuid.uuid4().hex
+    res.jobs.create(parked_id, "query", tenant="t-bug")
+    parked_payload = {"job_id": parked_id, "question": "poison?"}
+    boom.push_request(
+        id=parked_id,
+        kwargs={"payload": parked_payload},
+        hostname="retrieval@node-7",
+        delivery_info={"routing_key": "retrieval", "redelivered": True},
+    )
+    try:
+        out = boom.park(5)
+    finally:
+        boom.pop_request()
+    assert out["error"]["code"] == "worker_lost"
+    newest = dlq.list()[0]
+    assert (newest.job_id, newest.parked, newest.deliveries, newest.node) == (
+        parked_id,
+        True,
+        5,
+        "retrieval@node-7",
+    )
+    assert (dlq.get(newest.id) or newest).payload == parked_payload
+    assert any(parked_id in p for p in res.redis.lrange(res.settings.key("parked"), 0, -1))
