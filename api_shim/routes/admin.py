@@ -121,4 +121,13 @@ def admin_router(deps: ApiDeps) -> APIRouter:
             raise HTTPException(403, "purging dead letters needs an admin key")
         return PurgeBody(purged=await anyio.to_thread.run_sync(lambda: letters.purge(tenant=tenant)))
 
+    @router.api_route(
+        "/v1/admin/dead-letters", methods=["PUT", "PATCH", "POST", "OPTIONS"], include_in_schema=False
+    )
+    async def dead_letters_other_methods() -> JSONResponse:
+        """GET and DELETE are two Starlette routes, and a 405 would list only the first one's method."""
+        return JSONResponse(
+            {"detail": "Method Not Allowed"}, status_code=405, headers={"Allow": "GET, DELETE"}
+        )
+
     return router
