@@ -49,6 +49,11 @@ class Settings(BaseSettings):
     max_redeliveries: int = 3
     """Deliveries of one task id before its message is parked and its job fails with `worker_lost` (a poison
     message cannot loop)."""
+    dead_letter_max: int = 10_000
+    """Dead letters kept (`ragfleet.dead_letters`: parked poison messages, `worker_lost` and `internal`
+    failures, each with its payload); past it the oldest are dropped as new ones arrive."""
+    dead_letter_ttl_s: int = 7 * 86_400
+    """How long a dead letter is kept for an operator to list, replay or purge."""
     redis_socket_timeout_s: float = 2.0
     """Socket timeout of every Redis call: a Redis outage answers 503 within about this long instead of
     hanging."""
@@ -214,7 +219,15 @@ class Settings(BaseSettings):
     long_poll_max_s: float = 30.0
     """Longest `?wait=` a long poll may ask for."""
     rate_limit: str = "120/minute"
-    """Per API key (or client) request rate, `limits` syntax (`120/minute`)."""
+    """Per API key (or client) rate of submissions and every other non-read request, `limits` syntax
+    (`120/minute`). A 429 body names it `"limit": "submit"`."""
+    read_rate_limit: str = "6000/minute"
+    """Per API key (or client) rate of reads of one's own jobs, streams and batches (`GET /v1/jobs/{id}`, a
+    query's stream, a batch and its results): a budget of its own, so polling never eats the submission
+    budget. A 429 body names it `"limit": "read"`. Empty = unlimited."""
+    admin_keys: str = ""
+    """Comma-separated API keys with admin rights (`/v1/admin/...`: every tenant's dead letters, purge). An
+    admin key is also an ordinary key of tenant `admin` unless `RAGFLEET_API_KEYS` gives it another."""
     api_keys: str = ""  # "key:tenant,key2:tenant2"; empty = open, single tenant "default"
     """`key:tenant,key2:tenant2`; a key sees only its tenant's documents and jobs. Empty = open, one tenant
     `default`."""
