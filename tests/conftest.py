@@ -233,7 +233,7 @@ def pg_url() -> Iterator[str]:
         server.wait_ready()
         yield server.url
     finally:
-        from ragfleet.stores.postgres_store import close_pools
+        from ragfleet.stores.pg_pool import close_pools
 
         close_pools()
         server.stop("immediate")

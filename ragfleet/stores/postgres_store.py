@@ -31,103 +31,18 @@ from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql
-from psycopg_pool import ConnectionPool, PoolTimeout
+from psycopg_pool import PoolTimeout
 
 from ragfleet.schemas import MetadataValue, SearchMode
-from ragfleet.stores import pg_schema
+from ragfleet.stores import pg_pool, pg_schema
 from ragfleet.stores.base import ChunkRecord, SearchHit, tags_for
 from ragfleet.stores.fusion import fuse_minmax
 
-HIT_COLUMNS = sql.SQL("chunk_id, doc_id, chunk_index, text, title, start_char, end_char, metadata")
-RECORD_COLUMNS = sql.SQL(
-    "chunk_id, doc_id, tenant, chunk_index, text, title, start_char, end_char, content_hash, "
-    "embedding_model, metadata, vector::real[]"
-)
-# the query's terms ORed (plainto_tsquery ANDs them): like BM25, a chunk with some of the words is a
-# candidate, and ts_rank (length-normalised) puts those with more of them first
-OR_QUERY = sql.SQL("replace(plainto_tsquery(%s::regconfig, %s)::text, ' & ', ' | ')::tsquery")
-REPLICA_RETRY_S = 5.0  # a replica that did not answer is skipped this long (no per-query connect wait)
-REPLICA_CONNECT_TIMEOUT_S = 1.0
 T = TypeVar("T")
 
 
 class SearchTimeoutError(TimeoutError):
     """A search ran past `pg_statement_timeout_ms` and PostgreSQL cancelled it."""
-
-
-# --- one pool per process and URL ----------------------------------------------------------------
-_pools: dict[tuple[int, str], ConnectionPool] = {}
-_pools_lock = threading.Lock()
-_replica_down_until: dict[str, float] = {}
-
-
-def _pool(url: str, size: int) -> ConnectionPool:
-    """This process's pool for `url`. Keyed by pid: after a fork the child builds its own. The
-    parent's pools stay referenced in the child's dict, never closed there, because closing
-    them would end the parent's server sessions over the inherited sockets."""
-    key = (os.getpid(), url)
-    pool = _pools.get(key)
-    if pool is None:
-        with _pools_lock:
-            pool = _pools.get(key)
-            if pool is None:
-                pool = ConnectionPool(
-                    url,
-                    min_size=1,
-                    max_size=max(1, size),
-                    kwargs={"autocommit": True},
-                    check=ConnectionPool.check_connection,  # a server restart costs one retry, not an error
-                    timeout=10.0,
-                    name=f"ragfleet-pg-{os.getpid()}",
-                    open=False,
-                )
-                pool.open(wait=False)
-                _pools[key] = pool
-    return pool
-
-
-def close_pools() -> None:
-    """Close this process's pools (tests; a process about to exit)."""
-    with _pools_lock:
-        for (pid, url), pool in list(_pools.items()):
-            if pid == os.getpid():
-                pool.close()
-                del _pools[(pid, url)]
-
-
-def _vector_literal(vector: list[float]) -> str:
-    return "[" + ",".join(repr(float(x)) for x in vector) + "]"
-
-
-def _hit(row: tuple[Any, ...], score: float) -> SearchHit:
-    return SearchHit(
-        chunk_id=row[0],
-        doc_id=row[1],
-        chunk_index=int(row[2]),
-        text=row[3],
-        title=row[4],
-        start=int(row[5]),
-        end=int(row[6]),
-        score=float(score),
-        metadata=dict(row[7] or {}),
-    )
-
-
-def _record(row: tuple[Any, ...]) -> ChunkRecord:
-    return ChunkRecord(
-        chunk_id=row[0],
-        doc_id=row[1],
-        tenant=row[2],
-        chunk_index=int(row[3]),
-        text=row[4],
-        title=row[5],
-        start=int(row[6]),
-        end=int(row[7]),
-        content_hash=row[8],
-        embedding_model=row[9],
-        metadata=dict(row[10] or {}),
-        vector=[float(x) for x in row[11]],
-    )
 
 
 class PostgresStore:
@@ -157,31 +72,31 @@ class PostgresStore:
     # -- connections -----------------------------------------------------------------------------
     @contextmanager
     def _primary(self) -> Iterator[psycopg.Connection[Any]]:
-        with _pool(self.url, self.pool_size).connection() as conn:
+        with pg_pool.pool_for(self.url, self.pool_size).connection() as conn:
             yield conn
 
     def _read(self, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
         """`fn` on the first replica that answers, else on the primary.
 
         A replica that refuses a connection, or drops one mid-query, is skipped for
-        `REPLICA_RETRY_S` and the read moves on: a replica going away costs one slower query, not
+        `pg_pool.REPLICA_RETRY_S` and the read moves on: a replica going away costs one slower query, not
         an error. A cancelled statement (the statement timeout) is the query's own fault and is
         raised, not retried elsewhere."""
         for url in self.read_urls:
-            if _replica_down_until.get(url, 0.0) > time.monotonic():
+            if pg_pool.replica_down_until.get(url, 0.0) > time.monotonic():
                 continue
-            pool = _pool(url, self.pool_size)
+            pool = pg_pool.pool_for(url, self.pool_size)
             try:
-                conn = pool.getconn(timeout=REPLICA_CONNECT_TIMEOUT_S)
+                conn = pool.getconn(timeout=pg_pool.REPLICA_CONNECT_TIMEOUT_S)
             except (PoolTimeout, psycopg.OperationalError):
-                _replica_down_until[url] = time.monotonic() + REPLICA_RETRY_S
+                pg_pool.replica_down_until[url] = time.monotonic() + pg_pool.REPLICA_RETRY_S
                 continue
             try:
                 return fn(conn)
             except psycopg.errors.QueryCanceled:
                 raise
             except psycopg.OperationalError:
-                _replica_down_until[url] = time.monotonic() + REPLICA_RETRY_S
+                pg_pool.replica_down_until[url] = time.monotonic() + pg_pool.REPLICA_RETRY_S
             finally:
                 pool.putconn(conn)
         with self._primary() as conn:
@@ -274,7 +189,7 @@ class PostgresStore:
                                 r.embedding_model,
                                 json.dumps(r.metadata, sort_keys=True),
                                 tags_for(r.metadata),
-                                _vector_literal(r.vector),
+                                pg_pool.vector_literal(r.vector),
                             )
                             for r in records
                         ],
@@ -336,7 +251,7 @@ class PostgresStore:
         """Keyset pages by chunk_id: no transaction or connection is held between batches."""
         self._ensured()
         query = sql.SQL("SELECT {cols} FROM {t} WHERE chunk_id > %s ORDER BY chunk_id LIMIT %s").format(
-            cols=RECORD_COLUMNS, t=self._t
+            cols=pg_pool.RECORD_COLUMNS, t=self._t
         )
         last = ""
         while True:
@@ -344,7 +259,7 @@ class PostgresStore:
                 rows = conn.execute(query, (last, batch_size)).fetchall()
             if not rows:
                 return
-            yield [_record(r) for r in rows]
+            yield [pg_pool.record(r) for r in rows]
             last = rows[-1][0]
 
     # -- search ----------------------------------------------------------------------------------
@@ -384,8 +299,8 @@ class PostgresStore:
                         sql.SQL(
                             "SELECT {cols}, vector <=> %s::vector AS distance FROM {t} "
                             "WHERE {where} ORDER BY distance LIMIT %s"
-                        ).format(cols=HIT_COLUMNS, t=self._t, where=where),
-                        [_vector_literal(vector), *where_params, n],
+                        ).format(cols=pg_pool.HIT_COLUMNS, t=self._t, where=where),
+                        [pg_pool.vector_literal(vector), *where_params, n],
                     ).fetchall()
                 if want_fts:
                     sparse_rows = conn.execute(
@@ -393,7 +308,7 @@ class PostgresStore:
                             "SELECT {cols}, ts_rank(tsv, q, 1) AS rank "
                             "FROM {t}, (SELECT {query} AS q) AS query "
                             "WHERE tsv @@ q AND {where} ORDER BY rank DESC, chunk_id LIMIT %s"
-                        ).format(cols=HIT_COLUMNS, t=self._t, query=OR_QUERY, where=where),
+                        ).format(cols=pg_pool.HIT_COLUMNS, t=self._t, query=pg_pool.OR_QUERY, where=where),
                         [pg_schema.FTS_CONFIG, text, *where_params, n],
                     ).fetchall()
             return dense_rows, sparse_rows
@@ -417,7 +332,7 @@ class PostgresStore:
             ranked = {k: v[0] for k, v in (dense if mode == "vector" else sparse).items()}
             best = sorted(ranked.items(), key=lambda kv: kv[1], reverse=True)[:top_k]
         rows_by_id = {k: v[1] for k, v in {**sparse, **dense}.items()}
-        return [_hit(rows_by_id[cid], score) for cid, score in best]
+        return [pg_pool.hit(rows_by_id[cid], score) for cid, score in best]
 
     # -- upkeep ----------------------------------------------------------------------------------
     def optimize(self) -> None:

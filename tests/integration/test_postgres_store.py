@@ -20,7 +20,8 @@ from pydantic import SecretStr
 
 from ragfleet.settings import Settings
 from ragfleet.stores import pg_schema
-from ragfleet.stores.postgres_store import PostgresStore, SearchTimeoutError, _pools
+from ragfleet.stores.pg_pool import pools as _pools
+from ragfleet.stores.postgres_store import PostgresStore, SearchTimeoutError
 from tests.conftest import free_port
 from tests.contract.test_store_contract import DIM, FILLER, doc, unit_vectors
 
