@@ -23,6 +23,7 @@ from api_shim.deps import ApiDeps
 from api_shim.errors import install_error_handlers
 from api_shim.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from api_shim.readiness import ReadyCheck
+from api_shim.routes.admin import admin_router
 from api_shim.routes.batches import batches_router
 from api_shim.routes.documents import documents_router
 from api_shim.routes.feedback import feedback_router
@@ -71,6 +72,7 @@ def create_app(
         jobs_router(deps),
         stream_router(deps),
         batches_router(deps),
+        admin_router(deps),
         ops_router(deps.readiness),
     ):
         app.include_router(router)
@@ -87,7 +89,8 @@ _observability_ready = False
 
 def _setup_observability(s: Settings) -> None:
     """Once per process: JSON logs, request-id and enqueue-time task headers, metrics (multiprocess
-    when uvicorn runs several workers), and queue depth (only the API exports it)."""
+    when uvicorn runs several workers), and queue depth and the dead-letter count (only the API
+    exports them)."""
     global _observability_ready
     if _observability_ready:
         return
@@ -100,6 +103,7 @@ def _setup_observability(s: Settings) -> None:
     if s.metrics_dir is not None:
         metrics.configure_multiproc(s.metrics_dir / "api")
     metrics.enable_queue_depth(s)
+    metrics.enable_dead_letters(s)
     _observability_ready = True
 
 

@@ -1,7 +1,10 @@
 """API keys and tenancy: the caller's key, never the request body, decides the tenant.
 
 Keys come from `Settings.api_keys` ("key:tenant,key2:tenant2"). With none configured the API is
-open and every request belongs to `Settings.default_tenant`. Only a digest of the key leaves this
+open and every request belongs to `Settings.default_tenant`. `Settings.admin_keys` names the keys
+with admin rights (the `/v1/admin/...` routes across tenants); an admin key not listed in
+`api_keys` belongs to tenant `admin`. On an open API every caller is an admin: there is no key to
+tell one from another. Only a digest of the key leaves this
 module (as the rate-limit identity), so the secret never reaches Redis or a log line.
 """
 
@@ -16,6 +19,7 @@ from dataclasses import dataclass
 class Caller:
     tenant: str
     identity: str  # rate-limit bucket: a key digest, or "ip:<addr>" on an open API
+    admin: bool = False  # sees and works every tenant's dead letters (api_shim.routes.admin)
 
 
 class InvalidKeyConfigError(ValueError):
@@ -37,6 +41,15 @@ def parse_api_keys(raw: str) -> dict[str, str]:
     return keys
 
 
+def parse_admin_keys(raw: str) -> frozenset[str]:
+    return frozenset(k.strip() for k in raw.split(",") if k.strip())
+
+
+def with_admin_keys(keys: dict[str, str], admins: frozenset[str]) -> dict[str, str]:
+    """`keys` plus every admin key it lacks, as a key of tenant `admin`."""
+    return {**{k: "admin" for k in sorted(admins)}, **keys}
+
+
 def key_digest(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
@@ -44,8 +57,9 @@ def key_digest(key: str) -> str:
 class KeyRing:
     """Looks a presented key up in constant time per configured key (no early exit on a prefix match)."""
 
-    def __init__(self, keys: dict[str, str]) -> None:
+    def __init__(self, keys: dict[str, str], admins: frozenset[str] = frozenset()) -> None:
         self._keys = [(k.encode("utf-8"), t) for k, t in keys.items()]
+        self._admins = [k.encode("utf-8") for k in admins]
 
     def __bool__(self) -> bool:
         return bool(self._keys)
@@ -56,4 +70,12 @@ class KeyRing:
         for key, tenant in self._keys:
             if hmac.compare_digest(raw, key):
                 found = tenant
+        return found
+
+    def is_admin(self, presented: str) -> bool:
+        raw = presented.encode("utf-8", "surrogatepass")
+        found = False
+        for key in self._admins:
+            if hmac.compare_digest(raw, key):
+                found = True
         return found

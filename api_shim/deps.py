@@ -19,7 +19,7 @@ from fastapi import Depends, HTTPException, Request, Security
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from api_shim.auth import Caller, KeyRing, key_digest, parse_api_keys
+from api_shim.auth import Caller, KeyRing, key_digest, parse_admin_keys, parse_api_keys, with_admin_keys
 from api_shim.errors import EnqueueFailedError
 from api_shim.models import Accepted, build_request_models
 from api_shim.ratelimit import AsyncRateLimiter
@@ -42,7 +42,8 @@ class ApiDeps:
     ) -> None:
         require_one_redis(s)  # at start-up, not as a 500 on the first POST
         self.settings = s
-        self.keyring = KeyRing(parse_api_keys(s.api_keys))
+        admins = parse_admin_keys(s.admin_keys)
+        self.keyring = KeyRing(with_admin_keys(parse_api_keys(s.api_keys), admins), admins)
         self.models = build_request_models(s)
         # The API never reads Celery results (job records carry them). With a result backend, every
         # send_task subscribes to the task's result channel (a subscription per job, never released)
@@ -52,7 +53,10 @@ class ApiDeps:
         self.rds = get_redis(s)
         self.jobs = JobStore(self.rds, s)
         self.events_reader = AsyncEventReader(s)
-        self.limiter = AsyncRateLimiter(s) if s.rate_limit.strip() else None
+        self.limiter = AsyncRateLimiter(s, s.rate_limit, "submit") if s.rate_limit.strip() else None
+        self.read_limiter = (
+            AsyncRateLimiter(s, s.read_rate_limit, "read") if s.read_rate_limit.strip() else None
+        )
         self.retry_after = str(max(1, math.ceil(s.redis_socket_timeout_s)))
         self.publish_timeout_s = max(0.5, s.redis_socket_timeout_s)
         self.readiness = Readiness(
@@ -66,7 +70,10 @@ class ApiDeps:
         # the statuses every /v1 route documents; 401 only where keys are configured
         self.error_codes: tuple[int, ...] = (400, 413, 429, 503, *((401,) if self.keyring else ()))
         self.authenticate = _authenticator(s, self.keyring)
+        # submissions (and any other write) spend `caller`'s budget; reads of one's own jobs,
+        # streams and batches spend `reader`'s, a separate and larger one (api_shim.ratelimit)
         self.caller = _rate_limited(self.authenticate, self.limiter)
+        self.reader = _rate_limited(self.authenticate, self.read_limiter)
         self.request_id = request_id
 
     async def submit(
@@ -103,13 +110,15 @@ def _authenticator(s: Settings, keyring: KeyRing) -> Callable[..., Any]:
             tenant = keyring.tenant_for(presented)
             if tenant is None:
                 raise HTTPException(401, "invalid API key", headers=challenge)
-            return Caller(tenant=tenant, identity=f"key:{key_digest(presented)}")
+            return Caller(
+                tenant=tenant, identity=f"key:{key_digest(presented)}", admin=keyring.is_admin(presented)
+            )
 
         return authenticate
 
     async def open_caller(request: Request) -> Caller:
         host = request.client.host if request.client else "unknown"
-        return Caller(tenant=s.default_tenant, identity=f"ip:{host}")
+        return Caller(tenant=s.default_tenant, identity=f"ip:{host}", admin=True)
 
     return open_caller
 
@@ -117,13 +126,7 @@ def _authenticator(s: Settings, keyring: KeyRing) -> Callable[..., Any]:
 def _rate_limited(authenticate: Callable[..., Any], limiter: AsyncRateLimiter | None) -> Callable[..., Any]:
     async def caller(who: Annotated[Caller, Depends(authenticate)]) -> Caller:
         if limiter is not None:
-            wait = await limiter.hit(who.identity)
-            if wait is not None:
-                raise HTTPException(
-                    429,
-                    f"rate limit exceeded ({limiter.describe()})",
-                    headers={"Retry-After": str(int(wait))},
-                )
+            await limiter.check(who.identity)  # RateLimitedError: a 429 naming the budget (api_shim.errors)
         return who
 
     return caller

@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.background import BackgroundTask
 
+from api_shim.ratelimit import RateLimitedError
 from ragfleet.jobs import JobStore
 from ragfleet.schemas import ErrorCode
 
@@ -76,6 +77,16 @@ def install_error_handlers(app: FastAPI, *, jobs: JobStore, retry_after: str) ->
         return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
 
     app.add_exception_handler(RequestValidationError, invalid)
+
+    async def rate_limited(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RateLimitedError)
+        return JSONResponse(
+            {"detail": exc.detail, "limit": exc.limit},
+            status_code=429,
+            headers={"Retry-After": str(int(exc.retry_after))},
+        )
+
+    app.add_exception_handler(RateLimitedError, rate_limited)
 
     async def internal(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error", exc_info=exc)

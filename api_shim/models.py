@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, WithJsonSchema
 
@@ -67,6 +67,14 @@ class Accepted(BaseModel):
 
 class ErrorBody(BaseModel):
     detail: str
+
+
+class RateLimitedBody(BaseModel):
+    detail: str
+    limit: Literal["submit", "read"] = Field(
+        description="The budget that was exhausted: `submit` (RAGFLEET_RATE_LIMIT) or `read` "
+        "(RAGFLEET_READ_RATE_LIMIT: reads of one's own jobs, streams and batches)."
+    )
 
 
 class NotReadyBody(BaseModel):
@@ -133,9 +141,10 @@ def _error(description: str, *, retry_after: bool = False, model: Any = ErrorBod
 ERRORS: dict[int, dict[str, Any]] = {
     400: _error("The body could not be parsed."),
     401: _error("Missing or invalid API key."),
+    403: _error("The route needs an admin key, or the entry belongs to another tenant."),
     404: _error("No such job for this tenant."),
     413: _error("The request body is larger than the configured limit."),
-    429: _error("Rate limit exceeded.", retry_after=True),
+    429: _error("Rate limit exceeded; `limit` names the budget.", retry_after=True, model=RateLimitedBody),
     503: _error("Redis or the broker is unavailable.", retry_after=True),
 }
 

@@ -25,6 +25,7 @@ from rich.progress import (
 
 from ragfleet.client import FleetClient, JobFailedError
 from ragfleet.corpus import read_documents
+from ragfleet.dead_letters_cli import dlq_app
 from ragfleet.eval_cli import eval_command
 from ragfleet.feedback.cli import feedback_app
 
@@ -32,6 +33,7 @@ app = typer.Typer(add_completion=False, help="ragfleet: RAG as queued work.", no
 index_app = typer.Typer(help="Index versions: status and rollback.", no_args_is_help=True)
 app.add_typer(index_app, name="index")
 app.add_typer(feedback_app, name="feedback")
+app.add_typer(dlq_app, name="dlq")
 app.command("eval")(eval_command)
 console = Console()
 err = Console(stderr=True)

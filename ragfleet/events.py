@@ -21,7 +21,8 @@ from ragfleet.jobs import AnyPipeline, JobStore
 from ragfleet.schemas import JobRecord
 from ragfleet.settings import Settings
 
-EventType = Literal["sources", "answer_chunk", "done", "error"]
+# `replayed`: an operator replayed the job as a dead letter (`ragfleet.dead_letters`); it runs again
+EventType = Literal["sources", "answer_chunk", "done", "error", "replayed"]
 TERMINAL_EVENTS = frozenset({"done", "error"})
 STREAM_MAXLEN = 10_000  # approximate (MAXLEN ~): a bound for a runaway producer; no answer comes near it
 

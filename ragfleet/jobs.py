@@ -3,6 +3,11 @@
 A job is a Redis hash `<prefix>:job:<id>` with a TTL. Scalar fields are stored as strings and
 nested ones as JSON, so a producer without our code can read it with HGETALL. Status moves forward
 only: once a job is terminal (done, failed, cancelled) a late or redelivered task cannot reopen it.
+
+The one exception is explicit: an operator's replay of a dead letter (`ragfleet.dead_letters`)
+moves a terminal job back to `queued` through `JobStore.queue_reopen`, and nothing else does. The
+job keeps its id (a producer's poll still works), its `attempt` counter (1 for the first run, absent
+until a replay) goes up by one, its error and result are cleared, and its TTL starts again.
 """
 
 from __future__ import annotations
@@ -44,6 +49,21 @@ return 1
 """
 
 _TERMINAL_VALUES = {s.value for s in TERMINAL}
+
+# The replay transition, the only way a terminal job moves again: terminal -> queued, `attempt`
+# + 1 (an absent field is the first attempt), error and result cleared, a fresh TTL. KEYS: the job
+# hash. ARGV: now, TTL. Returns the new attempt, 0 if the job is not terminal (nothing is written),
+# -1 if it is gone.
+_REOPEN = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local st = redis.call('HGET', KEYS[1], 'status')
+if st ~= 'done' and st ~= 'failed' and st ~= 'cancelled' then return 0 end
+local attempt = tonumber(redis.call('HGET', KEYS[1], 'attempt') or '1') + 1
+redis.call('HDEL', KEYS[1], 'error', 'result')
+redis.call('HSET', KEYS[1], 'status', 'queued', 'updated_at', ARGV[1], 'attempt', tostring(attempt))
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return attempt
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,6 +256,13 @@ class JobStore:
     def cancel(self, job_id: str) -> bool:
         return self._apply(job_id, {"status": JobStatus.CANCELLED.value}) == 1
 
+    def queue_reopen(self, pipe: AnyPipeline, job_id: str) -> None:
+        """Queue onto `pipe` the replay transition (`_REOPEN`): a terminal job back to `queued`, its
+        `attempt` + 1. Its reply is the new attempt, 0 if the job was open (nothing written), -1 if
+        it is gone. Only `ragfleet.dead_letters.DeadLetters.replay` calls it, in the MULTI that also
+        re-sends the job's message, so the record is never `queued` without a message to run it."""
+        pipe.eval(_REOPEN, 1, self.key(job_id), repr(time.time()), self._s.job_ttl_s)
+
     def set_progress(self, job_id: str, **counts: int) -> None:
         self._apply(job_id, {f"progress:{k}": str(v) for k, v in counts.items()})
 
@@ -284,6 +311,7 @@ def parse_record(raw: dict[str, str]) -> JobRecord:
         result=json.loads(raw["result"]) if raw.get("result") else None,
         error=JobError.model_validate_json(raw["error"]) if raw.get("error") else None,
         attempts=attempts,
+        attempt=int(raw.get("attempt", 1)),
     )
 
 

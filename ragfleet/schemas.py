@@ -321,6 +321,11 @@ class JobRecord(BaseModel):
     result: dict[str, Any] | None = None
     error: JobError | None = None
     attempts: int = 0
+    attempt: int = Field(
+        default=1,
+        description="Which run of the job this is: 1, then + 1 for each replay of it as a dead letter "
+        "(`attempts` counts stage deliveries within runs).",
+    )
 
 
 class FeedbackPayload(_Strict):

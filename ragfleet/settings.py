@@ -49,6 +49,11 @@ class Settings(BaseSettings):
     max_redeliveries: int = 3
     """Deliveries of one task id before its message is parked and its job fails with `worker_lost` (a poison
     message cannot loop)."""
+    dead_letter_max: int = 10_000
+    """Dead letters kept (`ragfleet.dead_letters`: parked poison messages, `worker_lost` and `internal`
+    failures, each with its payload); past it the oldest are dropped as new ones arrive."""
+    dead_letter_ttl_s: int = 7 * 86_400
+    """How long a dead letter is kept for an operator to list, replay or purge."""
     redis_socket_timeout_s: float = 2.0
     """Socket timeout of every Redis call: a Redis outage answers 503 within about this long instead of
     hanging."""
@@ -86,9 +91,22 @@ class Settings(BaseSettings):
     # --- storage ------------------------------------------------------------------------------------
     data_dir: Path = Path("./var/data")
     """Directory of the embedded LanceDB store."""
-    store: str = "lancedb"  # lancedb | weaviate
-    """Vector store: `lancedb` (embedded, on local disk) or `weaviate` (a server; see
-    infra/README-weaviate.md)."""
+    store: str = "lancedb"  # lancedb | postgres | weaviate
+    """Vector store: `lancedb` (embedded, on local disk), `postgres` (PostgreSQL + pgvector, shared by
+    several machines; docs/scaling.md) or `weaviate` (a server; see infra/README-weaviate.md)."""
+    pg_url: SecretStr | None = None
+    """libpq URL of the PostgreSQL primary (with `store=postgres`), e.g.
+    `postgresql://ragfleet:PASSWORD@db:5432/ragfleet`; every write and the schema migrations go here (secret:
+    it may carry a password)."""
+    pg_read_urls: SecretStr | None = None
+    """Comma-separated libpq URLs of read replicas (optional): searches go to the first that answers, else
+    to the primary. Replicas may lag: leave unset where reads must see the latest write."""
+    pg_statement_timeout_ms: int = 2_000
+    """`statement_timeout` of every search on PostgreSQL: a slower one is cancelled and fails instead of
+    holding a connection (a write is not limited)."""
+    pg_pool_size: int = 4
+    """Most connections each worker process keeps per PostgreSQL server (psycopg_pool); count processes x
+    servers x this against the server's `max_connections`."""
     weaviate_url: str | None = None
     """Weaviate HTTP URL (with `store=weaviate`); `https://` turns on TLS for HTTP and gRPC."""
     weaviate_grpc_port: int = 50051
@@ -217,7 +235,15 @@ class Settings(BaseSettings):
     long_poll_max_s: float = 30.0
     """Longest `?wait=` a long poll may ask for."""
     rate_limit: str = "120/minute"
-    """Per API key (or client) request rate, `limits` syntax (`120/minute`)."""
+    """Per API key (or client) rate of submissions and every other non-read request, `limits` syntax
+    (`120/minute`). A 429 body names it `"limit": "submit"`."""
+    read_rate_limit: str = "6000/minute"
+    """Per API key (or client) rate of reads of one's own jobs, streams and batches (`GET /v1/jobs/{id}`, a
+    query's stream, a batch and its results): a budget of its own, so polling never eats the submission
+    budget. A 429 body names it `"limit": "read"`. Empty = unlimited."""
+    admin_keys: str = ""
+    """Comma-separated API keys with admin rights (`/v1/admin/...`: every tenant's dead letters, purge). An
+    admin key is also an ordinary key of tenant `admin` unless `RAGFLEET_API_KEYS` gives it another."""
     api_keys: str = ""  # "key:tenant,key2:tenant2"; empty = open, single tenant "default"
     """`key:tenant,key2:tenant2`; a key sees only its tenant's documents and jobs. Empty = open, one tenant
     `default`."""
@@ -256,6 +282,9 @@ class Settings(BaseSettings):
     # from one command line (infra/supervisor/retrieval.conf sets it to the node's number)
     metrics_port_offset: int = 0
     """Added to `metrics_port`: supervisord gives retrieval node n the offset n."""
+    heartbeat_file: Path | None = None
+    """File a worker node touches every few seconds from a thread of its own (None = off): a liveness
+    probe that reads its age costs no broker round trip (infra/k8s, workers/hooks/heartbeat.py)."""
 
     # --- CLI ----------------------------------------------------------------------------------------
     api_url: str = "http://127.0.0.1:8000"

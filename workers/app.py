@@ -27,6 +27,7 @@ from workers import kombu_patches
 from workers.beat import beat_schedule
 from workers.hooks import (
     feedback_schema,
+    heartbeat,
     inflight,
     interactive,
     logs,
@@ -53,6 +54,7 @@ HOOKS: tuple[Callable[[Celery], None], ...] = (
     warmup.install,
     revoked.install,
     feedback_schema.install,
+    heartbeat.install,  # last in worker_ready: the node beats once warm
 )
 
 

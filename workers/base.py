@@ -3,7 +3,9 @@
 Celery has no limit on redeliveries of an acks_late message whose worker died: a message that
 crashes its worker (OOM, segfault, SIGKILL) would loop forever. We count deliveries per task id in
 Redis and park the message once it exceeds `max_redeliveries`, with its error visible in the job
-record and in the `<prefix>:parked` list.
+record and in the `<prefix>:parked` list, and record it as a dead letter (`ragfleet.dead_letters`,
+with its payload) that an operator can replay or purge. A job that ends `internal` here is a dead
+letter too.
 
 A task that ends in an exception its body did not turn into an error result (a bug, or the hard
 time limit, which kills the process mid-call: Celery then runs `on_failure` in the pool's main
@@ -22,6 +24,7 @@ from typing import Any
 from celery import Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 
+from ragfleet.dead_letters import DeadLetters
 from ragfleet.jobs import job_id_of
 from ragfleet.names import TASKS, TaskName
 from ragfleet.outcomes import fail_job
@@ -80,9 +83,44 @@ class RagfleetTask(Task):  # type: ignore[misc]
             code = ErrorCode.INTERNAL
             message = f"task {self.name} failed: {type(exc).__name__}: {exc}"
         try:
-            fail_job(get_resources(), job_id_of(task_id, kwargs), code, message, retry_after=5)
+            failed = fail_job(get_resources(), job_id_of(task_id, kwargs), code, message, retry_after=5)
         except Exception:  # Redis is down too: the job's TTL ends it; the worker must go on
             logging.getLogger("ragfleet.worker").exception("could not fail the job of task %s", task_id)
+            return
+        if failed and code == ErrorCode.INTERNAL:  # once per job: a late duplicate failed nothing
+            self.record_dead_letter(task_id, kwargs, code, message, self.delivery_count(), parked=False)
+
+    def delivery_count(self) -> int:
+        """The delivery count as last counted (`deliveries`), without counting again."""
+        if not (self.request.delivery_info or {}).get("redelivered"):
+            return 1
+        try:
+            res = get_resources()
+            return int(res.redis.get(res.settings.key("deliveries", str(self.request.id))) or 2)
+        except Exception:
+            return 2
+
+    def record_dead_letter(
+        self, task_id: str, kwargs: Any, code: ErrorCode, message: str, deliveries: int, *, parked: bool
+    ) -> None:
+        """Best effort: a dead letter that cannot be written is logged; the worker goes on."""
+        try:
+            res = get_resources()
+            payload = (kwargs or {}).get("payload") if isinstance(kwargs, dict) else None
+            DeadLetters(res.redis, res.settings).record(
+                task=str(self.name),
+                task_id=str(task_id),
+                job_id=job_id_of(task_id, kwargs),
+                payload=payload,
+                code=code,
+                message=message,
+                deliveries=deliveries,
+                node=str(self.request.hostname or ""),
+                parked=parked,
+                queue=str((self.request.delivery_info or {}).get("routing_key") or "") or None,
+            )
+        except Exception:
+            logging.getLogger("ragfleet.worker").exception("could not record the dead letter of %s", task_id)
 
     def park(self, deliveries: int) -> dict[str, Any]:
         res = get_resources()
@@ -103,6 +141,9 @@ class RagfleetTask(Task):  # type: ignore[misc]
                     "error": message,
                 }
             ),
+        )
+        self.record_dead_letter(
+            str(self.request.id), self.request.kwargs, ErrorCode.WORKER_LOST, message, deliveries, parked=True
         )
         return {"error": {"code": ErrorCode.WORKER_LOST.value, "message": message}}
 

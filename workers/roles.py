@@ -1,8 +1,10 @@
 """Each process of the fleet declared once: what a worker role consumes and how it runs.
 
 The Procfile is rendered from here (`python -m workers.roles > Procfile`) and a test holds the
-Procfile and infra/supervisor/*.conf to it (tests/unit/test_roles.py); the worker hooks read the
-warm-up and interactive queue sets from here. A new pool (parsing, callbacks) is one `WorkerRole`
+Procfile and infra/supervisor/*.conf to it (tests/unit/test_roles.py); the container image runs a
+role by name (`python -m workers.roles --command ROLE`), and infra/k8s and infra/systemd are
+rendered from here (`python -m workers.manifests`); the worker hooks read the warm-up and
+interactive queue sets from here. A new pool (parsing, callbacks) is one `WorkerRole`
 here plus its `Queue`, `TaskName`s and `TaskSpec`s in ragfleet/names.py, and its task module
 `tasks/<queue>.py` (workers.app imports one module per queue).
 """
@@ -180,9 +182,14 @@ PROCESS_ROLES: tuple[ProcessRole, ...] = (
     ProcessRole("beat", "celery -A workers.app beat -S redbeat.RedBeatScheduler --max-interval 10"),
     ProcessRole("flower", "python -m workers.flower"),
 )
-API_ROLE = ProcessRole(
-    "api", "python -m api_shim.serve --host 127.0.0.1 --port ${RAGFLEET_API_PORT:-8000} --workers 2"
-)
+
+
+def api_argv(host: str, port: str) -> list[str]:
+    return ["python", "-m", "api_shim.serve", "--host", host, "--port", port, "--workers", "2"]
+
+
+API_ROLE = ProcessRole("api", " ".join(api_argv("127.0.0.1", "${RAGFLEET_API_PORT:-8000}")))
+API_PORT = 8000  # in a container or a unit; the Procfile's is RAGFLEET_API_PORT
 
 ROLES: dict[str, WorkerRole] = {r.name: r for r in WORKER_ROLES}
 
@@ -201,8 +208,48 @@ def procfile() -> str:
     return "".join(f"{r.name}: {r.procfile_command()}\n" for r in roles)
 
 
-def main() -> None:
-    sys.stdout.write(procfile())
+def process_env(name: str) -> dict[str, str]:
+    """What one process of role `name` needs in its environment beyond the deployment's RAGFLEET_*
+    settings, where a process manager (kubelet, systemd) runs it: a worker's metrics port and its
+    role's variables."""
+    if name in ROLES:
+        return {"RAGFLEET_METRICS_PORT": str(ROLES[name].metrics_port), **ROLES[name].env}
+    return {}
+
+
+def process_argv(name: str, *, api_host: str = "0.0.0.0") -> list[str]:
+    """The command line of one process of role `name` under a process manager that restarts it
+    (infra/docker/entrypoint.sh, infra/k8s, infra/systemd). The manager is the supervisor: a
+    supervised role runs one solo node per process (per pod, per unit instance), not supervisord,
+    and its deployment's replica count is the role's node count. KeyError: no such role."""
+    if name in ROLES:
+        return ROLES[name].worker_argv()
+    if name == API_ROLE.name:
+        return api_argv(api_host, str(API_PORT))
+    others = {r.name: r for r in PROCESS_ROLES}
+    return shlex.split(others[name].command)
+
+
+def process_command(name: str) -> str:
+    """`process_argv` with `process_env` in front (`env K=V ...`), quoted for a POSIX shell."""
+    env = [f"{k}={v}" for k, v in process_env(name).items()]
+    return shlex.join([*(["env", *env] if env else []), *process_argv(name)])
+
+
+def main(argv: list[str] | None = None) -> None:
+    """No arguments: print the Procfile. `--command ROLE`: print the command line of one process of
+    ROLE (what the container image's entrypoint runs)."""
+    args = sys.argv[1:] if argv is None else argv
+    if not args:
+        sys.stdout.write(procfile())
+        return
+    if len(args) != 2 or args[0] != "--command":
+        sys.exit("usage: python -m workers.roles [--command ROLE]")
+    try:
+        sys.stdout.write(process_command(args[1]) + "\n")
+    except KeyError:
+        names = [API_ROLE.name, *ROLES, *(r.name for r in PROCESS_ROLES)]
+        sys.exit(f"unknown role {args[1]!r}; one of: {', '.join(names)}")
 
 
 if __name__ == "__main__":

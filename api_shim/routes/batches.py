@@ -143,6 +143,7 @@ def batches_router(deps: ApiDeps) -> APIRouter:
     batches = Batches(deps.rds, s)
     request_model = _models(s)
     CallerDep = Annotated[Caller, Depends(deps.caller)]  # noqa: N806
+    ReaderDep = Annotated[Caller, Depends(deps.reader)]  # noqa: N806 - reads spend the read budget
     RequestId = Annotated[str, Depends(deps.request_id)]  # noqa: N806
     BatchId = Annotated[str, Path(min_length=1, max_length=JOB_ID_MAX)]  # noqa: N806
     publish_timeout_s = max(5.0, 4 * s.redis_socket_timeout_s)
@@ -232,7 +233,7 @@ def batches_router(deps: ApiDeps) -> APIRouter:
         responses=error_responses(404, *error_codes),
         summary="A batch's status and progress",
     )
-    async def get_batch(batch_id: BatchId, who: CallerDep) -> BatchBody:
+    async def get_batch(batch_id: BatchId, who: ReaderDep) -> BatchBody:
         await owned(batch_id, who)
         return await body_of(batch_id)
 
@@ -260,7 +261,7 @@ def batches_router(deps: ApiDeps) -> APIRouter:
         },
         summary="A batch's results in input order",
     )
-    async def batch_results(batch_id: BatchId, who: CallerDep) -> StreamingResponse:
+    async def batch_results(batch_id: BatchId, who: ReaderDep) -> StreamingResponse:
         await owned(batch_id, who)
         rows = batches.results(batch_id)
 

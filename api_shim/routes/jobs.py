@@ -1,4 +1,5 @@
-"""`GET /v1/jobs/{job_id}`: a job record, for its own tenant only."""
+"""`GET /v1/jobs/{job_id}`: a job record, for its own tenant only. A poll spends the caller's read
+budget (`Settings.read_rate_limit`), never its submission budget."""
 
 # No `from __future__ import annotations`: FastAPI resolves `jobs_router`'s dependency types at runtime.
 
@@ -15,7 +16,7 @@ from ragfleet.schemas import JobRecord
 
 def jobs_router(deps: ApiDeps) -> APIRouter:
     router = APIRouter()
-    CallerDep = Annotated[Caller, Depends(deps.caller)]  # noqa: N806
+    CallerDep = Annotated[Caller, Depends(deps.reader)]  # noqa: N806 - the read budget
     jobs = deps.jobs
 
     @router.get(

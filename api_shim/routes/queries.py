@@ -186,7 +186,7 @@ def stream_router(deps: ApiDeps) -> APIRouter:
     """`GET /v1/queries/{job_id}/stream` (see `api_shim.streaming` for the protocol)."""
     router = APIRouter(tags=["queries"])
     s, jobs, reader = deps.settings, deps.jobs, deps.events_reader
-    CallerDep = Annotated[Caller, Depends(deps.caller)]  # noqa: N806
+    CallerDep = Annotated[Caller, Depends(deps.reader)]  # noqa: N806 - a stream is a read
 
     @router.get(
         "/v1/queries/{job_id}/stream",

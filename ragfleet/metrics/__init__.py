@@ -23,6 +23,7 @@ Why the shape:
 
 from __future__ import annotations
 
+from ragfleet.metrics.dead_letters import DeadLettersCollector, enable_dead_letters
 from ragfleet.metrics.exposition import (
     EXPOSITION,
     MetricsServer,
@@ -105,6 +106,7 @@ __all__ = [
     "TASK_WAIT_BUCKETS",
     "CacheLayer",
     "CoalesceRole",
+    "DeadLettersCollector",
     "GaugeMode",
     "MetricKind",
     "MetricSpec",
@@ -120,6 +122,7 @@ __all__ = [
     "coalesced",
     "configure_multiproc",
     "degraded",
+    "enable_dead_letters",
     "enable_queue_depth",
     "exposed_series",
     "install_celery_metrics",

@@ -81,13 +81,18 @@ class QueueDepthCollector(Collector):
 def queue_depth_collector(settings: Settings, queues: Iterable[str] | None = None) -> QueueDepthCollector:
     """A collector for the broker named in `settings`, with the same key prefix the producer uses."""
     import redis as redis_mod
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
 
     from ragfleet.names import Queue
 
+    # no retries: redis-py 8 retries a failed command several times by default, so a scrape during a
+    # Redis outage took ~4 s; one attempt answers `ragfleet_queue_depth_up 0` within the socket timeout
     client = redis_mod.Redis.from_url(
         settings.broker,
         socket_timeout=settings.redis_socket_timeout_s,
         socket_connect_timeout=settings.redis_socket_timeout_s,
+        retry=Retry(NoBackoff(), 0),
     )
     return QueueDepthCollector(
         client,

@@ -189,9 +189,11 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
 # Collected at scrape time, not stored: see QueueDepthCollector.
 QUEUE_DEPTH: Final = "ragfleet_queue_depth"
 QUEUE_DEPTH_UP: Final = "ragfleet_queue_depth_up"
+# Collected at scrape time too: see ragfleet.metrics.dead_letters.
+DEAD_LETTERS: Final = "ragfleet_dead_letters"
 
 
 def exposed_series() -> frozenset[str]:
     """Every sample name this module can expose (dashboard and alert rules may reference only these)."""
     names = {s for spec in METRICS for s in spec.series()}
-    return frozenset(names | {QUEUE_DEPTH, QUEUE_DEPTH_UP})
+    return frozenset(names | {QUEUE_DEPTH, QUEUE_DEPTH_UP, DEAD_LETTERS})

@@ -1,7 +1,7 @@
 """Vector stores behind one Protocol (`ragfleet.stores.base.VectorStore`).
 
 `build_store()` picks the implementation from Settings and imports its client lazily, so the
-weaviate extra is only needed by deployments that use it.
+weaviate and postgres extras are only needed by deployments that use them.
 """
 
 from __future__ import annotations
@@ -23,6 +23,20 @@ def build_store(settings: Settings, *, collection: str | None = None, dim: int =
             refine_factor=settings.ann_refine_factor,
             storage_version=settings.lancedb_storage_version,
         )
+    if settings.store == "postgres":
+        from ragfleet.stores.postgres_store import PostgresStore
+
+        if not settings.pg_url:
+            raise ValueError("RAGFLEET_STORE=postgres needs RAGFLEET_PG_URL")
+        reads = settings.pg_read_urls.get_secret_value() if settings.pg_read_urls else ""
+        return PostgresStore(
+            settings.pg_url.get_secret_value(),
+            name,
+            dim=dim,
+            read_urls=[u.strip() for u in reads.split(",") if u.strip()],
+            statement_timeout_ms=settings.pg_statement_timeout_ms,
+            pool_size=settings.pg_pool_size,
+        )
     if settings.store == "weaviate":
         from ragfleet.stores.weaviate_store import WeaviateStore
 
@@ -32,4 +46,4 @@ def build_store(settings: Settings, *, collection: str | None = None, dim: int =
         return WeaviateStore(
             settings.weaviate_url, name, dim=dim, grpc_port=settings.weaviate_grpc_port, api_key=key
         )
-    raise ValueError(f"unknown store {settings.store!r} (expected lancedb or weaviate)")
+    raise ValueError(f"unknown store {settings.store!r} (expected lancedb, postgres or weaviate)")

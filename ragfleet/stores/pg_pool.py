@@ -1,0 +1,102 @@
+"""PostgreSQL store plumbing: one connection pool per process and URL, and the row mapping.
+
+Apart from postgres_store.py so that the store module holds what it does (writes, searches, upkeep)
+and this one what must stay true of its connections: a pool is built lazily in the process that uses
+it, never inherited across a fork (`pool_for`), and a replica that did not answer is skipped for a while
+(`replica_down_until`) instead of costing every search a connect wait.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+from psycopg import sql
+from psycopg_pool import ConnectionPool
+
+from ragfleet.stores.base import ChunkRecord, SearchHit
+
+HIT_COLUMNS = sql.SQL("chunk_id, doc_id, chunk_index, text, title, start_char, end_char, metadata")
+RECORD_COLUMNS = sql.SQL(
+    "chunk_id, doc_id, tenant, chunk_index, text, title, start_char, end_char, content_hash, "
+    "embedding_model, metadata, vector::real[]"
+)
+# the query's terms ORed (plainto_tsquery ANDs them): like BM25, a chunk with some of the words is a
+# candidate, and ts_rank (length-normalised) puts those with more of them first
+OR_QUERY = sql.SQL("replace(plainto_tsquery(%s::regconfig, %s)::text, ' & ', ' | ')::tsquery")
+REPLICA_RETRY_S = 5.0  # a replica that did not answer is skipped this long (no per-query connect wait)
+REPLICA_CONNECT_TIMEOUT_S = 1.0
+# --- one pool per process and URL ----------------------------------------------------------------
+pools: dict[tuple[int, str], ConnectionPool] = {}
+pools_lock = threading.Lock()
+replica_down_until: dict[str, float] = {}
+
+
+def pool_for(url: str, size: int) -> ConnectionPool:
+    """This process's pool for `url`. Keyed by pid: after a fork the child builds its own. The
+    parent's pools stay referenced in the child's dict, never closed there, because closing
+    them would end the parent's server sessions over the inherited sockets."""
+    key = (os.getpid(), url)
+    pool = pools.get(key)
+    if pool is None:
+        with pools_lock:
+            pool = pools.get(key)
+            if pool is None:
+                pool = ConnectionPool(
+                    url,
+                    min_size=1,
+                    max_size=max(1, size),
+                    kwargs={"autocommit": True},
+                    check=ConnectionPool.check_connection,  # a server restart costs one retry, not an error
+                    timeout=10.0,
+                    name=f"ragfleet-pg-{os.getpid()}",
+                    open=False,
+                )
+                pool.open(wait=False)
+                pools[key] = pool
+    return pool
+
+
+def close_pools() -> None:
+    """Close this process's pools (tests; a process about to exit)."""
+    with pools_lock:
+        for (pid, url), pool in list(pools.items()):
+            if pid == os.getpid():
+                pool.close()
+                del pools[(pid, url)]
+
+
+def vector_literal(vector: list[float]) -> str:
+    return "[" + ",".join(repr(float(x)) for x in vector) + "]"
+
+
+def hit(row: tuple[Any, ...], score: float) -> SearchHit:
+    return SearchHit(
+        chunk_id=row[0],
+        doc_id=row[1],
+        chunk_index=int(row[2]),
+        text=row[3],
+        title=row[4],
+        start=int(row[5]),
+        end=int(row[6]),
+        score=float(score),
+        metadata=dict(row[7] or {}),
+    )
+
+
+def record(row: tuple[Any, ...]) -> ChunkRecord:
+    return ChunkRecord(
+        chunk_id=row[0],
+        doc_id=row[1],
+        tenant=row[2],
+        chunk_index=int(row[3]),
+        text=row[4],
+        title=row[5],
+        start=int(row[6]),
+        end=int(row[7]),
+        content_hash=row[8],
+        embedding_model=row[9],
+        metadata=dict(row[10] or {}),
+        vector=[float(x) for x in row[11]],
+    )

