@@ -150,3 +150,23 @@ def test_the_route_is_in_the_openapi_schema(api: httpx.Client) -> None:
     body = op["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert body["required"] == ["files"]
     assert {"202", "413", "422"} <= set(op["responses"])
+
+
+def test_the_python_client_uploads_over_http(
+    api: httpx.Client, files_settings: Settings, tmp_path: Path
+) -> None:
+    from ragfleet.client import FleetClient
+
+    doc = tmp_path / "notes.html"
+    doc.write_bytes(b"<html><body><p>Uploaded by the client.</p></body></html>")
+    client = FleetClient.over_http(str(api.base_url), api_key=KEY)
+    job_id = client.index_files([(doc, {"id": "web/notes", "metadata": {"lang": "en"}})])
+    payload = take_task(files_settings, Queue.INDEXING, job_id)["payload"]
+    assert payload["files"] == [
+        {
+            "name": "notes.html",
+            "id": "web/notes",
+            "metadata": {"lang": "en"},
+            "blob_id": hashlib.sha256(doc.read_bytes()).hexdigest(),
+        }
+    ]
