@@ -44,6 +44,7 @@ def build_folder(root: Path) -> Path:
     corpus.encrypted_pdf(docs / "locked.pdf", "hunter2")
     (docs / "blob.bin").write_bytes(bytes(range(256)) * 8)
     (docs / "empty.txt").write_text("")
+    corpus.huge_png(docs / "poster.png")  # a decompression bomb: 10^10 pixels in a few hundred bytes
     return docs
 
 
@@ -83,10 +84,11 @@ def test_every_bad_file_is_named_with_its_code_and_the_good_ones_are_indexed(
         "locked.pdf": ("failed", "encrypted_document"),
         "blob.bin": ("skipped", "unsupported_format"),
         "empty.txt": ("failed", "empty_document"),
+        "poster.png": ("failed", "too_large"),
     }
     assert all(p["reason"] for p in ingested["problems"])
     assert ingested["documents_indexed"] + ingested["documents_unchanged"] == 7  # 6 files + runbook.md
-    assert (ingested["failed"], ingested["skipped"]) == (3, 1)
+    assert (ingested["failed"], ingested["skipped"]) == (4, 1)
     reports = {r["source"]: r for rec in ingested["records"] for r in rec["result"]["parse_reports"]}
     assert set(reports) == {
         "handbook.pdf",
