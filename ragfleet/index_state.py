@@ -4,6 +4,11 @@ Every index write bumps the version; cache keys include it, so an answer compute
 never served after it. The version is bumped *after* the store commit: a reader that sees version v
 and refreshes its store handle is guaranteed to see the writes of v.
 
+On a store with a write-ahead log (PostgreSQL, `wal_lsn`): the pointer also records the primary's WAL
+position of the writes that moved it, raised (never lowered) in the same atomic step as the version,
+so that a reader that sees version v knows how far a replica must have replayed to hold v's writes
+(ragfleet/stores/postgres_store.py). LanceDB has none: the position stays 0.
+
 A reindex builds a new collection (`<base>_v<n>`) and switches `active` atomically (MULTI), keeping
 the previous one for rollback.
 """
@@ -24,6 +29,18 @@ class IndexPointer:
     active: str
     previous: str | None
     generation: int = 0  # how the store is laid out (compaction): readers reopen when it moves
+    wal_lsn: int = 0  # the primary's WAL position covering this version's writes; 0: none known
+
+
+# Raise the WAL position to at least ARGV[1] (never lower it: two writers may bump in either order)
+# and bump the version, atomically: a reader's MGET sees both or neither. Positions are compared as
+# Lua numbers (doubles): exact up to 2^53 bytes of WAL, 8 PiB.
+_BUMP_WITH_LSN = """
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+local new = tonumber(ARGV[1])
+if new > cur then redis.call('SET', KEYS[1], ARGV[1]) end
+return redis.call('INCR', KEYS[2])
+"""
 
 
 class IndexState:
@@ -34,21 +51,23 @@ class IndexState:
         self._active = settings.key("index", "active")
         self._previous = settings.key("index", "previous")
         self._generation = settings.key("index", "generation")
+        self._wal_lsn = settings.key("index", "wal_lsn")
 
     def read(self) -> IndexPointer:
         return self.parse(self._r.mget(*self.keys()))
 
-    def keys(self) -> tuple[str, str, str, str]:
+    def keys(self) -> tuple[str, str, str, str, str]:
         """What to MGET, in order, for `parse`: a stage reads the pointer in its first round trip."""
-        return self.version_key, self._active, self._previous, self._generation
+        return self.version_key, self._active, self._previous, self._generation, self._wal_lsn
 
     def parse(self, values: list[Any]) -> IndexPointer:
-        version, active, previous, generation = values
+        version, active, previous, generation, wal_lsn = values
         return IndexPointer(
             version=int(version or 0),
             active=str(active) if active else self._s.collection,
             previous=str(previous) if previous else None,
             generation=int(generation or 0),
+            wal_lsn=int(wal_lsn or 0),
         )
 
     def bump_generation(self) -> int:
@@ -59,18 +78,27 @@ class IndexState:
     def version(self) -> int:
         return int(self._r.get(self.version_key) or 0)
 
-    def bump(self) -> int:
-        return int(self._r.incr(self.version_key))
+    def bump(self, wal_lsn: int | None = None) -> int:
+        """The index moved. `wal_lsn`: the primary's WAL position after the write's commit (a store
+        with a write-ahead log); the pointer's position is raised to it with the version."""
+        if wal_lsn is None:
+            return int(self._r.incr(self.version_key))
+        return int(self._r.eval(_BUMP_WITH_LSN, 2, self._wal_lsn, self.version_key, int(wal_lsn)))
 
-    def switch(self, new_active: str) -> IndexPointer:
-        """Atomically make `new_active` live and remember the old one for rollback."""
+    def switch(self, new_active: str, wal_lsn: int | None = None) -> IndexPointer:
+        """Atomically make `new_active` live and remember the old one for rollback. `wal_lsn`: as
+        in `bump` (the new collection's table and rows must be on a replica before it is read)."""
         current = self.read()
         pipe = self._r.pipeline(transaction=True)
         pipe.set(self._active, new_active)
         pipe.set(self._previous, current.active)
-        pipe.incr(self.version_key)
+        if wal_lsn is None:
+            pipe.incr(self.version_key)
+        else:
+            pipe.eval(_BUMP_WITH_LSN, 2, self._wal_lsn, self.version_key, int(wal_lsn))
         _, _, version = pipe.execute()
-        return IndexPointer(int(version), new_active, current.active, current.generation)
+        lsn = max(current.wal_lsn, int(wal_lsn or 0))
+        return IndexPointer(int(version), new_active, current.active, current.generation, lsn)
 
     def rollback(self) -> IndexPointer:
         current = self.read()

@@ -25,7 +25,7 @@ from ragfleet.schemas import (
     FileIn,
     IndexResult,
 )
-from ragfleet.stores.base import ChunkRecord, VectorStore, chunk_id_for
+from ragfleet.stores.base import ChunkRecord, VectorStore, chunk_id_for, wal_position_of
 
 ProgressFn = Callable[[int, int], None]  # (documents done, documents total)
 WRITE_BATCH_DOCS = 256
@@ -147,7 +147,7 @@ def index_documents(
             if progress:
                 progress(done, total)
     if wrote and bump_version:
-        result.index_version = res.index_state.bump()
+        result.index_version = res.index_state.bump(wal_position_of(target))
     else:
         result.index_version = res.index_state.version()
     for blob_id in done_blobs:
@@ -233,7 +233,8 @@ def delete_document(res: Resources, *, tenant: str, doc_id: str) -> IndexResult:
     store, _ = res.live_store()
     removed = store.delete_document(tenant, doc_id)
     result = IndexResult(documents_received=1, documents_deleted=1 if removed else 0)
-    result.index_version = res.index_state.bump() if removed else res.index_state.version()
+    state = res.index_state
+    result.index_version = state.bump(wal_position_of(store)) if removed else state.version()
     if not removed:
         result.errors.append(
             DocumentError(index=0, doc_id=doc_id, code=ErrorCode.NOT_FOUND, message="document not found")

@@ -20,7 +20,7 @@ from redis.lock import Lock
 from ragfleet.chunking import BLOCK_CHUNKER
 from ragfleet.indexing import copy_chunked_documents, index_documents
 from ragfleet.resources import Resources
-from ragfleet.stores.base import ChunkRecord
+from ragfleet.stores.base import ChunkRecord, wal_position_of
 
 LOCK_TTL_S = 120
 
@@ -144,7 +144,7 @@ def run_reindex(
         target.refresh()
         chunks_after = target.count()
         _verify(res, source, target, docs, verify_sample)
-        ptr = res.index_state.switch(new)
+        ptr = res.index_state.switch(new, wal_position_of(target))
         dropped = _drop_older(res, keep={new, old})
         return ReindexReport(
             status="switched",

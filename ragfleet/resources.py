@@ -21,7 +21,7 @@ from ragfleet.jobs import JobStore
 from ragfleet.redis_conn import get_redis
 from ragfleet.settings import Settings, get_settings
 from ragfleet.stores import build_store
-from ragfleet.stores.base import VectorStore
+from ragfleet.stores.base import VectorStore, WalPositioned
 
 if TYPE_CHECKING:
     from ragfleet.embedding import Embedder
@@ -95,13 +95,17 @@ class Resources:
 
     def live_store(self, pointer: IndexPointer | None = None) -> tuple[VectorStore, IndexPointer]:
         """The active collection, refreshed if the fleet's index version or store generation moved
-        since we last looked (`pointer`: as just read by the caller, in a round trip of its own)."""
+        since we last looked (`pointer`: as just read by the caller, in a round trip of its own).
+        A store with replicas is told the pointer's WAL position: what it answers from then on is
+        never older than `pointer.version`."""
         pointer = pointer or self.index_state.read()
         st = self.store(pointer.active)
         seen = (pointer.version, pointer.generation)
         if self._seen_version.get(pointer.active) != seen:
             st.refresh()
             self._seen_version[pointer.active] = seen
+        if pointer.wal_lsn and isinstance(st, WalPositioned):
+            st.read_after(pointer.wal_lsn)  # read-after-write: no replica behind this version
         self.last_version = pointer.version
         return st, pointer
 

@@ -16,6 +16,7 @@ from ragfleet.outcomes import fail_job
 from ragfleet.resources import get_resources
 from ragfleet.schemas import BatchDispatchPayload, ErrorCode, QueryPayload
 from ragfleet.stages import error_result
+from ragfleet.stores.base import StoreUnavailableError
 from tasks._common import InvalidPayloadError, parse
 from workers.base import RagfleetTask, task
 
@@ -40,6 +41,11 @@ def query(self: RagfleetTask, *, payload: dict[str, Any]) -> dict[str, Any]:
     except SoftTimeLimitExceeded:
         fail_job(res, job_id, ErrorCode.TIMEOUT, "retrieval exceeded its time limit", retry_after=5)
         return error_result(job_id, ErrorCode.TIMEOUT, "retrieval exceeded its time limit")
+    except StoreUnavailableError as exc:
+        # no server may answer without serving an older index than the job's (read-after-write):
+        # the client is told when to ask again instead of the worker retrying in place
+        fail_job(res, job_id, ErrorCode.UNAVAILABLE, str(exc), retry_after=exc.retry_after)
+        return error_result(job_id, ErrorCode.UNAVAILABLE, str(exc))
     except _TRANSIENT as exc:
         if self.request.retries < self.max_retries:
             raise self.retry(exc=exc, countdown=0.2 * (2**self.request.retries)) from exc

@@ -71,6 +71,12 @@ def set_index_info(version: int, chunks: int) -> None:
     _gauge("ragfleet_index_chunks").set(chunks)
 
 
+def set_replica_lag(replica: str, lag_bytes: int, lag_seconds: float) -> None:
+    """`replica`: host:port, never the URL (it may carry a password)."""
+    _gauge("ragfleet_store_replica_lag_bytes").labels(replica=replica).set(max(lag_bytes, 0))
+    _gauge("ragfleet_store_replica_lag_seconds").labels(replica=replica).set(max(lag_seconds, 0.0))
+
+
 def set_retrieval_quality(ndcg: float, *, dataset: str = "golden") -> None:
     if not 0.0 <= ndcg <= 1.0:
         raise ValueError(f"nDCG must be in [0, 1], got {ndcg}")

@@ -127,6 +127,22 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
         ("dataset",),
         mode="mostrecent",
     ),
+    # PostgreSQL read replicas, as a worker last saw them (ragfleet/stores/postgres_store.py): bytes of
+    # WAL not yet replayed (behind the primary's or the index pointer's position) and for how long
+    MetricSpec(
+        "ragfleet_store_replica_lag_bytes",
+        "gauge",
+        "WAL bytes a PostgreSQL read replica has not replayed yet, when a worker last checked it.",
+        ("replica",),
+        mode="mostrecent",
+    ),
+    MetricSpec(
+        "ragfleet_store_replica_lag_seconds",
+        "gauge",
+        "Seconds since a lagging PostgreSQL read replica last replayed a transaction (0 when caught up).",
+        ("replica",),
+        mode="mostrecent",
+    ),
     MetricSpec(
         "ragfleet_feedback_ratings", "counter", "User ratings received, by rating (1-5).", ("rating",)
     ),

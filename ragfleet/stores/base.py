@@ -111,3 +111,33 @@ class VectorStore(Protocol):
         """Delete the whole collection."""
 
     def close(self) -> None: ...
+
+
+class StoreUnavailableError(Exception):
+    """No server may answer this search (PostgreSQL: the primary is unreachable and no replica has
+    replayed the index's WAL position). Not the query's fault: the retrieval task ends the job
+    `unavailable` at once, with `retry_after` (seconds) saying when asking again is sensible."""
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+@runtime_checkable
+class WalPositioned(Protocol):
+    """A store with a primary's write-ahead log and replicas that replay it (PostgreSQL): what
+    read-after-write needs beyond `VectorStore`. LanceDB and Weaviate are not: for them the index
+    pointer carries no position and nothing here is called."""
+
+    def wal_position(self) -> int:
+        """The primary's current WAL position (bytes): called after a write's commit, it covers it."""
+        ...
+
+    def read_after(self, position: int) -> None:
+        """From now on, read only where WAL position `position` has been replayed (never lowered)."""
+        ...
+
+
+def wal_position_of(store: object) -> int | None:
+    """The store's WAL position for the index pointer (`IndexState.bump`), None for stores without."""
+    return store.wal_position() if isinstance(store, WalPositioned) else None

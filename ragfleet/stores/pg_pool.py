@@ -27,10 +27,31 @@ RECORD_COLUMNS = sql.SQL(
 OR_QUERY = sql.SQL("replace(plainto_tsquery(%s::regconfig, %s)::text, ' & ', ' | ')::tsquery")
 REPLICA_RETRY_S = 5.0  # a replica that did not answer is skipped this long (no per-query connect wait)
 REPLICA_CONNECT_TIMEOUT_S = 1.0
+# a replica's replay position is re-read at most this often per process and replica; a cached position
+# is a lower bound (replay only moves forward), so a replica seen caught up is read without a check
+POSITION_TTL_S = 0.05
+PRIMARY_READ_TIMEOUT_S = 2.0  # a search waits this long for the primary before it is `unavailable`
+# replay position (bytes), lag behind max(received WAL, the index's position) in bytes and in seconds
+REPLICA_POSITION = sql.SQL(
+    "SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END "
+    "- '0/0'::pg_lsn, "
+    "CASE WHEN pg_is_in_recovery() THEN COALESCE(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()) "
+    "ELSE pg_current_wal_lsn() END - '0/0'::pg_lsn, "
+    "COALESCE(extract(epoch FROM now() - pg_last_xact_replay_timestamp()), 0)::float8"
+)
 # --- one pool per process and URL ----------------------------------------------------------------
 pools: dict[tuple[int, str], ConnectionPool] = {}
 pools_lock = threading.Lock()
 replica_down_until: dict[str, float] = {}
+replica_positions: dict[str, tuple[float, int]] = {}  # url -> (monotonic time checked, replayed position)
+
+
+def server_label(url: str) -> str:
+    """host:port of a URL, for metrics and messages: never the URL, which may carry a password."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    info = conninfo_to_dict(url)
+    return f"{info.get('host', 'localhost')}:{info.get('port', 5432)}"
 
 
 def pool_for(url: str, size: int) -> ConnectionPool:

@@ -53,3 +53,87 @@ def test_the_replica_streams_the_primarys_writes_and_is_in_recovery(pg_server: A
     finally:
         with psycopg.connect(pg_server.url, autocommit=True) as p:
             p.execute(f"DROP TABLE {table}")
+
+
+def _lag(label: str, unit: str) -> float:
+    from ragfleet.metrics import _gauge
+
+    gauge = _gauge(f"ragfleet_store_replica_lag_{unit}")
+    values = [s.value for m in gauge.collect() for s in m.samples if s.labels.get("replica") == label]
+    assert values, f"no lag sample for {label}"
+    return float(values[0])
+
+
+def _text_of_first_hit(store: Any, vec: list[float]) -> str:
+    return str(store.search("t", vector=vec, text=None, mode="vector", top_k=1)[0].text)
+
+
+def test_a_search_reads_the_replica_only_once_it_has_replayed_the_index_position(
+    pg_server: Any, pg_replica: Any
+) -> None:
+    """The whole rule, store side, with replay paused so the replica really is behind: an update's
+    position sends searches to the primary (which has it); resumed and caught up, to the replica
+    again; with the primary stopped, a behind replica makes the search `StoreUnavailableError` and
+    a caught-up one answers. Which server answered is `inet_server_port()`, read with the search."""
+    from ragfleet.stores import pg_pool
+    from ragfleet.stores.base import StoreUnavailableError
+    from ragfleet.stores.postgres_store import PostgresStore
+    from tests.contract.test_store_contract import DIM, doc, unit_vectors
+
+    name = f"raw_{uuid.uuid4().hex[:8]}"
+    vec = unit_vectors(1, 11)
+    store = PostgresStore(pg_server.url, name, dim=DIM, read_urls=[pg_replica.url])
+    label = pg_pool.server_label(pg_replica.url)
+    store.ensure()
+    paused = False
+    try:
+        store.replace_documents("t", {"d": doc("t", "d", ["first version"], vec)})
+        store.read_after(store.wal_position())
+        _wait_replayed(pg_replica.url, pg_server.url)
+        assert _text_of_first_hit(store, vec[0]) == "first version"
+        assert store.last_read_port == pg_replica.port
+        assert _lag(label, "bytes") == 0 and _lag(label, "seconds") == 0
+
+        with psycopg.connect(pg_replica.url, autocommit=True) as r:
+            r.execute("SELECT pg_wal_replay_pause()")
+        paused = True
+        store.replace_documents("t", {"d": doc("t", "d", ["second version"], vec)})
+        store.read_after(store.wal_position())  # what Resources.live_store does with the pointer
+        time.sleep(0.3)  # the replica receives the WAL (replay is paused), and lag accrues
+        assert _text_of_first_hit(store, vec[0]) == "second version"
+        assert store.last_read_port == pg_server.port  # the replica is behind: the primary answered
+        with psycopg.connect(pg_replica.url) as r:  # and the replica really does not have it yet
+            assert r.execute(f"SELECT text FROM {store.table}").fetchall() == [("first version",)]
+        assert _lag(label, "bytes") > 0 and _lag(label, "seconds") >= 0.3
+
+        pg_server.stop("fast")
+        try:
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailableError, match="no read replica") as err:
+                store.search("t", vector=vec[0], text=None, mode="vector", top_k=1)
+            assert err.value.retry_after > 0
+            assert time.monotonic() - started < 10
+            with psycopg.connect(pg_replica.url, autocommit=True) as r:
+                r.execute("SELECT pg_wal_replay_resume()")
+            paused = False
+            deadline = time.monotonic() + 15
+            with psycopg.connect(pg_replica.url) as r:
+                while r.execute(f"SELECT text FROM {store.table}").fetchall() != [("second version",)]:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.02)
+            # the primary still down: the caught-up replica answers, and sees the update
+            assert _text_of_first_hit(store, vec[0]) == "second version"
+            assert store.last_read_port == pg_replica.port
+        finally:
+            pg_server.start()
+            pg_server.wait_ready()
+        _wait_replayed(pg_replica.url, pg_server.url)
+        time.sleep(pg_pool.POSITION_TTL_S)
+        assert _text_of_first_hit(store, vec[0]) == "second version"
+        assert store.last_read_port == pg_replica.port  # caught up: reads are back on the replica
+        assert _lag(label, "bytes") == 0 and _lag(label, "seconds") == 0
+    finally:
+        if paused:
+            with psycopg.connect(pg_replica.url, autocommit=True) as r:
+                r.execute("SELECT pg_wal_replay_resume()")
+        store.drop()
