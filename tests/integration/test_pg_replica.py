@@ -137,3 +137,82 @@ def test_a_search_reads_the_replica_only_once_it_has_replayed_the_index_position
             with psycopg.connect(pg_replica.url, autocommit=True) as r:
                 r.execute("SELECT pg_wal_replay_resume()")
         store.drop()
+
+
+@pytest.mark.redis
+@pytest.mark.model
+@pytest.mark.usefixtures("redis_client")  # its teardown deletes the session prefix's keys, ours too
+def test_the_index_pointer_carries_the_write_position_and_a_query_job_ends_unavailable(
+    pg_server: Any, pg_replica: Any, base_settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through the fleet's own code: indexing records the primary's WAL position in the index
+    pointer (never lowered); the retrieval stage's `live_store` hands it to the store, so with
+    replay paused a query reads the update from the primary; with the primary stopped too, the real
+    retrieval task ends the job `unavailable` with `retry_after`, and the job record says why."""
+    from pydantic import SecretStr
+
+    import tasks.retrieval
+    import workers.base
+    from ragfleet import querying
+    from ragfleet.indexing import index_documents
+    from ragfleet.resources import Resources
+    from ragfleet.schemas import QueryPayload
+
+    settings = base_settings.model_copy(
+        update={
+            "store": "postgres",
+            "pg_url": SecretStr(pg_server.url),
+            "pg_read_urls": SecretStr(pg_replica.url),
+            "collection": f"rw_{uuid.uuid4().hex[:8]}",
+            "key_prefix": f"{base_settings.key_prefix}:pgrw{uuid.uuid4().hex[:6]}",
+            "cache_enabled": False,
+        }
+    )
+    res = Resources(settings)
+    question = QueryPayload(question="Which colour is the fleet's logo?", tenant="t", use_cache=False)
+
+    def index(colour: str) -> None:
+        text = f"The fleet's logo is {colour}, chosen by the design team."
+        doc = {"id": "logo", "title": "Logo", "text": text}
+        assert not index_documents(res, [doc], tenant="t").errors
+
+    index("green")
+    first = res.index_state.read()
+    assert first.wal_lsn > 0
+    with psycopg.connect(pg_server.url) as p:
+        row = p.execute("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint").fetchone()
+        assert row is not None and first.wal_lsn <= int(row[0])
+    assert res.index_state.bump(1) == first.version + 1  # a lower position never lowers the pointer's
+    assert res.index_state.read().wal_lsn == first.wal_lsn
+    _wait_replayed(pg_replica.url, pg_server.url)
+    store, _ = res.live_store()
+    assert "green" in querying.retrieve(res, question).sources[0].text
+    assert store.last_read_port == pg_replica.port  # type: ignore[attr-defined]
+
+    with psycopg.connect(pg_replica.url, autocommit=True) as r:
+        r.execute("SELECT pg_wal_replay_pause()")
+    try:
+        index("orange")
+        assert res.index_state.read().wal_lsn > first.wal_lsn
+        assert "orange" in querying.retrieve(res, question).sources[0].text
+        assert store.last_read_port == pg_server.port  # type: ignore[attr-defined]
+
+        monkeypatch.setattr(tasks.retrieval, "get_resources", lambda: res)
+        monkeypatch.setattr(workers.base, "get_resources", lambda: res)
+        job_id = str(uuid.uuid4())
+        payload = {"job_id": job_id, "question": question.question, "tenant": "t", "use_cache": False}
+        pg_server.stop("fast")
+        try:
+            out = tasks.retrieval.query.apply(kwargs={"payload": payload}, task_id=job_id).get()
+        finally:
+            pg_server.start()
+            pg_server.wait_ready()
+        assert out["status"] == "failed" and out["error"]["code"] == "unavailable", out
+        record = res.jobs.get(job_id)
+        assert record is not None and record.error is not None
+        assert record.error.code == "unavailable" and record.error.retry_after
+        assert "no read replica" in record.error.message
+    finally:
+        with psycopg.connect(pg_replica.url, autocommit=True) as r:
+            r.execute("SELECT pg_wal_replay_resume()")
+        res.store(settings.collection).drop()
