@@ -2,9 +2,9 @@
 
 One chunks table per collection (index version); pg_schema.py says why and who owns the DDL.
 Writes go to the primary (`pg_url`), each `replace_documents` call in one transaction; searches
-go to the first read replica (`pg_read_urls`) that answers, else the primary. Everything else
-(document hashes, the embedding cache, counts, iteration for a reindex) reads the primary: an
-indexing worker must see its own writes.
+go to the first read replica (`pg_read_urls`) that answers and has caught up, else the primary
+(pg_reads.py). Everything else (document hashes, the embedding cache, counts, iteration for a
+reindex) reads the primary: an indexing worker must see its own writes.
 
 What must stay true:
 - one psycopg_pool `ConnectionPool` per process and URL, built lazily in the process that uses
@@ -16,7 +16,8 @@ What must stay true:
   `pg_last_wal_replay_lsn()` has reached it, else the primary, and with the primary unreachable too
   raises `StoreUnavailableError` (the job ends `unavailable` with `retry_after`). A replica's position
   is re-read at most every `pg_pool.POSITION_TTL_S` per process (one round trip per replica per
-  50 ms, not per search); each check sets the replica-lag gauges. Nothing is ever promoted here;
+  50 ms, not per search); each check sets the replica-lag gauges. Nothing is ever promoted here:
+  promotion is the operator's or the platform's job (docs/scaling.md);
 - searches run with `statement_timeout` (`SearchTimeoutError` when it fires) and with
   `hnsw.iterative_scan = relaxed_order` (every search is filtered, by tenant at least): the HNSW
   scan keeps going until k rows pass the filter, so a tenant with 1 % of the rows still gets k
@@ -29,19 +30,16 @@ from __future__ import annotations
 import json
 import os
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql
-from psycopg_pool import PoolTimeout
 
-from ragfleet import metrics
 from ragfleet.schemas import MetadataValue, SearchMode
-from ragfleet.stores import pg_pool, pg_schema
-from ragfleet.stores.base import ChunkRecord, SearchHit, StoreUnavailableError, tags_for
+from ragfleet.stores import pg_pool, pg_reads, pg_schema
+from ragfleet.stores.base import ChunkRecord, SearchHit, tags_for
 from ragfleet.stores.fusion import fuse_minmax
 
 T = TypeVar("T")
@@ -84,94 +82,8 @@ class PostgresStore:
             yield conn
 
     def _read(self, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
-        """`fn` on the first replica that answers and has replayed `_min_lsn`, else on the primary;
-        with the primary unreachable, on a replica re-checked now; else `StoreUnavailableError`.
-
-        A replica that refuses a connection, or drops one mid-query, is skipped for
-        `pg_pool.REPLICA_RETRY_S` and the read moves on: a replica going away costs one slower query, not
-        an error. A cancelled statement (the statement timeout) is the query's own fault and is
-        raised, not retried elsewhere."""
-        required = self._min_lsn
-        behind: list[str] = []
-        for url in self.read_urls:
-            if pg_pool.replica_down_until.get(url, 0.0) > time.monotonic():
-                continue
-            known = pg_pool.replica_positions.get(url)
-            if (
-                known is not None
-                and known[1] < required
-                and time.monotonic() - known[0] < pg_pool.POSITION_TTL_S
-            ):
-                behind.append(url)  # checked a moment ago and behind: no round trip to learn it again
-                continue
-            got = self._on_replica(url, fn, required, check=known is None or known[1] < required)
-            if got:
-                return got[0]
-            if pg_pool.replica_down_until.get(url, 0.0) <= time.monotonic():
-                behind.append(url)
-        pool = pg_pool.pool_for(self.url, self.pool_size)
-        try:
-            conn = pool.getconn(timeout=pg_pool.PRIMARY_READ_TIMEOUT_S)
-        except (PoolTimeout, psycopg.OperationalError) as exc:
-            primary_error: BaseException = exc
-        else:
-            try:
-                return fn(conn)
-            except psycopg.errors.QueryCanceled:
-                raise
-            except psycopg.OperationalError as exc:
-                primary_error = exc
-            finally:
-                pool.putconn(conn)
-        for url in behind:  # the primary is gone: a replica that caught up since may still answer
-            got = self._on_replica(url, fn, required, check=True)
-            if got:
-                return got[0]
-        replicas = ", ".join(pg_pool.server_label(u) for u in self.read_urls) or "none configured"
-        raise StoreUnavailableError(
-            f"PostgreSQL primary {pg_pool.server_label(self.url)} is unreachable "
-            f"({type(primary_error).__name__}) and no read replica ({replicas}) has replayed the index's "
-            f"WAL position {required}: the search would read an older index than the one it serves",
-            retry_after=pg_pool.REPLICA_RETRY_S,
-        ) from primary_error
-
-    def _on_replica(
-        self, url: str, fn: Callable[[psycopg.Connection[Any]], T], required: int, *, check: bool
-    ) -> list[T]:
-        """[fn's value] from replica `url`, or [] when it is down or behind
-        `required`. `check`: read its replay position first (also when the cached one is older than
-        `POSITION_TTL_S`: that keeps the lag gauges current)."""
-        pool = pg_pool.pool_for(url, self.pool_size)
-        try:
-            conn = pool.getconn(timeout=pg_pool.REPLICA_CONNECT_TIMEOUT_S)
-        except (PoolTimeout, psycopg.OperationalError):
-            pg_pool.replica_down_until[url] = time.monotonic() + pg_pool.REPLICA_RETRY_S
-            return []
-        try:
-            known = pg_pool.replica_positions.get(url)
-            stale = known is None or time.monotonic() - known[0] >= pg_pool.POSITION_TTL_S
-            if (check or stale) and self._replayed(url, conn, required) < required:
-                return []
-            return [fn(conn)]
-        except psycopg.errors.QueryCanceled:
-            raise
-        except psycopg.OperationalError:
-            pg_pool.replica_down_until[url] = time.monotonic() + pg_pool.REPLICA_RETRY_S
-            return []
-        finally:
-            pool.putconn(conn)
-
-    def _replayed(self, url: str, conn: psycopg.Connection[Any], required: int) -> int:
-        """The replica's replay position, cached for `POSITION_TTL_S`; sets its lag gauges: bytes
-        behind what it has received or what the index needs (whichever is further), and seconds
-        since it last replayed a transaction while it is behind."""
-        row = conn.execute(pg_pool.REPLICA_POSITION).fetchone()
-        assert row is not None
-        replayed, received, since = int(row[0]), int(row[1]), float(row[2])
-        pg_pool.replica_positions[url] = (time.monotonic(), replayed)
-        lag = max(received, required) - replayed
-        metrics.set_replica_lag(pg_pool.server_label(url), lag, since if lag > 0 else 0.0)
-        return replayed
+        """`fn` where a search may read: a caught-up replica, else the primary (pg_reads.py)."""
+        return pg_reads.read(fn, self.url, self.read_urls, self.pool_size, self._min_lsn)
 
     # -- read-after-write --------------------------------------------------------------------------
     def wal_position(self) -> int:
