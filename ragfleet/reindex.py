@@ -20,7 +20,7 @@ from redis.lock import Lock
 from ragfleet.chunking import BLOCK_CHUNKER
 from ragfleet.indexing import copy_chunked_documents, index_documents
 from ragfleet.resources import Resources
-from ragfleet.stores.base import ChunkRecord, wal_position_of
+from ragfleet.stores.base import ChunkRecord, WalPositioned, wal_position_of
 
 LOCK_TTL_S = 120
 
@@ -142,9 +142,12 @@ def run_reindex(
                 progress(done, total)
         target.optimize()
         target.refresh()
+        position = wal_position_of(target)  # PostgreSQL: the new table and all its rows
+        if position is not None and isinstance(target, WalPositioned):
+            target.read_after(position)  # the verify searches must not read a replica without them
         chunks_after = target.count()
         _verify(res, source, target, docs, verify_sample)
-        ptr = res.index_state.switch(new, wal_position_of(target))
+        ptr = res.index_state.switch(new, position)
         dropped = _drop_older(res, keep={new, old})
         return ReindexReport(
             status="switched",

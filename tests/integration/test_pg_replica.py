@@ -216,3 +216,60 @@ def test_the_index_pointer_carries_the_write_position_and_a_query_job_ends_unava
         with psycopg.connect(pg_replica.url, autocommit=True) as r:
             r.execute("SELECT pg_wal_replay_resume()")
         res.store(settings.collection).drop()
+
+
+@pytest.mark.redis
+@pytest.mark.model
+@pytest.mark.usefixtures("redis_client")
+def test_a_reindex_with_replay_paused_verifies_and_serves_from_the_primary(
+    pg_server: Any, pg_replica: Any, base_settings: Any
+) -> None:
+    """A blue/green reindex creates a new table the paused replica has not got: its verify searches
+    and the first queries after the switch must read the primary (the switch carries the new table's
+    WAL position), not fail on a missing table or answer from nothing."""
+    from pydantic import SecretStr
+
+    from ragfleet import querying
+    from ragfleet.indexing import index_documents
+    from ragfleet.reindex import run_reindex
+    from ragfleet.resources import Resources
+    from ragfleet.schemas import QueryPayload
+
+    settings = base_settings.model_copy(
+        update={
+            "store": "postgres",
+            "pg_url": SecretStr(pg_server.url),
+            "pg_read_urls": SecretStr(pg_replica.url),
+            "collection": f"rr_{uuid.uuid4().hex[:8]}",
+            "key_prefix": f"{base_settings.key_prefix}:pgrr{uuid.uuid4().hex[:6]}",
+            "cache_enabled": False,
+        }
+    )
+    res = Resources(settings)
+    docs = [
+        {"id": f"doc-{i}", "title": f"Note {i}", "text": f"Note {i} explains {topic} in a fleet of workers."}
+        for i, topic in enumerate(["queues", "caches", "vectors", "locks"])
+    ]
+    assert not index_documents(res, docs, tenant="t").errors
+    old = res.index_state.read()
+    _wait_replayed(pg_replica.url, pg_server.url)
+    with psycopg.connect(pg_replica.url, autocommit=True) as r:
+        r.execute("SELECT pg_wal_replay_pause()")
+    new = None
+    try:
+        report = run_reindex(res, verify_sample=4)
+        new = report.new_collection
+        assert report.status == "switched"
+        pointer = res.index_state.read()
+        assert pointer.active == new and pointer.wal_lsn > old.wal_lsn
+        live, _ = res.live_store()
+        with psycopg.connect(pg_replica.url) as r:  # the replica has no such table yet
+            assert r.execute("SELECT to_regclass(%s)", (live.table,)).fetchone() == (None,)  # type: ignore[attr-defined]
+        q = QueryPayload(question="How are caches explained?", tenant="t", use_cache=False)
+        assert querying.retrieve(res, q).sources[0].doc_id == "doc-1"
+        assert live.last_read_port == pg_server.port  # type: ignore[attr-defined]
+    finally:
+        with psycopg.connect(pg_replica.url, autocommit=True) as r:
+            r.execute("SELECT pg_wal_replay_resume()")
+        for name in {old.active, new} - {None}:
+            res.store(str(name)).drop()
