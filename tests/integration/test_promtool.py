@@ -166,6 +166,8 @@ def test_dashboard_has_a_prometheus_datasource_variable() -> None:
         "Average rating",
         "Tokens/s by provider",
         "Cost per hour (USD)",
+        "PostgreSQL replica lag (seconds)",
+        "PostgreSQL replica lag (bytes)",
     ],
 )
 def test_dashboard_has_panel(title: str) -> None:
