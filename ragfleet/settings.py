@@ -99,8 +99,9 @@ class Settings(BaseSettings):
     `postgresql://ragfleet:PASSWORD@db:5432/ragfleet`; every write and the schema migrations go here (secret:
     it may carry a password)."""
     pg_read_urls: SecretStr | None = None
-    """Comma-separated libpq URLs of read replicas (optional): searches go to the first that answers, else
-    to the primary. Replicas may lag: leave unset where reads must see the latest write."""
+    """Comma-separated libpq URLs of read replicas (optional): searches go to the first that answers and has
+    replayed the index's latest write (its WAL position, in the index pointer), else to the primary; an
+    answer never comes from an older index than its version (docs/scaling.md)."""
     pg_statement_timeout_ms: int = 2_000
     """`statement_timeout` of every search on PostgreSQL: a slower one is cancelled and fails instead of
     holding a connection (a write is not limited)."""
