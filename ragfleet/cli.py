@@ -28,6 +28,7 @@ from ragfleet.dead_letters_cli import dlq_app
 from ragfleet.eval_cli import eval_command
 from ragfleet.feedback.cli import feedback_app
 from ragfleet.ingest_cli import ingest
+from ragfleet.sync_cli import sync
 
 app = typer.Typer(add_completion=False, help="ragfleet: RAG as queued work.", no_args_is_help=True)
 index_app = typer.Typer(help="Index versions: status and rollback.", no_args_is_help=True)
@@ -36,6 +37,7 @@ app.add_typer(feedback_app, name="feedback")
 app.add_typer(dlq_app, name="dlq")
 app.command("eval")(eval_command)
 app.command("ingest")(ingest)
+app.command("sync")(sync)
 console = Console()
 err = Console(stderr=True)
 
