@@ -11,10 +11,11 @@ What must stay true:
   never name other bytes.
 - A blob appears whole or not at all (written to a temporary file, then renamed into place), so a
   worker never parses half an upload.
-- An indexed document's blob is deleted; a failed one's is kept `blob_failed_ttl_s` (so the job can be
-  retried) and then removed by `sweep_failed`. Two uploads of the same bytes share the blob: if one is
-  indexed and deleted before the other is parsed, the other fails `not_found` and a retry re-uploads
-  (and embeds nothing, its chunks' content hashes being known).
+- An indexed document's blob is kept `blob_indexed_ttl_s` more and then removed by the sweep; a failed
+  one's is kept `blob_failed_ttl_s` (so the job can be retried). Why not delete an indexed blob at
+  once: two uploads of the same bytes share the blob (ingest of a folder holding copies, the same file
+  sent twice), and the second job, still queued, would find it gone and fail `not_found`. Storing the
+  bytes again clears both marks: the blob is referenced afresh.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from ragfleet.settings import Settings
 
 _BLOB_ID = re.compile(r"^[0-9a-f]{64}$")
 _COPY_BUFFER = 1 << 20
+_MARKS = ("failed", "indexed")  # subdirectories of marker files; a marker's mtime is when it was set
 
 
 def is_blob_id(value: str) -> bool:
@@ -60,10 +62,18 @@ class BlobStore(Protocol):
         """Delete failed blobs older than `ttl_s`; returns how many went."""
         ...
 
+    def mark_indexed(self, blob_id: str) -> None:
+        """An indexed document's blob: kept for the indexed TTL, then swept (see the module docstring)."""
+        ...
+
+    def sweep_indexed(self, ttl_s: float, *, now: float | None = None) -> int:
+        """Delete indexed blobs marked longer than `ttl_s` ago; returns how many went."""
+        ...
+
 
 class DirectoryBlobStore:
-    """Blobs as files `<root>/<id[:2]>/<id>`; failed ones marked by `<root>/failed/<id>` (its mtime is
-    when it failed)."""
+    """Blobs as files `<root>/<id[:2]>/<id>`; failed and indexed ones marked by `<root>/failed/<id>` and
+    `<root>/indexed/<id>` (a marker's mtime is when it was set)."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
@@ -94,7 +104,8 @@ class DirectoryBlobStore:
         except BaseException:
             Path(tmp_name).unlink(missing_ok=True)
             raise
-        (self.root / "failed" / blob_id).unlink(missing_ok=True)  # stored again: a fresh chance
+        for mark in _MARKS:  # stored again: referenced afresh
+            (self.root / mark / blob_id).unlink(missing_ok=True)
         return blob_id
 
     def open(self, blob_id: str) -> BinaryIO:
@@ -107,7 +118,8 @@ class DirectoryBlobStore:
         return self._file(blob_id).is_file()
 
     def delete(self, blob_id: str) -> bool:
-        (self.root / "failed" / blob_id).unlink(missing_ok=True)
+        for mark in _MARKS:
+            (self.root / mark / blob_id).unlink(missing_ok=True)
         try:
             self._file(blob_id).unlink()
         except FileNotFoundError:
@@ -115,18 +127,30 @@ class DirectoryBlobStore:
         return True
 
     def mark_failed(self, blob_id: str) -> None:
+        self._mark("failed", blob_id)
+
+    def mark_indexed(self, blob_id: str) -> None:
+        self._mark("indexed", blob_id)
+
+    def sweep_failed(self, ttl_s: float, *, now: float | None = None) -> int:
+        return self._sweep("failed", ttl_s, now)
+
+    def sweep_indexed(self, ttl_s: float, *, now: float | None = None) -> int:
+        return self._sweep("indexed", ttl_s, now)
+
+    def _mark(self, mark: str, blob_id: str) -> None:
         self._file(blob_id)  # validates the id
-        marker = self.root / "failed" / blob_id
+        marker = self.root / mark / blob_id
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.touch()
 
-    def sweep_failed(self, ttl_s: float, *, now: float | None = None) -> int:
+    def _sweep(self, mark: str, ttl_s: float, now: float | None) -> int:
         now = time.time() if now is None else now
-        failed = self.root / "failed"
-        if not failed.is_dir():
+        marks = self.root / mark
+        if not marks.is_dir():
             return 0
         removed = 0
-        for marker in failed.iterdir():
+        for marker in marks.iterdir():
             try:
                 if now - marker.stat().st_mtime < ttl_s:
                     continue

@@ -151,8 +151,9 @@ def index_documents(
     else:
         result.index_version = res.index_state.version()
     for blob_id in done_blobs:
-        blobs.delete(blob_id)
+        blobs.mark_indexed(blob_id)  # not deleted yet: another queued job may hold the same bytes
     if files:
+        blobs.sweep_indexed(s.blob_indexed_ttl_s)
         blobs.sweep_failed(s.blob_failed_ttl_s)
     return result
 

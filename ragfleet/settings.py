@@ -164,8 +164,10 @@ class Settings(BaseSettings):
     """Directory under which `ragfleet.index_documents` may read files named by `path` (unset: no path is
     accepted, only blob ids)."""
     blob_failed_ttl_s: int = 7 * 86_400
-    """A failed document's blob is kept this long (so the job can be retried), then swept; an indexed
-    document's blob is deleted at once."""
+    """A failed document's blob is kept this long (so the job can be retried), then swept."""
+    blob_indexed_ttl_s: int = 3_600
+    """An indexed document's blob is kept this long, then swept: a queued job holding the same bytes (a
+    duplicate file, the same upload twice) must still find it."""
     files_per_task: int = 12
     """Most files in one indexing task: each may take `parse_timeout_s`, and together they must fit the
     task's hard limit (`index_time_limit_s`)."""

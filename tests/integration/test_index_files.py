@@ -3,12 +3,13 @@ store, real parsing children, and a stand-in encoder that counts what it encodes
 
 What is checked: a file becomes chunks that carry `source`, `page` and `section` in the metadata the
 store returns; a bad file is an entry of `errors` with its parse code while the rest is indexed; the
-same file again embeds nothing; an indexed blob is deleted and a failed one kept; a `path` outside
+same file again embeds nothing; an indexed blob is swept after its TTL and a failed one kept; a `path` outside
 the blob area is refused. The fleet path (workers, HTTP, CLI) is tests/integration/test_files_fleet.py.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +86,10 @@ def test_files_are_indexed_with_page_and_section_and_bad_ones_are_named(
 
     blobs = blob_store(res.settings)
     assert isinstance(blobs, DirectoryBlobStore)
-    assert not blobs.exists(pdf["blob_id"]) and not blobs.exists(docx["blob_id"])  # indexed: deleted
+    for indexed in (pdf["blob_id"], docx["blob_id"]):  # indexed: marked, swept after blob_indexed_ttl_s
+        assert (blobs.root / "indexed" / indexed).exists()
+    assert blobs.sweep_indexed(0, now=time.time() + 1) == 2
+    assert not blobs.exists(pdf["blob_id"]) and not blobs.exists(docx["blob_id"])
     assert blobs.exists(bad["blob_id"])  # failed: kept for a retry, marked for the TTL sweep
     assert (blobs.root / "failed" / bad["blob_id"]).exists()
 

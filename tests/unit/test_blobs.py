@@ -65,3 +65,20 @@ def test_default_root_is_under_the_data_dir(tmp_path: Path) -> None:
     store = blob_store(Settings(data_dir=tmp_path))
     assert isinstance(store, DirectoryBlobStore) and store.root == tmp_path / "blobs"
     assert Settings(data_dir=tmp_path, blob_dir=tmp_path / "x").blob_root == tmp_path / "x"
+
+
+def test_an_indexed_blob_outlives_its_first_job_so_a_duplicate_upload_still_finds_it(tmp_path: Path) -> None:
+    """Two uploads of the same bytes are one blob: the first job's cleanup must not take it from the
+    second, still queued (found by bench/bench_parsing.py: 137 of 200 duplicate files lost)."""
+    store = DirectoryBlobStore(tmp_path)
+    blob = store.put(b"the same handbook, uploaded twice")
+    store.mark_indexed(blob)  # the first job indexed it
+    now = time.time()
+    assert store.sweep_indexed(3_600, now=now) == 0
+    assert store.exists(blob)  # the second job still parses it
+    assert store.put(b"the same handbook, uploaded twice") == blob  # a third upload: referenced afresh
+    assert not (tmp_path / "indexed" / blob).exists()
+    store.mark_indexed(blob)
+    os.utime(tmp_path / "indexed" / blob, (now - 7_200, now - 7_200))
+    assert store.sweep_indexed(3_600, now=now) == 1
+    assert not store.exists(blob)
