@@ -14,20 +14,12 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
 from ragfleet.client import FleetClient, JobFailedError
 from ragfleet.dead_letters_cli import dlq_app
 from ragfleet.eval_cli import eval_command
 from ragfleet.feedback.cli import feedback_app
-from ragfleet.ingest_cli import ingest
+from ragfleet.ingest_cli import ingest, progress_bar
 from ragfleet.sync_cli import sync
 
 app = typer.Typer(add_completion=False, help="ragfleet: RAG as queued work.", no_args_is_help=True)
@@ -40,18 +32,6 @@ app.command("ingest")(ingest)
 app.command("sync")(sync)
 console = Console()
 err = Console(stderr=True)
-
-
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        transient=False,
-    )
 
 
 def source_label(s: dict[str, Any]) -> str:
@@ -179,7 +159,7 @@ def batch(
             err.print(f"  {e['loc']}: {e['msg']}")
         raise typer.Exit(2) from exc
     err.print(f"batch {batch_id}: {len(items)} questions")
-    with _progress() as bar:
+    with progress_bar() as bar:
         task = bar.add_task("answering", total=len(items))
 
         def show(st: dict[str, Any]) -> None:

@@ -33,7 +33,8 @@ console = Console()
 err = Console(stderr=True)
 
 
-def _progress() -> Progress:
+def progress_bar() -> Progress:
+    """The CLI's progress bar (ingest, batch), on stderr so `--json` output stays clean."""
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -126,7 +127,7 @@ def ingest(
         return
     totals: dict[str, int] = {}
     pending = set(jobs)
-    with _progress() as bar:
+    with progress_bar() as bar:
         task = bar.add_task("indexing", total=sent)
         deadline = time.monotonic() + timeout
         while pending and time.monotonic() < deadline:
