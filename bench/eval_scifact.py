@@ -84,7 +84,7 @@ def embed_cached(texts: list[str], settings: Settings, tag: str) -> np.ndarray:
 
 def build_store(data: Dataset, settings: Settings) -> Any:
     """A LanceDB store of the whole corpus, chunked with `settings`, written by the real store code."""
-    from ragfleet.indexing import row_hash
+    from ragfleet.indexing_files import row_hash
     from ragfleet.stores.base import ChunkRecord, chunk_id_for
     from ragfleet.stores.lancedb_store import LanceDBStore
 

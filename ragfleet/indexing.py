@@ -16,7 +16,12 @@ from pydantic import ValidationError
 
 from ragfleet.blobs import blob_store
 from ragfleet.chunking import chunk_text
-from ragfleet.indexing_files import file_records, row_hash, validate_files, validation_reason
+from ragfleet.indexing_files import (
+    file_records,
+    pending_record,
+    validate_files,
+    validation_reason,
+)
 from ragfleet.resources import Resources
 from ragfleet.schemas import (
     DocumentError,
@@ -25,7 +30,7 @@ from ragfleet.schemas import (
     FileIn,
     IndexResult,
 )
-from ragfleet.stores.base import ChunkRecord, VectorStore, chunk_id_for, wal_position_of
+from ragfleet.stores.base import ChunkRecord, VectorStore, wal_position_of
 
 ProgressFn = Callable[[int, int], None]  # (documents done, documents total)
 WRITE_BATCH_DOCS = 256
@@ -116,19 +121,16 @@ def index_documents(
                     )
                     continue
                 records = [
-                    ChunkRecord(
-                        chunk_id=chunk_id_for(ten, doc_id, c.index),
-                        doc_id=doc_id,
+                    pending_record(
                         tenant=ten,
-                        chunk_index=c.index,
+                        doc_id=doc_id,
+                        index=c.index,
                         text=c.text,
                         title=doc.title,
                         start=c.start,
                         end=c.end,
-                        content_hash=row_hash(c.text, doc.metadata),
-                        embedding_model=model,
-                        vector=[],
-                        metadata=dict(doc.metadata),
+                        metadata=doc.metadata,
+                        model=model,
                     )
                     for c in chunks
                 ]
@@ -205,19 +207,16 @@ def copy_chunked_documents(
     model = res.settings.embedding_model
     pending = {
         doc_id: [
-            ChunkRecord(
-                chunk_id=chunk_id_for(tenant, doc_id, c.chunk_index),
-                doc_id=doc_id,
+            pending_record(
                 tenant=tenant,
-                chunk_index=c.chunk_index,
+                doc_id=doc_id,
+                index=c.chunk_index,
                 text=c.text,
                 title=c.title,
                 start=c.start,
                 end=c.end,
-                content_hash=row_hash(c.text, c.metadata),
-                embedding_model=model,
-                vector=[],
-                metadata=dict(c.metadata),
+                metadata=c.metadata,
+                model=model,
             )
             for c in chunks
         ]

@@ -45,6 +45,36 @@ def row_hash(text: str, metadata: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:32]
 
 
+def pending_record(
+    *,
+    tenant: str,
+    doc_id: str,
+    index: int,
+    text: str,
+    title: str | None,
+    start: int,
+    end: int,
+    metadata: dict[str, MetadataValue],
+    model: str,
+) -> ChunkRecord:
+    """A chunk as it is written before its vector is filled (`_fill_vectors`): its id and its content
+    hash are derived here, in one place, for text documents, parsed files and reindex copies alike."""
+    return ChunkRecord(
+        chunk_id=chunk_id_for(tenant, doc_id, index),
+        doc_id=doc_id,
+        tenant=tenant,
+        chunk_index=index,
+        text=text,
+        title=title,
+        start=start,
+        end=end,
+        content_hash=row_hash(text, metadata),
+        embedding_model=model,
+        vector=[],
+        metadata=dict(metadata),
+    )
+
+
 def validation_reason(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors()[:3]:
@@ -161,19 +191,16 @@ def file_records(
         if c.section:
             metadata["section"] = " > ".join(c.section)
         records.append(
-            ChunkRecord(
-                chunk_id=chunk_id_for(tenant, f.doc_id, c.index),
-                doc_id=f.doc_id,
+            pending_record(
                 tenant=tenant,
-                chunk_index=c.index,
+                doc_id=f.doc_id,
+                index=c.index,
                 text=c.text,
                 title=f.title,
                 start=c.start,
                 end=c.end,
-                content_hash=row_hash(c.text, metadata),
-                embedding_model=s.embedding_model,
-                vector=[],
                 metadata=metadata,
+                model=s.embedding_model,
             )
         )
     r = parsed.report

@@ -21,7 +21,7 @@ import pytest
 
 from ragfleet.chunking import chunk_text
 from ragfleet.events import JobEvents
-from ragfleet.indexing import row_hash
+from ragfleet.indexing_files import row_hash
 from ragfleet.names import TaskName
 from ragfleet.producer import enqueue
 from ragfleet.redis_conn import get_redis
