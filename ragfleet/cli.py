@@ -19,6 +19,7 @@ from ragfleet.client import FleetClient, JobFailedError
 from ragfleet.dead_letters_cli import dlq_app
 from ragfleet.eval_cli import eval_command
 from ragfleet.feedback.cli import feedback_app
+from ragfleet.fleet_status import status_command
 from ragfleet.ingest_cli import ingest, progress_bar
 from ragfleet.sync_cli import sync
 
@@ -30,6 +31,7 @@ app.add_typer(dlq_app, name="dlq")
 app.command("eval")(eval_command)
 app.command("ingest")(ingest)
 app.command("sync")(sync)
+app.command("status")(status_command)
 console = Console()
 err = Console(stderr=True)
 

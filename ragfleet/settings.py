@@ -285,6 +285,18 @@ class Settings(BaseSettings):
     # from one command line (infra/supervisor/retrieval.conf sets it to the node's number)
     metrics_port_offset: int = 0
     """Added to `metrics_port`: supervisord gives retrieval node n the offset n."""
+    metrics_port_shift: int = 0
+    """Added to every node's metrics port on top of its offset: a second fleet on one host (a test's,
+    beside README command 1's) serves its metrics on ports of its own."""
+    beat_max_interval_s: float = 5.0
+    """Longest sleep of beat between ticks; each tick renews beat's RedBeat lock, and a standby (or a
+    restarted beat) polls for the lock this often."""
+    beat_lock_timeout_s: int = 15
+    """TTL of beat's RedBeat lock (above `beat_max_interval_s`, renewed each tick): a SIGKILLed beat's
+    lock is taken over by its restarted self or a standby within this plus `beat_max_interval_s`."""
+    fleet_dir: Path = Path("./var")
+    """The local supervised fleet's directory (infra/supervisor/fleet.conf): supervisord's pid file,
+    its socket (`ragfleet status` reads it) and every process's log, `log/<process>.log`."""
     heartbeat_file: Path | None = None
     """File a worker node touches every few seconds from a thread of its own (None = off): a liveness
     probe that reads its age costs no broker round trip (infra/k8s, workers/hooks/heartbeat.py)."""

@@ -12,19 +12,21 @@ export HF_HUB_OFFLINE=1 OPENBLAS_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false
 export RAGFLEET_DATA_DIR="${RAGFLEET_DATA_DIR:-$(pwd)/var/data}"
 export RAGFLEET_FEEDBACK_DB_URL="${RAGFLEET_FEEDBACK_DB_URL:-sqlite:///$(pwd)/var/feedback.db}"
 export RAGFLEET_METRICS_DIR="${RAGFLEET_METRICS_DIR:-$(pwd)/var/prom}"
-mkdir -p var "$RAGFLEET_DATA_DIR"; rm -rf "$RAGFLEET_METRICS_DIR"; mkdir -p "$RAGFLEET_METRICS_DIR"
-if [ -f var/fleet.pid ] && kill -0 "$(cat var/fleet.pid)" 2>/dev/null; then
-  echo "fleet already running (pid $(cat var/fleet.pid))"
+mkdir -p var "$RAGFLEET_DATA_DIR"
+# shellcheck source=scripts/fleet_env.sh
+. scripts/fleet_env.sh
+if pid=$(fleet_pid); then
+  echo "fleet already running (supervisord pid $pid)"
 else
-  PROCS="api retrieval generation indexing feedback maintenance beat"
-  [ -n "${RAGFLEET_FLOWER_PASSWORD:-}" ] && PROCS="$PROCS flower"
-  # shellcheck disable=SC2086
-  setsid honcho start -f Procfile $PROCS > var/fleet.log 2>&1 < /dev/null &
-  echo $! > var/fleet.pid
-  echo "fleet starting (pid $(cat var/fleet.pid), log var/fleet.log)"
+  rm -rf "$RAGFLEET_METRICS_DIR"; mkdir -p "$RAGFLEET_METRICS_DIR"  # no metrics of a previous run's pids
+  # every process of the fleet under one supervisord (infra/supervisor/fleet.conf), which daemonizes
+  supervisord -c "$FLEET_CONF"
+  for _ in $(seq 100); do [ -S "$RAGFLEET_FLEET_DIR/supervisor.sock" ] && break; sleep 0.1; done
+  if [ -n "${RAGFLEET_FLOWER_PASSWORD:-}" ]; then supervisorctl -c "$FLEET_CONF" start flower; fi
+  echo "fleet starting (supervisord pid $(cat "$FLEET_PIDFILE"), logs $RAGFLEET_FLEET_DIR/log/)"
 fi
 ragfleet wait-ready --pools retrieval,generation,indexing --timeout 180
 ragfleet ingest demo/corpus --batch-size 16
 ragfleet ask "What happens to a task when its worker is killed?"
 echo
-echo "API: http://127.0.0.1:${RAGFLEET_API_PORT:-8000}/docs   stop the fleet: bash scripts/stop.sh"
+echo "API: $RAGFLEET_API_URL/docs   processes: ragfleet status   stop the fleet: bash scripts/stop.sh"

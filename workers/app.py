@@ -30,6 +30,7 @@ from workers.hooks import (
     heartbeat,
     inflight,
     interactive,
+    lifeline,
     logs,
     metrics,
     node,
@@ -45,6 +46,7 @@ TASK_MODULES = [f"tasks.{q.value}" for q in Queue]
 # The worker's Celery wiring, installed in this order (workers/hooks/__init__.py says why it matters).
 HOOKS: tuple[Callable[[Celery], None], ...] = (
     node.install,
+    lifeline.install,  # before the warm-up: a child that dies with its parent need not load a model
     logs.install,
     request_id.install,
     metrics.install,
@@ -109,8 +111,8 @@ def create_app(settings: Settings | None = None) -> Celery:
     app.conf.beat_schedule = beat_schedule(s)
     app.conf.redbeat_redis_url = s.redis_url
     app.conf.redbeat_key_prefix = s.key("redbeat") + ":"
-    app.conf.redbeat_lock_timeout = 60
-    app.conf.beat_max_loop_interval = 10
+    app.conf.redbeat_lock_timeout = s.beat_lock_timeout_s
+    app.conf.beat_max_loop_interval = s.beat_max_interval_s
     return app
 
 

@@ -179,7 +179,8 @@ WORKER_ROLES: tuple[WorkerRole, ...] = (
 )
 
 PROCESS_ROLES: tuple[ProcessRole, ...] = (
-    ProcessRole("beat", "celery -A workers.app beat -S redbeat.RedBeatScheduler --max-interval 10"),
+    # its tick interval and lock timeout are Settings (RAGFLEET_BEAT_MAX_INTERVAL_S, _LOCK_TIMEOUT_S)
+    ProcessRole("beat", "celery -A workers.app beat -S redbeat.RedBeatScheduler"),
     ProcessRole("flower", "python -m workers.flower"),
 )
 
@@ -237,14 +238,20 @@ def process_command(name: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """No arguments: print the Procfile. `--command ROLE`: print the command line of one process of
-    ROLE (what the container image's entrypoint runs)."""
+    """No arguments: print the Procfile. `--supervisord`: print the local fleet's supervisord
+    configuration (infra/supervisor/fleet.conf). `--command ROLE`: print the command line of one
+    process of ROLE (what the container image's entrypoint runs)."""
     args = sys.argv[1:] if argv is None else argv
     if not args:
         sys.stdout.write(procfile())
         return
+    if args == ["--supervisord"]:
+        from workers.supervisord import fleet_conf  # it imports this module
+
+        sys.stdout.write(fleet_conf())
+        return
     if len(args) != 2 or args[0] != "--command":
-        sys.exit("usage: python -m workers.roles [--command ROLE]")
+        sys.exit("usage: python -m workers.roles [--supervisord | --command ROLE]")
     try:
         sys.stdout.write(process_command(args[1]) + "\n")
     except KeyError:

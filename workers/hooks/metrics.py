@@ -90,12 +90,12 @@ def _on_process_shutdown(pid: int | None = None, **_: Any) -> None:
 
 def _after_setup(sender: str, **_: Any) -> None:
     """The node's main process: one metrics directory per node (its prefork children write there,
-    it serves what they write), and its `/metrics` port (RAGFLEET_METRICS_PORT + offset)."""
+    it serves what they write), and its `/metrics` port (RAGFLEET_METRICS_PORT + offset + shift)."""
     s = get_settings()
     if s.metrics_dir is not None:
         metrics.configure_multiproc(s.metrics_dir / sender.replace("@", "_"), wipe=True)
     if s.metrics_port:
-        metrics.start_worker_metrics_server(s.metrics_port + s.metrics_port_offset)
+        metrics.start_worker_metrics_server(s.metrics_port + s.metrics_port_offset + s.metrics_port_shift)
 
 
 def install_task_signals() -> None:
