@@ -37,10 +37,10 @@ EMPTY = "empty"
 # launcher): they place processes, not settings of the code. tests/unit/test_config_doc.py fails when
 # one of those files reads a RAGFLEET_* variable that is neither a setting nor listed here.
 LAUNCH_VARIABLES: dict[str, tuple[str, str]] = {
-    "RAGFLEET_API_PORT": ("8000", "Port of the API (the Procfile's `api` line)."),
+    "RAGFLEET_API_PORT": ("8000", "Port of the API (infra/supervisor/fleet.conf, the Procfile)."),
     "RAGFLEET_RETRIEVAL_NODES": (
         "2",
-        "Solo retrieval nodes supervisord runs (the Procfile's `retrieval` line; one per core).",
+        "Solo retrieval nodes supervisord runs (infra/supervisor/fleet.conf, the Procfile; one per core).",
     ),
     "RAGFLEET_SUPERVISOR_PIDFILE": (
         "var/retrieval-supervisord.pid",

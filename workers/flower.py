@@ -11,11 +11,14 @@ import sys
 
 from ragfleet.settings import get_settings
 
+NOT_CONFIGURED = 78  # EX_CONFIG: supervisord (infra/supervisor/fleet.conf) does not restart this exit
+
 
 def main() -> None:
     s = get_settings()
     if s.flower_password is None:
-        sys.exit("set RAGFLEET_FLOWER_PASSWORD to start Flower (basic auth is required)")
+        print("set RAGFLEET_FLOWER_PASSWORD to start Flower (basic auth is required)", file=sys.stderr)
+        sys.exit(NOT_CONFIGURED)
     auth = f"{s.flower_user}:{s.flower_password.get_secret_value()}"
     os.environ["FLOWER_UNAUTHENTICATED_API"] = "false"
     port = os.environ.get("RAGFLEET_FLOWER_PORT", "5555")

@@ -23,6 +23,7 @@ from __future__ import annotations
 import shlex
 
 from ragfleet.settings import Settings
+from workers.flower import NOT_CONFIGURED as FLOWER_NOT_CONFIGURED
 from workers.manifests import STOP_MARGIN_S, drain_grace_s
 from workers.roles import API_ROLE, PROCESS_ROLES, WORKER_ROLES, WorkerRole, api_argv
 
@@ -42,7 +43,9 @@ def _env(name: str) -> str:
     return f"%(ENV_{name})s"
 
 
-def _program(name: str, command: str, stop_s: int, extra: list[str] | None = None) -> list[str]:
+def _program(
+    name: str, command: str, stop_s: int, extra: list[str] | None = None, autorestart: str = "true"
+) -> list[str]:
     fleet = _env("RAGFLEET_FLEET_DIR")
     log = f"{fleet}/log/%(program_name)s.log"
     if any(line.startswith("numprocs=") for line in extra or []):
@@ -54,7 +57,7 @@ def _program(name: str, command: str, stop_s: int, extra: list[str] | None = Non
         "directory=%(here)s/../..",
         f"startsecs={START_SECS}",
         f"startretries={START_RETRIES}",
-        "autorestart=true",
+        f"autorestart={autorestart}",
         # SIGTERM: Celery's warm shutdown, uvicorn's graceful one; SIGKILL to the group after stopwaitsecs
         "stopsignal=TERM",
         f"stopwaitsecs={stop_s}",
@@ -120,7 +123,9 @@ def fleet_conf(settings: Settings | None = None) -> str:
     for role in WORKER_ROLES:
         lines += _worker(role, s)
     for other in PROCESS_ROLES:
-        # Flower needs RAGFLEET_FLOWER_PASSWORD: `supervisorctl start flower` where one is set
-        extra = ["autostart=false"] if other.name == "flower" else []
-        lines += _program(other.name, other.command, STOP_MARGIN_S, extra)
+        if other.name == "flower":  # it needs RAGFLEET_FLOWER_PASSWORD: `supervisorctl start flower`
+            extra = ["autostart=false", f"exitcodes=0,{FLOWER_NOT_CONFIGURED}"]  # no restart loop without one
+            lines += _program(other.name, other.command, STOP_MARGIN_S, extra, autorestart="unexpected")
+        else:
+            lines += _program(other.name, other.command, STOP_MARGIN_S)
     return "\n".join(lines).rstrip("\n") + "\n"

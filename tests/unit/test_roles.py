@@ -1,18 +1,24 @@
-"""The Procfile and infra/supervisor/*.conf run what workers/roles.py declares: the same command
-lines, queues, pools, concurrency, metrics ports and time-limit mode."""
+"""The Procfile and infra/supervisor/*.conf (fleet.conf: README command 1's supervisord, rendered
+from the roles) run what workers/roles.py declares: the same command lines, queues, pools,
+concurrency, metrics ports and time-limit mode."""
 
 from __future__ import annotations
 
 import configparser
+import re
 import shlex
 
 import pytest
 
 from ragfleet.names import Queue
+from ragfleet.settings import Settings
 from tests.conftest import REPO
 from tests.fleet import POOLS
-from workers import roles
+from workers import roles, supervisord
+from workers.flower import NOT_CONFIGURED
+from workers.manifests import drain_grace_s
 from workers.roles import Pool, TimeLimitMode, WarmUp, WorkerRole
+from workers.supervisord import fleet_conf
 
 
 def _procfile() -> dict[str, str]:
@@ -96,3 +102,64 @@ def test_the_running_pool_decides_the_time_limit_mode() -> None:
     )
     assert roles.time_limit_mode("solo", exit_on_hard_limit=False) is TimeLimitMode.WATCHDOG
     assert roles.time_limit_mode("solo", exit_on_hard_limit=True) is TimeLimitMode.WATCHDOG_EXIT
+
+
+def _fleet_conf() -> configparser.ConfigParser:
+    conf = configparser.ConfigParser(interpolation=None)
+    conf.read(REPO / "infra" / "supervisor" / "fleet.conf")
+    return conf
+
+
+def test_the_fleet_supervisord_conf_is_rendered_from_the_roles() -> None:
+    text = (REPO / "infra" / "supervisor" / "fleet.conf").read_text()
+    assert text == fleet_conf(), f"run: {supervisord.COMMAND}"
+
+
+def test_the_fleet_conf_runs_every_process_of_the_fleet_as_declared() -> None:
+    conf = _fleet_conf()
+    programs = {s.removeprefix("program:") for s in conf.sections() if s.startswith("program:")}
+    assert programs == {roles.API_ROLE.name, *roles.ROLES, *(r.name for r in roles.PROCESS_ROLES)}
+    for role in roles.WORKER_ROLES:
+        program = conf[f"program:{role.name}"]
+        argv = shlex.split(program["command"])
+        assert argv[: argv.index("-n")] == role.worker_argv()[: role.worker_argv().index("-n")]
+        assert argv[argv.index("-n") + 2 :] == role.worker_argv()[role.worker_argv().index("-n") + 2 :]
+        env = dict(item.split("=", 1) for item in program["environment"].split(","))
+        assert env.pop("RAGFLEET_METRICS_PORT") == f'"{role.metrics_port}"'
+        if role.supervised:  # one solo node a program process, node n named <role><n>@host
+            assert program["numprocs"] == f"%(ENV_{role.nodes_env})s"
+            assert argv[argv.index("-n") + 1] == f"{role.name}%(process_num)d@%(host_node_name)s"
+            assert env.pop("RAGFLEET_METRICS_PORT_OFFSET") == '"%(process_num)d"'
+        assert {k: v.strip('"') for k, v in env.items()} == role.env
+    for other in roles.PROCESS_ROLES:
+        assert conf[f"program:{other.name}"]["command"] == other.command
+    flower = conf["program:flower"]  # it needs a password: started on demand, not restarted without one
+    assert (flower["autostart"], flower["exitcodes"]) == ("false", f"0,{NOT_CONFIGURED}")
+
+
+def test_every_program_restarts_logs_alone_and_stops_as_a_group_after_its_drain() -> None:
+    conf = _fleet_conf()
+    s = Settings.model_construct()
+    for section in (s for s in conf.sections() if s.startswith("program:")):
+        program, name = conf[section], section.removeprefix("program:")
+        assert program["autorestart"] == ("unexpected" if name == "flower" else "true")
+        assert int(program["startsecs"]) > 0 and int(program["startretries"]) > 1  # backoff on a crash loop
+        assert program["stopasgroup"] == program["killasgroup"] == "true"
+        assert program["stdout_logfile"].startswith("%(ENV_RAGFLEET_FLEET_DIR)s/log/%(program_name)s")
+        assert program["redirect_stderr"] == "true"
+        if name in roles.ROLES:
+            assert int(program["stopwaitsecs"]) > drain_grace_s(roles.ROLES[name], s)
+    assert int(conf["program:api"]["stopwaitsecs"]) > s.long_poll_max_s
+    assert conf["supervisorctl"]["serverurl"] == "unix://%(ENV_RAGFLEET_FLEET_DIR)s/supervisor.sock"
+    assert conf["unix_http_server"]["file"] == "%(ENV_RAGFLEET_FLEET_DIR)s/supervisor.sock"
+
+
+def test_the_scripts_give_every_variable_the_fleet_conf_reads() -> None:
+    """supervisord refuses a configuration whose `%(ENV_X)s` is unset: scripts/fleet_env.sh (sourced
+    by demo.sh and stop.sh) defaults each one."""
+    text = (REPO / "infra" / "supervisor" / "fleet.conf").read_text()
+    used = set(re.findall(r"%\(ENV_(\w+)\)s", text))
+    assert used == set(supervisord.FLEET_VARIABLES)
+    fleet_env = (REPO / "scripts" / "fleet_env.sh").read_text()
+    for name in used:
+        assert re.search(rf'^export {name}="\${{{name}:-[^}}]+}}"$', fleet_env, re.M), name

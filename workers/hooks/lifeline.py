@@ -26,7 +26,9 @@ def _record_parent(**_: Any) -> None:
 
 
 def _child_started(**_: Any) -> None:
-    die_with_parent(_parent_pid)
+    # the solo pool sends worker_process_init in the node's own process: no parent to die with
+    if os.getpid() != _parent_pid:
+        die_with_parent(_parent_pid)
 
 
 def install(app: Celery) -> None:
