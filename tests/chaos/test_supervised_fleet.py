@@ -106,6 +106,7 @@ def _kill(fleet: SupervisedFleet, name: str) -> tuple[float, int, list[int]]:
     return t0, pid, kids
 
 
+@pytest.mark.timeout(600)  # a fleet start, seven restarts and a drained stop
 def test_the_supervised_fleet_restarts_any_killed_process_under_load(fleet: SupervisedFleet) -> None:
     nodes = [f"retrieval{n}" for n in range(fleet.retrieval_nodes)]
     workers = [*nodes, "generation", "indexing", "feedback", "maintenance"]
