@@ -97,6 +97,26 @@ def fleet(base_settings: Settings, tmp_path: Path) -> Iterator[SupervisedFleet]:
         delete_prefix(settings.redis_url, settings.key_prefix)
 
 
+def _where(fleet: SupervisedFleet, job_id: str) -> list[str]:
+    """The broker keys whose content names `job_id` (a queue list, kombu's unacked hash, a node's
+    in-flight set): where a query that never ended is stuck."""
+    r = fleet.redis
+    found = []
+    for key in r.scan_iter(f"{fleet.settings.broker_key_prefix}*", count=1000):
+        kind = r.type(key)
+        if kind == "list":
+            values = r.lrange(key, 0, -1)
+        elif kind == "hash":
+            values = list(r.hvals(key))
+        elif kind == "set":
+            values = list(r.smembers(key))
+        else:
+            continue
+        if any(job_id in v for v in values):
+            found.append(f"{kind} {key}")
+    return found
+
+
 def _kill(fleet: SupervisedFleet, name: str) -> tuple[float, int, list[int]]:
     """SIGKILL process `name` (supervisord's name) alone, not its children: (when, pid, children)."""
     pid = fleet.pid(name)
@@ -178,7 +198,7 @@ def test_the_supervised_fleet_restarts_any_killed_process_under_load(fleet: Supe
     load.stop.set()
     thread.join(120)
     print(f"load: {load.done} queries answered, {len(load.failed)} failed, {len(load.refused)} refused")
-    assert load.failed == [], load.failed[:3]
+    assert load.failed == [], [(rec, _where(fleet, rec["job_id"])) for rec in load.failed[:3]]
     # refused connections only while the API itself was down
     assert load.refused == refused_during_api, "connections refused while the API was up"
     assert all(v < BACK_WITHIN_S for v in back.values()), back
