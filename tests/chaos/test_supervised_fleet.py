@@ -72,7 +72,7 @@ class Load:
         resp = http.post("/v1/queries", params={"wait": 20}, json={"question": question, "use_cache": False})
         resp.raise_for_status()
         record = resp.json()
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 45  # a restart is back within 30 s and requeues what it held
         while record.get("status") not in ("done", "failed", "cancelled") and time.monotonic() < deadline:
             got = http.get(f"/v1/jobs/{record['job_id']}")
             got.raise_for_status()
@@ -202,9 +202,9 @@ def test_the_supervised_fleet_restarts_any_killed_process_under_load(fleet: Supe
     print(f"load: {load.done} queries answered, {len(load.failed)} failed, {len(load.refused)} refused")
     # A query whose message the killed node had just popped (BRPOP) but not yet recorded in
     # kombu's unacked hash is in no broker key: nothing can restore it, and its job stays at the
-    # stage it reached. Seen here in 2 of 4 runs (a known gap of kombu's Redis transport, left to a
-    # follow-up: issue 22's report). Allowed only for a query submitted just before the kill of the
-    # pool its record waits on, and found nowhere in the broker; any other failure fails the test.
+    # stage it reached. Seen here in 4 of 6 runs: a known gap of kombu's Redis transport
+    # (docs/reliability.md). Allowed only for a query created just before the kill of the pool its
+    # record waits on, and found nowhere in the broker; any other failure fails the test.
     waits_on = {"queued": "retrieval", "retrieving": "retrieval", "generating": "generation"}
     lost = [
         rec
