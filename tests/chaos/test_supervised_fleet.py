@@ -216,7 +216,7 @@ def test_the_supervised_fleet_restarts_any_killed_process_under_load(fleet: Supe
     if lost:
         print(f"lost in kombu's BRPOP-to-unacked window: {[(r['job_id'], r['status']) for r in lost]}")
     failed = [r for r in load.failed if r not in lost]
-    assert failed == [], [(rec, _where(fleet, rec["job_id"])) for rec in failed[:3]]
+    assert failed == [], (killed_at, [(rec, _where(fleet, rec["job_id"])) for rec in failed[:3]])
     assert len(lost) <= 2  # at most the one message each killed query-path node held
     # refused connections only while the API itself was down
     assert load.refused == refused_during_api, "connections refused while the API was up"
