@@ -2,13 +2,14 @@
 libraries, answers a question through the running fleet over the broker (the `ragfleet` CLI) and over
 HTTP (`FleetClient.over_http`), and the fleet-side commands say which extra they need.
 
-The venv gets the wheel's declared dependencies only (pinned to the versions this venv runs, so the
-client speaks to the fleet with the same celery/kombu); pip's cache sits under the system temp dir,
-so a second run installs from local wheels in a few seconds.
+The venv gets the wheel's declared dependencies only, pinned to the versions this venv runs (the client
+speaks to the fleet with the same celery/kombu). Their wheels are kept under the system temp dir, so a
+second run installs without an index in a few seconds.
 """
 
 from __future__ import annotations
 
+import fcntl
 import importlib.metadata
 import json
 import shutil
@@ -66,10 +67,19 @@ def build_client_venv(root: Path) -> Path:
         if d.metadata["Name"] and d.metadata["Name"].lower() != "ragfleet"
     )
     (root / "pins.txt").write_text("\n".join(pins) + "\n")
-    cache = Path(tempfile.gettempdir()) / "ragfleet-test-pip-cache"
-    into = ["--python", str(venv / "bin" / "python")]
-    options = ["-q", "--cache-dir", str(cache), "--constraint", str(root / "pins.txt")]
-    run([*pip, *into, "install", *options, str(wheel)], cwd=root, timeout=300)
+    # the dependencies' wheels, kept between runs: an install from them needs no index (~3x faster);
+    # the first run, or one whose pins or dependencies changed, fills in what is missing first
+    shelf = Path(tempfile.gettempdir()) / "ragfleet-test-client-wheels"
+    shelf.mkdir(exist_ok=True)
+    install = [*pip, "--python", str(venv / "bin" / "python"), "install", "-q", "--no-compile"]
+    offline = [*install, "--no-index", "--find-links", str(shelf), str(wheel)]
+    with (shelf / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another session may be filling the shelf
+        if subprocess.run(offline, cwd=root, capture_output=True, timeout=300).returncode != 0:
+            fill = ["wheel", "-q", "--constraint", str(root / "pins.txt"), "-w", str(shelf)]
+            run([*pip, *fill, "--cache-dir", str(shelf / "cache"), str(wheel)], cwd=root, timeout=300)
+            (shelf / wheel.name).unlink()  # only the dependencies stay: each run builds its own
+            run(offline, cwd=root, timeout=300)
     return venv
 
 
