@@ -75,6 +75,10 @@ class RateLimitedBody(BaseModel):
         description="The budget that was exhausted: `submit` (RAGFLEET_RATE_LIMIT) or `read` "
         "(RAGFLEET_READ_RATE_LIMIT: reads of one's own jobs, streams and batches)."
     )
+    scope: Literal["key", "tenant", "ip"] = Field(
+        description="Whose budget: the API key's, the tenant's (where several keys map to one tenant, they "
+        "share its budgets), or the client address's on an API without keys."
+    )
 
 
 class NotReadyBody(BaseModel):
