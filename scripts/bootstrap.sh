@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv and install ragfleet with its dev extras. torch goes first: torch==2.13.0 resolves to
+# Create .venv and install ragfleet with the fleet (the `worker` extra: the bare package is only the
+# client) and the dev tools. torch goes first: torch==2.13.0 resolves to
 # a CPU wheel; letting another package pull torch would download a multi-GB CUDA build.
 set -eo pipefail
 cd "$(dirname "$0")/.."
