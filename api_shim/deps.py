@@ -71,8 +71,8 @@ class ApiDeps:
         # submissions (and any other write) spend `caller`'s budget; reads of one's own jobs,
         # streams and batches spend `reader`'s, a separate and larger one (api_shim.ratelimit)
         # (and, where keys share a tenant, the tenant's budgets too)
-        tenant_limiter = _limiter(s, s.tenant_rate_limit, "submit")
-        tenant_reader = _limiter(s, s.tenant_read_rate_limit, "read")
+        tenant_limiter = _limiter(s, s.tenant_rate_limit, "submit", unset=s.rate_limit)
+        tenant_reader = _limiter(s, s.tenant_read_rate_limit, "read", unset=s.read_rate_limit)
         self.caller = _rate_limited(self.authenticate, self.limiter, tenant_limiter)
         self.reader = _rate_limited(self.authenticate, self.read_limiter, tenant_reader)
         self.request_id = request_id
@@ -122,8 +122,9 @@ def _authenticator(s: Settings, keyring: KeyRing) -> Callable[..., Any]:
     return open_caller
 
 
-def _limiter(s: Settings, rate: str, name: LimitName) -> AsyncRateLimiter | None:
-    """A budget, or None where its setting is empty (unlimited)."""
+def _limiter(s: Settings, rate: str | None, name: LimitName, *, unset: str = "") -> AsyncRateLimiter | None:
+    """A budget (`unset`'s rate where its setting is None), or None where the rate is empty (unlimited)."""
+    rate = unset if rate is None else rate
     return AsyncRateLimiter(s, rate, name) if rate.strip() else None
 
 

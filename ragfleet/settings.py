@@ -245,14 +245,14 @@ class Settings(BaseSettings):
     """Per API key (or client) rate of reads of one's own jobs, streams and batches (`GET /v1/jobs/{id}`, a
     query's stream, a batch and its results): a budget of its own, so polling never eats the submission
     budget. A 429 body names it `"limit": "read"`. Empty = unlimited."""
-    tenant_rate_limit: str = "120/minute"
+    tenant_rate_limit: str | None = None
     """Where several API keys map to one tenant (a key being rotated, several services of one team): the
-    submission budget its keys spend together, on top of each key's own `RAGFLEET_RATE_LIMIT`. The
-    default equals the per-key one, so adding a key adds no budget; set it higher to let a tenant's keys
-    spend more together. A 429 body says `"scope": "tenant"`. Empty = no tenant-wide budget."""
-    tenant_read_rate_limit: str = "6000/minute"
-    """The read budget a tenant's keys spend together (as `RAGFLEET_TENANT_RATE_LIMIT`, for
-    `RAGFLEET_READ_RATE_LIMIT`). Empty = no tenant-wide budget."""
+    submission budget its keys spend together, on top of each key's own `RAGFLEET_RATE_LIMIT`. Unset, it
+    is `RAGFLEET_RATE_LIMIT` (adding a key adds no budget); set it higher to let a tenant's keys spend
+    more together. A 429 body says `"scope": "tenant"`. Empty = no tenant-wide budget."""
+    tenant_read_rate_limit: str | None = None
+    """The read budget a tenant's keys spend together: as `RAGFLEET_TENANT_RATE_LIMIT`, for
+    `RAGFLEET_READ_RATE_LIMIT` (its value when unset). Empty = no tenant-wide budget."""
     admin_keys: str = ""
     """Comma-separated API keys with admin rights (`/v1/admin/...`: every tenant's dead letters, purge). An
     admin key is also an ordinary key of tenant `admin` unless `RAGFLEET_API_KEYS` gives it another."""

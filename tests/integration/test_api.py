@@ -425,6 +425,11 @@ def test_keys_of_one_tenant_spend_its_budgets_together(base_settings: Settings) 
         # a key alone on its tenant: its own budgets only, untouched by the other tenant's
         assert [submit(solo).status_code for _ in range(3)] == [422, 422, 429]
         assert [read(solo).status_code for _ in range(4)] == [404, 404, 404, 429]
+    # unset, a tenant's budgets are the per-key ones: its keys together get no more than one key
+    s = isolated(base_settings, "unset", api_keys=f"{k1}:t-shared,{k2}:t-shared", rate_limit="2/minute")
+    with api_client(s) as c:
+        assert [submit(k1).status_code, submit(k2).status_code] == [422, 422]
+        assert refused(submit(k2)) == ("for this tenant's keys together", "submit", "tenant")
 
 
 # --- long poll -----------------------------------------------------------------------------------
