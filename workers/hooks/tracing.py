@@ -3,7 +3,8 @@ span around every task, a child of the trace context its message carries.
 
 Where the provider is made: a prefork child after the fork (`worker_process_init`: an export
 thread made in the parent would not exist in the child), a solo or threads worker once when it is
-set up (`celeryd_after_setup`, after `node` recorded the pool). Each flushes its spans when it goes
+set up (`celeryd_after_setup`; the solo pool also sends `worker_process_init`, earlier, from the
+main process, which is skipped). Each flushes its spans when it goes
 away (`worker_process_shutdown`, `worker_shutdown`).
 
 The context comes from the message's `traceparent` header: ours put it there on every enqueue path
@@ -14,6 +15,7 @@ through Celery itself (retries, `send_task` from a task) gets the current contex
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, MutableMapping
 from typing import Any, Final
 
@@ -24,20 +26,25 @@ from workers.hooks import node
 
 _started: dict[str, Any] = {}  # task id -> what tracing.start_span returned (one per running task)
 _HEADERS: Final = (tracing.TRACEPARENT, tracing.TRACESTATE)
+_main_pid = os.getpid()  # the worker's main process imports the app (and this) before any fork
 
 
-def _role() -> str:
+def _role(queues: Any = None) -> str:
     """The queues this node consumes (`retrieval`, `generation`, ...): the process's role."""
-    return "+".join(sorted(node.current.queues)) or node.current.name.split("@")[0]
+    return "+".join(sorted(queues or node.current.queues)) or node.current.name.split("@")[0]
 
 
-def _after_setup(**_: Any) -> None:
-    if not node.current.prefork:
-        tracing.setup(_role())
+def _after_setup(sender: str = "", instance: Any = None, **_: Any) -> None:
+    queues = instance.app.amqp.queues.consume_from.keys() if instance is not None else None
+    if "prefork" not in str(getattr(instance, "pool_cls", "prefork")).lower():
+        tracing.setup(_role(queues))
 
 
 def _process_init(**_: Any) -> None:
-    tracing.setup(_role())
+    # The solo pool sends this signal too, from the main process and before the node is set up:
+    # there `_after_setup` does it, once the queues are known.
+    if os.getpid() != _main_pid:
+        tracing.setup(_role())
 
 
 def _shutdown(**_: Any) -> None:
