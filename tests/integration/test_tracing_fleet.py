@@ -94,9 +94,10 @@ class Traced:
 
     def stop(self) -> None:
         if self.api is not None:
-            self.api.terminate()
+            self.api.kill()
             self.api.wait(15)
-        self.fleet.stop()
+        for w in self.fleet.workers.values():
+            w.kill()  # what they exported is here already: no graceful shutdown to wait for
         self.llm.stop()
         self.receiver.stop()
 
@@ -186,6 +187,16 @@ def test_one_query_is_one_trace_across_the_api_retrieval_generation_and_the_llm_
     lines = [json.loads(x) for x in t.output().splitlines() if producer_trace in x and x.startswith("{")]
     assert lines, "no log line carries the trace id"
     assert all(line["trace_id"] == producer_trace and len(line["span_id"]) == 16 for line in lines)
+
+
+def test_a_prefork_child_traces_after_the_fork(traced: Traced) -> None:
+    """The indexing pool is prefork: its task spans come from the child (its own provider, made
+    after the fork), not from the parent that consumed nothing."""
+    worker = traced.fleet.workers["indexing"]
+    span = traced.receiver.wait_for("run ragfleet.index_documents")
+    assert span.service == "ragfleet-indexing"
+    assert span.resource["process.pid"] in worker.children()
+    assert span.resource["process.pid"] != worker.proc.pid  # type: ignore[union-attr]
 
 
 def test_a_coalesced_follower_and_a_cache_hit_link_to_the_run_that_produced_their_answer(
