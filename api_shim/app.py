@@ -15,8 +15,9 @@ handlers in `api_shim.errors`, middleware in `api_shim.middleware`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, MutableMapping, Sequence
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -54,7 +55,7 @@ def create_app(
         lifespan=_lifespan,
         # FastAPI's own server span per request (it continues a caller's `traceparent`), once this
         # process has a tracer provider; metrics are Prometheus's here, logs are ours
-        telemetry={"metrics": False, "logs": False, "operation_spans": False},
+        telemetry={"metrics": False, "logs": False, "operation_spans": False, "exclude": _untraced},
         title="ragfleet API",
         version="0.1.0",
         description=(
@@ -88,6 +89,14 @@ def create_app(
     app.add_middleware(BodyLimitMiddleware, max_bytes=s.max_request_bytes, uploads={FILES_PATH: upload_limit})
     app.add_middleware(RequestContextMiddleware)
     return app
+
+
+_PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+def _untraced(scope: MutableMapping[str, Any]) -> bool:
+    """Probes and scrapes, every few seconds from every orchestrator: no trace worth keeping."""
+    return scope.get("path") in _PROBES
 
 
 @asynccontextmanager

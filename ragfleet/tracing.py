@@ -30,7 +30,7 @@ from typing import Any, Final
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
-from opentelemetry.trace import Link, Span, Status, StatusCode
+from opentelemetry.trace import Span, Status, StatusCode
 from opentelemetry.trace import SpanKind as SpanKind  # re-exported: callers need no opentelemetry import
 from structlog.typing import EventDict, WrappedLogger
 
@@ -215,8 +215,8 @@ def span(name: str, *, kind: SpanKind = SpanKind.INTERNAL, **attrs: Any) -> Iter
 
 
 def set_attrs(**attrs: Any) -> None:
-    """Attributes on the current span (keyword names: see the constants, `_` for `.` not needed:
-    pass them as `**{tracing.JOB_ID: ...}`). None values are skipped."""
+    """Attributes on the current span, e.g. `set_attrs(**{tracing.JOB_ID: job_id})` (the names are
+    dotted: the constants above); None values are skipped."""
     if _enabled:
         trace.get_current_span().set_attributes(_clean(attrs))
 
@@ -229,11 +229,6 @@ def link(traceparent: str | None, relation: str) -> None:
     target = span_context_of(traceparent)
     if target is not None:
         trace.get_current_span().add_link(target, {"ragfleet.link": relation})
-
-
-def links_to(traceparent: str | None, relation: str) -> list[Link]:
-    target = span_context_of(traceparent)
-    return [] if target is None else [Link(target, {"ragfleet.link": relation})]
 
 
 def _clean(attrs: Mapping[str, Any]) -> dict[str, Any]:
