@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Mapping, MutableMapping
 from typing import Any, Final
 
 from opentelemetry import context as otel_context
@@ -204,14 +204,17 @@ def end_span(started: tuple[Span, object] | None, *, error: str | None = None) -
         otel_context.detach(token)  # type: ignore[arg-type]
 
 
-@contextlib.contextmanager
-def span(name: str, *, kind: SpanKind = SpanKind.INTERNAL, **attrs: Any) -> Iterator[Span | None]:
-    """A child span of the current one around the block (None when off); an exception marks it."""
+_OFF: contextlib.AbstractContextManager[None] = contextlib.nullcontext()  # reusable: no state
+
+
+def span(
+    name: str, *, kind: SpanKind = SpanKind.INTERNAL, **attrs: Any
+) -> contextlib.AbstractContextManager[Span | None]:
+    """A child span of the current one around a `with` block (it yields None when off: one shared
+    no-op context, no generator); an exception marks the span as failed."""
     if not _enabled:
-        yield None
-        return
-    with tracer().start_as_current_span(name, kind=kind, attributes=_clean(attrs)) as s:
-        yield s
+        return _OFF
+    return tracer().start_as_current_span(name, kind=kind, attributes=_clean(attrs))
 
 
 def set_attrs(**attrs: Any) -> None:
