@@ -244,6 +244,14 @@ def test_an_unparsable_traceparent_starts_a_new_trace_and_fails_nothing(traced: 
     assert server.parent_span_id == ""  # the API's span is the new root
 
 
+def test_a_failed_job_is_a_failed_span_with_its_error_code(traced: Traced) -> None:
+    job_id = enqueue(TaskName.QUERY, {"question": ""}, settings=traced.settings)  # an empty question
+    assert wait_job(traced.settings, job_id)["error"]["code"] == "invalid_payload"
+    span = traced.receiver.wait_for("run ragfleet.query", **{"ragfleet.job_id": job_id})
+    assert span.attributes["ragfleet.error_code"] == "invalid_payload"
+    assert span.status_code == 2  # ERROR
+
+
 # --- the raw messages of the three enqueue paths -------------------------------------------------------
 
 _PROBE = r"""
