@@ -73,6 +73,7 @@ class JobCreate:
     kind: str
     tenant: str = "default"
     request_id: str | None = None
+    extra: dict[str, str] | None = None  # more fields, set only if absent (the job's `traceparent`)
 
 
 class JobStore:
@@ -208,7 +209,7 @@ class JobStore:
         # MULTI with a create: nobody sees the record created but not started
         pipe = self._r.pipeline(transaction=create is not None)
         if create is not None:
-            self.queue_create(pipe, job_id, create.kind, create.tenant, create.request_id)
+            self.queue_create(pipe, job_id, create.kind, create.tenant, create.request_id, create.extra)
         at = len(pipe)
         self._apply(job_id, update, pipe, incr=f"attempts:{stage}")
         if reads is not None:

@@ -1,4 +1,7 @@
-"""The one configuration object. Nothing else in the project reads os.environ.
+"""The one configuration object. Nothing else in the project reads os.environ, with one exception:
+tracing (ragfleet/tracing.py) is configured by the standard `OTEL_*` variables (OTEL_TRACES_EXPORTER,
+OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_SERVICE_NAME, OTEL_BSP_*, ...), which the OpenTelemetry SDK reads
+itself and which operators already know; mirroring them here would give two names for one knob.
 
 Every field maps to an environment variable `RAGFLEET_<FIELD>` (upper case). Secrets (API keys,
 Flower password) come only from the environment and are `SecretStr` so they never reach a log line.

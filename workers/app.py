@@ -36,6 +36,7 @@ from workers.hooks import (
     request_id,
     revoked,
     time_limits,
+    tracing,
     warmup,
 )
 
@@ -45,6 +46,7 @@ TASK_MODULES = [f"tasks.{q.value}" for q in Queue]
 # The worker's Celery wiring, installed in this order (workers/hooks/__init__.py says why it matters).
 HOOKS: tuple[Callable[[Celery], None], ...] = (
     node.install,
+    tracing.install,  # right after node (it reads the pool): a task's span opens before others log
     logs.install,
     request_id.install,
     metrics.install,

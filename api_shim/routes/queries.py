@@ -24,6 +24,7 @@ from api_shim.deps import ApiDeps, accepted, record_response
 from api_shim.errors import UNAVAILABLE_ERRORS, validation_error
 from api_shim.models import JOB_ID_MAX, Accepted, error_responses
 from api_shim.streaming import EVENT_ID, NDJSON, RESUME_ID, SSE, follow, ndjson_line, sse_frame
+from ragfleet import tracing
 from ragfleet.cache import AnswerCache, answer_key_for
 from ragfleet.events import JobEvents, queue_answer_at_once
 from ragfleet.index_state import IndexState
@@ -74,13 +75,18 @@ class CachedAnswers:
                 hit = cache.accept_remote(key, await client.get(cache.redis_key(key)))
         if hit is None:
             return None
-        answer, layer = hit
+        entry, layer = hit
+        job_id = uuid.uuid4().hex
+        # the entry keeps the `traceparent` of the run that produced it: a link, not part of the answer
+        answer = {k: v for k, v in entry.items() if k != tracing.TRACEPARENT}
+        tracing.set_attrs(**{tracing.JOB_ID: job_id, tracing.TENANT: p.tenant, tracing.CACHE_LAYER: layer})
+        tracing.link(entry.get(tracing.TRACEPARENT), "cached_answer")
         pipe = client.pipeline(transaction=True)
         record = queue_answer_at_once(
             pipe,
             self._jobs,
             self._job_events,
-            uuid.uuid4().hex,
+            job_id,
             {**answer, "cached": layer},
             tenant=p.tenant,
             request_id=rid,
