@@ -15,10 +15,12 @@ handlers in `api_shim.errors`, middleware in `api_shim.middleware`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from api_shim import drain
 from api_shim.deps import ApiDeps
 from api_shim.errors import install_error_handlers
 from api_shim.middleware import BodyLimitMiddleware, RequestContextMiddleware
@@ -48,7 +50,14 @@ def create_app(
     s = settings or get_settings()
     _setup_observability(s)
     deps = ApiDeps(s, ready_checks=ready_checks, required_queues=required_queues)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        drain.chain_signals()  # SIGTERM ends long polls and streams at once (api_shim/drain.py)
+        yield
+
     app = FastAPI(
+        lifespan=lifespan,
         title="ragfleet API",
         version="0.1.0",
         description=(
