@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from ragfleet.checks_cli import check_app
 from ragfleet.client import FleetClient, JobFailedError
 from ragfleet.dead_letters_cli import dlq_app
 from ragfleet.eval_cli import eval_command
@@ -27,6 +28,7 @@ index_app = typer.Typer(help="Index versions: status and rollback.", no_args_is_
 app.add_typer(index_app, name="index")
 app.add_typer(feedback_app, name="feedback")
 app.add_typer(dlq_app, name="dlq")
+app.add_typer(check_app, name="check")
 app.command("eval")(eval_command)
 app.command("ingest")(ingest)
 app.command("sync")(sync)
