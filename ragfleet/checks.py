@@ -283,11 +283,13 @@ def check_load(
     p50_ms: float = 750.0,
     max_error_rate: float = 0.005,
     questions: Sequence[str] = DEFAULT_QUESTIONS,
-    api_key: str | None = None,
 ) -> Verdict:
     """Queries at `factor` x the expected rate through the running API (answer cache bypassed):
-    P50, P99 and the error rate must stay within the alert thresholds (infra/prometheus/alerts.yml)."""
+    P50, P99 and the error rate must stay within the alert thresholds (infra/prometheus/alerts.yml).
+    It calls with the first key of `api_keys` (the deployment's), if any."""
     v = Verdict("load")
+    first = s.api_keys.split(",")[0].strip()
+    api_key = first.split(":")[0] or None
     rate = expected_rps * factor
     wait_s = max(p99_ms / 1000 * 2, 5.0)  # a query slower than this counts as failed
     res = asyncio.run(_drive(s.api_url, api_key, rate, duration_s, questions, wait_s))

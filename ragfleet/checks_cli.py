@@ -31,9 +31,9 @@ def load(
     p50_ms: Annotated[float, typer.Option(help="largest P50 that passes (the alert's)")] = 750.0,
     p99_ms: Annotated[float, typer.Option(help="largest P99 that passes (the alert's)")] = 3_000.0,
     max_error_rate: Annotated[float, typer.Option(help="largest share of failed queries")] = 0.005,
-    api_key: Annotated[str | None, typer.Option(envvar="RAGFLEET_CHECK_API_KEY", help="API key")] = None,
 ) -> None:
-    """Drive the running API (RAGFLEET_API_URL) at FACTOR x the expected rate, answer cache bypassed."""
+    """Drive the running API (RAGFLEET_API_URL) at FACTOR x the expected rate, answer cache bypassed,
+    with the first of RAGFLEET_API_KEYS."""
     _report(
         checks.check_load(
             get_settings(),
@@ -43,7 +43,6 @@ def load(
             p50_ms=p50_ms,
             p99_ms=p99_ms,
             max_error_rate=max_error_rate,
-            api_key=api_key,
         )
     )
 
