@@ -32,7 +32,13 @@ from tests.chaos.conftest import (
     wait_terminal,
     wait_until,
 )
-from tests.chaos.test_crash_safety import CORPUS, batch_of_documents, deliveries, expected_chunks
+from tests.chaos.test_crash_safety import (
+    CORPUS,
+    batch_of_documents,
+    deliveries,
+    expected_chunks,
+    generation_holding_a_query,
+)
 from tests.fleet import Worker
 
 pytestmark = [pytest.mark.chaos, pytest.mark.redis, pytest.mark.workers, pytest.mark.model]
@@ -175,3 +181,33 @@ def test_a_rolling_restart_of_every_pool_under_load_ends_every_job_done_once(
         }
     finally:
         store.close()
+
+
+def test_a_threads_node_stuck_past_the_grace_hands_its_query_back_to_another_node(
+    base_settings: Settings, tmp_path: Any, chaos_fleet_factory: Any
+) -> None:
+    """A threads pool cannot stop a running call: its node hands the message back and exits."""
+    with generation_holding_a_query(
+        base_settings,
+        tmp_path,
+        chaos_fleet_factory,
+        drain_grace_s=GRACE_S,
+        interactive_visibility_timeout_s=300,
+    ) as held:
+        s, fleet, gen, job_id = held.settings, held.fleet, held.gen, held.job_id
+        other = fleet.spawn("generation").wait_ready()
+        held.llm.mode = "ok"  # the next call answers; the held one still hangs
+        exited = _exited_after(gen, _sigterm(gen), GRACE_S + 10)
+        rec = wait_terminal(s, job_id, 60, fleet)
+        print(
+            f"\n[chaos] threads node stuck past the grace: exited {exited:.1f} s after SIGTERM, "
+            f"job {rec.status.value}"
+        )
+        assert rec.status == JobStatus.DONE, (rec, fleet.logs())
+        assert GRACE_S <= exited < GRACE_S + 5
+        assert rec.stages["generation"].worker == other.node
+        assert rec.result is not None and rec.result["answer"] == held.llm.answer
+        assert held.llm.calls == 2  # the stuck call and the answered one: no third
+        assert deliveries(s, f"{job_id}:gen") == 0  # handed back, not counted as a worker death
+        drained = [ln for ln in gen.output().splitlines() if "still held after" in ln]
+        assert len(drained) == 1 and f"{job_id}:gen" in drained[0], gen.output()[-2000:]
