@@ -21,6 +21,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from api_shim import drain
 from api_shim.deps import ApiDeps
 from api_shim.errors import install_error_handlers
 from api_shim.middleware import BodyLimitMiddleware, RequestContextMiddleware
@@ -101,7 +102,9 @@ def _untraced(scope: MutableMapping[str, Any]) -> bool:
 
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Tracing per process: uvicorn's worker processes each run the lifespan (ragfleet.tracing)."""
+    """Per process (uvicorn's worker processes each run the lifespan): tracing (ragfleet.tracing), and
+    SIGTERM ending long polls and streams at once (api_shim/drain.py)."""
+    drain.chain_signals()
     tracing.setup("api")
     try:
         yield

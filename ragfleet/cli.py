@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from ragfleet.checks_cli import check_app
 from ragfleet.client import FleetClient, JobFailedError
 from ragfleet.dead_letters_cli import dlq_app
 from ragfleet.eval_cli import eval_command
@@ -35,6 +36,7 @@ mount_fleet_side(
     app, "feedback", "ragfleet.feedback.cli", "feedback_app", "User feedback: the worst-rated questions."
 )
 app.add_typer(dlq_app, name="dlq")
+app.add_typer(check_app, name="check")
 app.command("eval")(eval_command)
 app.command("ingest")(ingest)
 app.command("sync")(sync)

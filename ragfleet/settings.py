@@ -320,6 +320,13 @@ class Settings(BaseSettings):
     extra: dict[str, str] = Field(default_factory=dict)
     """Free-form string settings (a JSON object); ragfleet itself reads none of them."""
 
+    # --- graceful drain (workers/drain.py, api_shim/serve.py) --------------------------------------
+    drain_grace_s: float = 30.0
+    """After SIGTERM a worker node takes nothing new and lets what it holds finish for this long; what still
+    runs then is handed back to its queue (another node runs it) and the node exits. The API stops
+    accepting, ends its long polls and streams, and exits within it. Deployments stop a process after this
+    plus a margin (infra/k8s, infra/systemd)."""
+
     # --- a node gone for good (workers/inflight.py) ------------------------------------------------
     # Each worker node keeps `<broker prefix>ragfleet.alive.<node>` alive (SET EX node_alive_ttl_s,
     # refreshed every node_alive_refresh_s by a thread of its own) and its in-flight set on a TTL

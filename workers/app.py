@@ -26,6 +26,7 @@ from ragfleet.settings import Settings, get_settings
 from workers import kombu_patches
 from workers.beat import beat_schedule
 from workers.hooks import (
+    drain,
     feedback_schema,
     heartbeat,
     inflight,
@@ -53,6 +54,7 @@ HOOKS: tuple[Callable[[Celery], None], ...] = (
     interactive.install,
     time_limits.install,
     inflight.install,
+    drain.install,
     warmup.install,
     revoked.install,
     feedback_schema.install,

@@ -32,9 +32,12 @@ from ragfleet.resources import get_resources
 from ragfleet.schemas import ErrorCode
 from ragfleet.settings import get_settings
 from workers import time_limits
+from workers.drain import handback_key
 
-# The first redelivery finds no counter: it is the second delivery.
+# The first redelivery finds no counter: it is the second delivery. A message a draining node handed
+# back (KEYS[2], workers/drain.py) is a redelivery no worker died of: not counted, the mark cleared.
 _COUNT_REDELIVERY = """
+if redis.call('DEL', KEYS[2]) == 1 then return tonumber(redis.call('GET', KEYS[1]) or '1') end
 local n = redis.call('INCR', KEYS[1])
 if n == 1 then n = redis.call('INCR', KEYS[1]) end
 redis.call('EXPIRE', KEYS[1], ARGV[1])
@@ -57,7 +60,8 @@ class RagfleetTask(Task):  # type: ignore[misc]
             return 1
         res = get_resources()
         key = res.settings.key("deliveries", str(self.request.id))
-        return int(res.redis.eval(_COUNT_REDELIVERY, 1, key, res.settings.job_ttl_s))
+        handback = handback_key(res.settings, str(self.request.id))
+        return int(res.redis.eval(_COUNT_REDELIVERY, 2, key, handback, res.settings.job_ttl_s))
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self.request.id and not self.request.is_eager:

@@ -19,6 +19,7 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Requ
 from fastapi.responses import Response, StreamingResponse
 from pydantic import ValidationError
 
+from api_shim import drain
 from api_shim.auth import Caller
 from api_shim.deps import ApiDeps, accepted, record_response
 from api_shim.errors import UNAVAILABLE_ERRORS, validation_error
@@ -178,7 +179,9 @@ def queries_router(deps: ApiDeps) -> APIRouter:
                 record = record_of_end(end) or await finished_record(job_id)
                 if record is not None:
                     return record_response(record)
-                if end is not None or remaining_ms <= 0 or await request.is_disconnected():
+                if end is not None or remaining_ms <= 0 or drain.draining.is_set():
+                    break  # draining (api_shim/drain.py): 202, the caller polls another replica
+                if await request.is_disconnected():
                     break
         except UNAVAILABLE_ERRORS as exc:
             # Not a 503: the job is queued already, and a retry would enqueue it twice.
