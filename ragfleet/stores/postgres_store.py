@@ -123,6 +123,12 @@ class PostgresStore:
             row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (self.table,)).fetchone()
         return bool(row and row[0])
 
+    def collections(self) -> list[str]:
+        """Every collection (index version) registered in this database, for the reindex's cleanup."""
+        pg_schema.ensure_migrated(self.url, os.getpid())
+        with self._primary() as conn:
+            return pg_schema.collections(conn)
+
     def refresh(self) -> None:
         """Reads are always fresh on the primary; a replica's lag is handled by the caller (see
         the module docstring)."""
