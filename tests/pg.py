@@ -53,11 +53,13 @@ def _traversable(path: Path) -> None:
 
 
 def _alive(pid: int) -> bool:
+    """Running (a zombie, killed but not yet reaped by whoever adopted it, is not)."""
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (ProcessLookupError, FileNotFoundError):
         return False
-    return True
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 class PgServer:
@@ -173,6 +175,25 @@ class PgServer:
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline and _alive(pid):
                 time.sleep(0.05)
+
+    def kill(self) -> None:
+        """SIGKILL the postmaster and every backend, as a host crash or the OOM killer would: no
+        shutdown checkpoint, the next `start()` runs crash recovery on the same data directory. The
+        backends go too (by pid, read before the postmaster dies): left alive they would keep the
+        shared memory in use and the restart would be refused."""
+        pidfile = self.pgdata / "postmaster.pid"
+        if not pidfile.exists():
+            return
+        pid = int(pidfile.read_text().split()[0])
+        out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
+        for victim in [pid, *(int(x) for x in out.stdout.split())]:
+            try:
+                os.kill(victim, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.02)
 
     def wait_ready(self, timeout: float = 15) -> None:
         import psycopg

@@ -16,7 +16,7 @@ from typing import Any
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
-from ragfleet.stores.base import ChunkRecord, SearchHit
+from ragfleet.stores.base import ChunkRecord, SearchHit, StoreUnavailableError
 
 HIT_COLUMNS = sql.SQL("chunk_id, doc_id, chunk_index, text, title, start_char, end_char, metadata")
 RECORD_COLUMNS = sql.SQL(
@@ -32,6 +32,8 @@ REPLICA_CONNECT_TIMEOUT_S = 1.0
 # is a lower bound (replay only moves forward), so a replica seen caught up is read without a check
 POSITION_TTL_S = 0.05
 PRIMARY_READ_TIMEOUT_S = 2.0  # a search waits this long for the primary before it is `unavailable`
+# a write waits this long for a connection to the primary before its task backs off and retries
+PRIMARY_WRITE_TIMEOUT_S = 5.0
 # replay position (bytes), lag behind max(received WAL, the index's position) in bytes and in seconds
 REPLICA_POSITION = sql.SQL(
     "SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END "
@@ -89,6 +91,16 @@ def close_pools() -> None:
             if pid == os.getpid():
                 pool.close()
                 del pools[(pid, url)]
+
+
+def primary_unreachable(url: str, exc: BaseException) -> StoreUnavailableError:
+    """The error for a primary that refused or dropped a connection: says which server and why,
+    never the URL (it may carry a password)."""
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return StoreUnavailableError(
+        f"PostgreSQL primary {server_label(url)} is unreachable: {type(exc).__name__}: {reason}"[:500],
+        retry_after=REPLICA_RETRY_S,
+    )
 
 
 def vector_literal(vector: list[float]) -> str:
