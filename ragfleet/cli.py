@@ -20,6 +20,7 @@ from ragfleet.dead_letters_cli import dlq_app
 from ragfleet.eval_cli import eval_command
 from ragfleet.feedback.cli import feedback_app
 from ragfleet.ingest_cli import ingest, progress_bar
+from ragfleet.status_cli import status
 from ragfleet.sync_cli import sync
 
 app = typer.Typer(add_completion=False, help="ragfleet: RAG as queued work.", no_args_is_help=True)
@@ -30,6 +31,7 @@ app.add_typer(dlq_app, name="dlq")
 app.command("eval")(eval_command)
 app.command("ingest")(ingest)
 app.command("sync")(sync)
+app.command("status")(status)
 console = Console()
 err = Console(stderr=True)
 

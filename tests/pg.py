@@ -164,14 +164,17 @@ class PgServer:
 
     def stop(self, mode: str = "fast") -> None:
         pidfile = self.pgdata / "postmaster.pid"
-        if not pidfile.exists():
-            return
+        if not pidfile.exists() or not _alive(int(pidfile.read_text().split()[0])):
+            return  # never started, or killed (`kill`): nothing to stop
         try:
             self._run("pg_ctl", "-D", str(self.pgdata), "-m", mode, "-w", "stop", timeout=30)
         except (RuntimeError, subprocess.TimeoutExpired):
             # pg_ctl could not act (its directory unreachable, say): SIGQUIT is an immediate shutdown
             pid = int(pidfile.read_text().split()[0])
-            os.kill(pid, signal.SIGQUIT)
+            try:
+                os.kill(pid, signal.SIGQUIT)
+            except ProcessLookupError:
+                return
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline and _alive(pid):
                 time.sleep(0.05)
