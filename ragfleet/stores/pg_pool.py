@@ -32,8 +32,10 @@ REPLICA_CONNECT_TIMEOUT_S = 1.0
 # is a lower bound (replay only moves forward), so a replica seen caught up is read without a check
 POSITION_TTL_S = 0.05
 PRIMARY_READ_TIMEOUT_S = 2.0  # a search waits this long for the primary before it is `unavailable`
-# a write waits this long for a connection to the primary before its task backs off and retries
-PRIMARY_WRITE_TIMEOUT_S = 5.0
+# a write waits this long for a connection to the primary before its task backs off and retries: an
+# indexing process uses one connection at a time, so a longer wait only holds the process while the
+# primary is down (the backoff, not this, paces the retries)
+PRIMARY_WRITE_TIMEOUT_S = 2.0
 # replay position (bytes), lag behind max(received WAL, the index's position) in bytes and in seconds
 REPLICA_POSITION = sql.SQL(
     "SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END "
