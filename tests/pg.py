@@ -13,6 +13,7 @@ of `need()` here skips locally and fails in CI (tests/conftest.py).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -60,6 +61,21 @@ def _alive(pid: int) -> bool:
     except (ProcessLookupError, FileNotFoundError):
         return False
     return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+def _signal_and_wait(pid: int, sig: int, *others: int) -> None:
+    """Send `sig` to `pid` and to `others`, then wait (up to 10 s) until `pid` is gone, reaped
+    included: PostgreSQL refuses to start while the pid in its lock file exists, zombie or not."""
+    for victim in (pid, *others):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(victim, sig)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.02)
 
 
 class PgServer:
@@ -170,14 +186,7 @@ class PgServer:
             self._run("pg_ctl", "-D", str(self.pgdata), "-m", mode, "-w", "stop", timeout=30)
         except (RuntimeError, subprocess.TimeoutExpired):
             # pg_ctl could not act (its directory unreachable, say): SIGQUIT is an immediate shutdown
-            pid = int(pidfile.read_text().split()[0])
-            try:
-                os.kill(pid, signal.SIGQUIT)
-            except ProcessLookupError:
-                return
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and _alive(pid):
-                time.sleep(0.05)
+            _signal_and_wait(int(pidfile.read_text().split()[0]), signal.SIGQUIT)
 
     def kill(self) -> None:
         """SIGKILL the postmaster and every backend, as a host crash or the OOM killer would: no
@@ -189,14 +198,7 @@ class PgServer:
             return
         pid = int(pidfile.read_text().split()[0])
         out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
-        for victim in [pid, *(int(x) for x in out.stdout.split())]:
-            try:
-                os.kill(victim, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and _alive(pid):
-            time.sleep(0.02)
+        _signal_and_wait(pid, signal.SIGKILL, *(int(x) for x in out.stdout.split()))
 
     def wait_ready(self, timeout: float = 15) -> None:
         import psycopg
