@@ -13,8 +13,9 @@ import os
 import threading
 from typing import Any
 
-from psycopg import sql
-from psycopg_pool import ConnectionPool
+import psycopg
+from psycopg import Connection, sql
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ragfleet.stores.base import ChunkRecord, SearchHit, StoreUnavailableError
 
@@ -28,6 +29,7 @@ RECORD_COLUMNS = sql.SQL(
 OR_QUERY = sql.SQL("replace(plainto_tsquery(%s::regconfig, %s)::text, ' & ', ' | ')::tsquery")
 REPLICA_RETRY_S = 5.0  # a replica that did not answer is skipped this long (no per-query connect wait)
 REPLICA_CONNECT_TIMEOUT_S = 1.0
+PROBE_TIMEOUT_S = 1  # connect_timeout of the direct check that tells a dead server from a stuck pool
 # a replica's replay position is re-read at most this often per process and replica; a cached position
 # is a lower bound (replay only moves forward), so a replica seen caught up is read without a check
 POSITION_TTL_S = 0.05
@@ -83,6 +85,45 @@ def pool_for(url: str, size: int) -> ConnectionPool:
                 )
                 pool.open(wait=False)
                 pools[key] = pool
+    return pool
+
+
+def getconn(url: str, size: int, timeout: float) -> tuple[ConnectionPool, Connection[Any]]:
+    """A connection from this process's pool for `url`, and the pool to put it back into.
+
+    psycopg_pool retries a lost server in the background with a doubling delay and no cap: after a
+    60 s outage its next attempt may come a minute after the server is back, and every getconn
+    until then times out. So on a timeout, when the server does accept a connection of our own
+    (`PROBE_TIMEOUT_S`), the pool is replaced by a fresh one (public API only) and asked once more.
+    A server that is really down costs that one refused connection, nothing else."""
+    pool = pool_for(url, size)
+    try:
+        return pool, pool.getconn(timeout=timeout)
+    except PoolTimeout:
+        if not _accepts(url):
+            raise
+    pool = _replace(url, size, pool)
+    return pool, pool.getconn(timeout=timeout)
+
+
+def _accepts(url: str) -> bool:
+    try:
+        psycopg.connect(url, connect_timeout=PROBE_TIMEOUT_S).close()
+    except psycopg.Error:
+        return False
+    return True
+
+
+def _replace(url: str, size: int, stale: ConnectionPool) -> ConnectionPool:
+    """A fresh pool for `url` in place of `stale` (unless another thread replaced it already). The
+    stale one is closed without waiting: connections lent from it close when they come back."""
+    key = (os.getpid(), url)
+    with pools_lock:
+        if pools.get(key) is stale:
+            del pools[key]
+    pool = pool_for(url, size)
+    if pool is not stale:
+        stale.close(timeout=0)
     return pool
 
 

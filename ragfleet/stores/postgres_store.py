@@ -82,10 +82,12 @@ class PostgresStore:
         `StoreUnavailableError`: writes wait and retry on it (tasks/_common.py), a search's job ends
         `unavailable`; a cancelled statement (`QueryCanceled`) is the statement's own fault."""
         try:
-            with pg_pool.pool_for(self.url, self.pool_size).connection(
-                timeout=pg_pool.PRIMARY_WRITE_TIMEOUT_S
-            ) as conn:
-                yield conn
+            pool, conn = pg_pool.getconn(self.url, self.pool_size, pg_pool.PRIMARY_WRITE_TIMEOUT_S)
+            try:
+                with conn:  # as ConnectionPool.connection(): end any transaction, keep it open
+                    yield conn
+            finally:
+                pool.putconn(conn)
         except psycopg.errors.QueryCanceled:
             raise
         except psycopg.OperationalError as exc:  # PoolTimeout is one too
