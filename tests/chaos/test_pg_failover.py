@@ -61,7 +61,7 @@ pytestmark = [
     pytest.mark.model,
 ]
 
-OUTAGE_S = 6.0
+OUTAGE_S = 5.0
 UPDATE_EVERY_S = 0.4  # slower than one indexing process's pace, so only the outage makes a backlog
 WORDS = [
     "replicas",
@@ -323,7 +323,7 @@ def test_postgres_down_at_worker_start_and_primary_killed_under_load(
 
     load = Load(settings).start()
     try:
-        time.sleep(2.0)  # load with both servers up
+        time.sleep(1.5)  # load with both servers up
         killed = time.monotonic()
         primary.kill()
         time.sleep(OUTAGE_S)
@@ -337,7 +337,7 @@ def test_postgres_down_at_worker_start_and_primary_killed_under_load(
         # the replica gone too: searches go to the primary, still without an error
         replica_killed = time.monotonic()
         replica.kill()
-        time.sleep(3.0)
+        time.sleep(2.0)
     finally:
         load.join()
     load.poll_updates()
