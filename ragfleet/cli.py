@@ -24,11 +24,12 @@ from ragfleet.dead_letters_cli import dlq_app
 from ragfleet.eval_cli import eval_command
 from ragfleet.extras import WORKER_EXTRA, fleet_side, mount_fleet_side
 from ragfleet.ingest_cli import ingest, progress_bar
+from ragfleet.status_cli import status
 from ragfleet.sync_cli import sync
 
 app = typer.Typer(add_completion=False, help="ragfleet: RAG as queued work.", no_args_is_help=True)
 index_app = typer.Typer(
-    help=f"Index versions: status and rollback (fleet-side: needs {escape(WORKER_EXTRA)}).",
+    help=f"Index versions: status, rollback, rebuild and copy (fleet-side: needs {escape(WORKER_EXTRA)}).",
     no_args_is_help=True,
 )
 app.add_typer(index_app, name="index")
@@ -40,6 +41,7 @@ app.add_typer(check_app, name="check")
 app.command("eval")(eval_command)
 app.command("ingest")(ingest)
 app.command("sync")(sync)
+app.command("status")(status)
 console = Console()
 err = Console(stderr=True)
 
@@ -271,6 +273,33 @@ def index_rebuild() -> None:
     except ReindexBusyError as exc:
         err.print(f"[yellow]{exc}")
         raise typer.Exit(0) from exc
+    console.print_json(json.dumps(report.as_dict()))
+
+
+@index_app.command("copy")
+@fleet_side("index copy")
+def index_copy(
+    source: Annotated[
+        Path | None, typer.Option("--from", help="LanceDB directory (default: RAGFLEET_DATA_DIR/lancedb)")
+    ] = None,
+    collection: Annotated[str | None, typer.Option(help="collection (default: the active one)")] = None,
+) -> None:
+    """Copy a LanceDB index into PostgreSQL (RAGFLEET_STORE=postgres) as it is: nothing is re-embedded."""
+    from ragfleet.index_copy import copy_lancedb_to_postgres
+    from ragfleet.settings import get_settings
+
+    with progress_bar() as bar:
+        task = bar.add_task("copying chunks", total=None)
+        try:
+            report = copy_lancedb_to_postgres(
+                get_settings(),
+                lancedb_dir=source,
+                collection=collection,
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )
+        except (ValueError, FileNotFoundError) as exc:
+            err.print(f"[red]{exc}")
+            raise typer.Exit(2) from exc
     console.print_json(json.dumps(report.as_dict()))
 
 

@@ -108,6 +108,13 @@ class Settings(BaseSettings):
     pg_statement_timeout_ms: int = 2_000
     """`statement_timeout` of every search on PostgreSQL: a slower one is cancelled and fails instead of
     holding a connection (a write is not limited)."""
+    store_write_retry_s: float = 300.0
+    """How long an index update, deletion or buffered flush keeps retrying while the store's primary is
+    unreachable (backoff, not counting attempts), before its job fails `unavailable`: a primary restart or
+    an operator's failover within this window loses no update."""
+    store_retry_max_delay_s: float = 5.0
+    """Longest backoff between those retries (0.5 s doubling up to this): updates land within it of the
+    primary's return."""
     pg_pool_size: int = 4
     """Most connections each worker process keeps per PostgreSQL server (psycopg_pool); count processes x
     servers x this against the server's `max_connections`."""

@@ -20,8 +20,9 @@ from ragfleet.schemas import (
     JobStatus,
 )
 from ragfleet.stages import error_result, stage
+from ragfleet.stores.base import StoreUnavailableError
 from ragfleet.update_buffer import UpdateBuffer
-from tasks._common import InvalidPayloadError, parse, retry_or_fail
+from tasks._common import InvalidPayloadError, parse, retry_or_fail, retry_while_store_down
 from workers.base import RagfleetTask, task
 
 
@@ -65,6 +66,8 @@ def index_documents(self: RagfleetTask, *, payload: dict[str, Any]) -> dict[str,
         message = "indexing exceeded its time limit; split the batch"
         res.jobs.fail(job_id, ErrorCode.TIMEOUT, message)
         return error_result(job_id, ErrorCode.TIMEOUT, message)
+    except StoreUnavailableError as exc:
+        return retry_while_store_down(self, res, job_id, "indexing", exc)
     except (RedisError, OSError, RuntimeError) as exc:
         return retry_or_fail(self, res, job_id, "indexing", exc, code=ErrorCode.INTERNAL)
     out = result.model_dump(mode="json")
@@ -87,6 +90,8 @@ def delete_document(self: RagfleetTask, *, payload: dict[str, Any]) -> dict[str,
     try:
         with stage(res, job_id, "indexing", Queue.INDEXING.value, JobStatus.INDEXING):
             result = indexing.delete_document(res, tenant=p.tenant, doc_id=p.doc_id)
+    except StoreUnavailableError as exc:
+        return retry_while_store_down(self, res, job_id, "delete", exc)
     except (RedisError, OSError, RuntimeError) as exc:
         return retry_or_fail(self, res, job_id, "delete", exc, code=ErrorCode.INTERNAL)
     out = result.model_dump(mode="json")
@@ -129,7 +134,10 @@ def index_document(self: RagfleetTask, *, payload: dict[str, Any]) -> dict[str, 
 @task(TaskName.INDEX_FLUSH)
 def index_flush(self: RagfleetTask, *, payload: dict[str, Any] | None = None) -> dict[str, Any]:
     res = get_resources()
-    report = UpdateBuffer(res).flush()
+    try:
+        report = UpdateBuffer(res).flush()
+    except StoreUnavailableError as exc:  # the batch stays in the buffer's list for the retry
+        return retry_while_store_down(self, res, None, "flush", exc)
     if report is None:
         return {"status": "busy"}  # the running flusher drains the list, including our updates
     if report.documents:

@@ -164,6 +164,8 @@ HEAVY_MODULES = (
     "sentence_transformers",
     "lancedb",
     "weaviate",
+    "psycopg",
+    "psycopg_pool",
     "tasks",
     "workers",
     "ragfleet.embedding",

@@ -130,6 +130,14 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
     # PostgreSQL read replicas, as a worker last saw them (ragfleet/stores/postgres_store.py): bytes of
     # WAL not yet replayed (behind the primary's or the index pointer's position) and for how long
     MetricSpec(
+        "ragfleet_store_up",
+        "gauge",
+        "1 when a worker's last probe of a vector store server (PostgreSQL primary or replica) got an "
+        "answer, 0 when it did not (the reason is in `ragfleet status` and the worker's log).",
+        ("store", "role", "server"),
+        mode="mostrecent",
+    ),
+    MetricSpec(
         "ragfleet_store_replica_lag_bytes",
         "gauge",
         "WAL bytes a PostgreSQL read replica has not replayed yet, when a worker last checked it.",
