@@ -60,6 +60,22 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, regex_engine="python-re")
 
 
+class CallbackTaskBody(_Body):
+    """A Celery task sent by name with the job's final record when the job ends (docs/http.md#callbacks)."""
+
+    name: str = Field(min_length=1, max_length=200)
+    queue: str = Field(min_length=1, max_length=200)
+
+
+class CallbackFields(_Body):
+    """Optional callbacks of a submission; each is checked against the deployment's allow-lists (422)."""
+
+    callback_url: str | None = Field(
+        default=None, max_length=2_048, description="POST the signed outcome here when the job ends."
+    )
+    callback_task: CallbackTaskBody | None = None
+
+
 class Accepted(BaseModel):
     job_id: str
     status: JobStatus = JobStatus.QUEUED
@@ -107,10 +123,10 @@ def build_request_models(s: Settings) -> RequestModels:
         title: str | None = Field(default=None, max_length=2_000)
         metadata: Metadata = Field(default_factory=dict)
 
-    class IndexRequest(_Body):
+    class IndexRequest(CallbackFields):
         documents: list[Document] = Field(min_length=1, max_length=s.max_documents_per_request)
 
-    class QueryRequest(_Body):
+    class QueryRequest(CallbackFields):
         question: str = Field(min_length=1, max_length=s.max_question_chars, pattern=NOT_BLANK)
         top_k: Annotated[int, BeforeValidator(_integral)] = Field(
             default=s.default_top_k, ge=1, le=s.max_top_k

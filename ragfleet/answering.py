@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ragfleet import metrics, querying
+from ragfleet.callbacks import record_fields
 from ragfleet.jobs import JobCreate
 from ragfleet.names import Priority, Queue, TaskName
 from ragfleet.outcomes import fail_job, finish_with_answer
@@ -34,7 +35,9 @@ def retrieve(res: Resources, p: QueryPayload, *, priority: Priority) -> dict[str
     job_id = str(p.job_id)
     # A producer that enqueues by task name has created no record: the stage creates it (in its
     # first round trip; a no-op when the API or a redelivery did already).
-    create = JobCreate("query", tenant=p.tenant, request_id=p.request_id)
+    # A callback it asked for is checked and built here (tasks._common.parse refused a bad one).
+    extra = record_fields(res.settings, job_id, p.tenant, p) if p.callback_url or p.callback_task else None
+    create = JobCreate("query", tenant=p.tenant, request_id=p.request_id, extra=extra)
     # the index pointer, the cached query vector, the answer cache and the coalescing join come
     # with the stage's first round trip (see querying.Prefetch)
     pre = querying.Prefetch.for_query(res, p, job_id)

@@ -11,6 +11,7 @@ their latency while a batch runs.
 # `batches_router`'s scope at runtime.
 
 import json
+import uuid
 from collections.abc import AsyncIterator
 from functools import partial
 from itertools import islice
@@ -97,6 +98,16 @@ def _request_schema(s: Settings) -> dict[str, Any]:
             "top_k": top_k,
             "mode": mode,
             "use_cache": {"type": "boolean"},
+            "callback_url": {"type": "string", "maxLength": 2_048},
+            "callback_task": {
+                "type": "object",
+                "required": ["name", "queue"],
+                "additionalProperties": False,
+                "properties": {
+                    "name": {"type": "string", "minLength": 1, "maxLength": 200},
+                    "queue": {"type": "string", "minLength": 1, "maxLength": 200},
+                },
+            },
         },
     }
     # JSONL bodies and multipart uploads are accepted too, but JSON Schema cannot describe "one JSON
@@ -127,11 +138,17 @@ def _models(s: Settings) -> type[BaseModel]:
         use_cache: Annotated[bool | None, NotNull] = None
         id: Annotated[Annotated[str, Field(max_length=512)] | int | None, NotNull] = None
 
+    class CallbackTaskItem(_Strict):
+        name: str = Field(min_length=1, max_length=200)
+        queue: str = Field(min_length=1, max_length=200)
+
     class BatchRequest(_Strict):
         questions: list[Question | BatchItem] = Field(min_length=1, max_length=s.max_batch_questions)
         top_k: Annotated[TopK | None, NotNull] = None
         mode: Annotated[SearchMode | None, NotNull] = None
         use_cache: Annotated[bool | None, NotNull] = None
+        callback_url: Annotated[Annotated[str, Field(max_length=2_048)] | None, NotNull] = None
+        callback_task: Annotated[CallbackTaskItem | None, NotNull] = None
 
     return BatchRequest
 
@@ -148,17 +165,18 @@ def batches_router(deps: ApiDeps) -> APIRouter:
     BatchId = Annotated[str, Path(min_length=1, max_length=JOB_ID_MAX)]  # noqa: N806
     publish_timeout_s = max(5.0, 4 * s.redis_socket_timeout_s)
 
-    async def read_items(request: Request) -> tuple[list[Any], dict[str, Any]]:
+    async def read_items(request: Request) -> tuple[list[Any], dict[str, Any], Any]:
+        """(questions, defaults, the JSON body's model: its callbacks; None for JSONL)."""
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype == "multipart/form-data":
             form = await request.form()
             upload = form.get("file")
             if upload is None or isinstance(upload, str):
                 raise HTTPException(400, "multipart body needs a JSONL `file` part")
-            return parse_jsonl((await upload.read()).splitlines()), {}
+            return parse_jsonl((await upload.read()).splitlines()), {}, None
         raw = await request.body()
         if ctype in NDJSON_TYPES:
-            return parse_jsonl(raw.splitlines()), {}
+            return parse_jsonl(raw.splitlines()), {}, None
         if ctype not in ("application/json", ""):
             raise HTTPException(415, f"unsupported content type {ctype!r}")
         try:
@@ -175,7 +193,7 @@ def batches_router(deps: ApiDeps) -> APIRouter:
             raise HTTPException(422, errors) from exc
         dumped = body.model_dump(exclude_none=True)
         defaults = {k: dumped.get(k) for k in ("top_k", "mode", "use_cache")}
-        return list(dumped["questions"]), defaults
+        return list(dumped["questions"]), defaults, body
 
     async def owned(batch_id: str, who: Caller) -> None:
         st = await anyio.to_thread.run_sync(partial(batches.status, batch_id, reconcile=False))
@@ -209,7 +227,7 @@ def batches_router(deps: ApiDeps) -> APIRouter:
         use_cache: Annotated[bool | None, Query(description="Default for JSONL items.")] = None,
     ) -> JSONResponse:
         try:
-            items, defaults = await read_items(request)
+            items, defaults, body = await read_items(request)
             defaults = {
                 "top_k": top_k,
                 "use_cache": use_cache,
@@ -219,7 +237,11 @@ def batches_router(deps: ApiDeps) -> APIRouter:
         except BatchError as exc:
             detail: Any = [{**e, "loc": ["body", "questions", *e["loc"]]} for e in exc.errors] or str(exc)
             raise HTTPException(422, detail) from exc
-        submit = partial(batches.submit, questions, tenant=who.tenant, request_id=rid)
+        batch_id = f"b{uuid.uuid4().hex}"
+        extra = deps.callback_fields(batch_id, who.tenant, body)
+        submit = partial(
+            batches.submit, questions, tenant=who.tenant, request_id=rid, batch_id=batch_id, extra=extra
+        )
         with anyio.fail_after(publish_timeout_s):
             batch_id = await anyio.to_thread.run_sync(submit, abandon_on_cancel=True)
         body = BatchAccepted(batch_id=batch_id, job_id=batch_id, total=len(questions))
