@@ -111,14 +111,14 @@ def event_body(record: JobRecord, eid: str) -> dict[str, Any]:
 
 
 class DeliveryLog:
-    """`<prefix>:deliveries:<job id>`: a Redis list of `Delivery` entries, expiring with the job."""
+    """`<prefix>:callback_log:<job id>` (not `deliveries:`, the redelivery counters'): a Redis list of `Delivery` entries, expiring with the job."""
 
     def __init__(self, client: redis.Redis, settings: Settings) -> None:
         self._r = client
         self._s = settings
 
     def key(self, job_id: str) -> str:
-        return self._s.key("deliveries", job_id)
+        return self._s.key("callback_log", job_id)
 
     def append(self, job_id: str, entry: Delivery) -> None:
         pipe = self._r.pipeline(transaction=False)
