@@ -111,7 +111,8 @@ def event_body(record: JobRecord, eid: str) -> dict[str, Any]:
 
 
 class DeliveryLog:
-    """`<prefix>:callback_log:<job id>` (not `deliveries:`, the redelivery counters'): a Redis list of `Delivery` entries, expiring with the job."""
+    """`<prefix>:callback_log:<job id>`: a Redis list of `Delivery` entries, expiring with the job. Not
+    `deliveries:<id>`: that is the redelivery counter, which a dead-letter replay resets."""
 
     def __init__(self, client: redis.Redis, settings: Settings) -> None:
         self._r = client

@@ -241,6 +241,9 @@ TASKS: dict[TaskName, TaskSpec] = {
             expires="job_ttl_s",
             max_retries=0,
             ignore_result=True,
+            summary="Internal: delivers a finished job's `callback_url` / `callback_task` on the "
+            "`callbacks` pool (docs/http.md#callbacks). Built with the job, sent when it ends: "
+            "do not send it yourself.",
         ),
         TaskSpec(
             TaskName.HEARTBEAT,
