@@ -207,9 +207,10 @@ QUEUE_DEPTH: Final = "ragfleet_queue_depth"
 QUEUE_DEPTH_UP: Final = "ragfleet_queue_depth_up"
 # Collected at scrape time too: see ragfleet.metrics.dead_letters.
 DEAD_LETTERS: Final = "ragfleet_dead_letters"
+DEAD_LETTERS_RECORDED: Final = "ragfleet_dead_letters_recorded"  # a counter: `<name>_total`
 
 
 def exposed_series() -> frozenset[str]:
     """Every sample name this module can expose (dashboard and alert rules may reference only these)."""
     names = {s for spec in METRICS for s in spec.series()}
-    return frozenset(names | {QUEUE_DEPTH, QUEUE_DEPTH_UP, DEAD_LETTERS})
+    return frozenset(names | {QUEUE_DEPTH, QUEUE_DEPTH_UP, DEAD_LETTERS, f"{DEAD_LETTERS_RECORDED}_total"})
