@@ -27,7 +27,7 @@ import time
 import uuid
 from collections.abc import Callable
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import certifi
 import httpx
@@ -270,4 +270,4 @@ def _pinned(settings: Settings, url: str) -> tuple[str, str, str]:
     ip = addresses[0]
     netloc = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
     host_header = host if parts.port is None else f"{host}:{parts.port}"
-    return parts._replace(netloc=netloc).geturl(), host_header, host
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment)), host_header, host

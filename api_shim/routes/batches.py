@@ -24,7 +24,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from api_shim.auth import Caller
 from api_shim.deps import ApiDeps
-from api_shim.models import JOB_ID_MAX, NOT_BLANK, error_responses
+from api_shim.models import JOB_ID_MAX, NOT_BLANK, callback_fields_model, callback_properties, error_responses
 from ragfleet.batch import BatchError, Batches, normalize_questions, parse_jsonl
 from ragfleet.schemas import MetadataValue, SearchMode
 from ragfleet.settings import Settings
@@ -98,16 +98,7 @@ def _request_schema(s: Settings) -> dict[str, Any]:
             "top_k": top_k,
             "mode": mode,
             "use_cache": {"type": "boolean"},
-            "callback_url": {"type": "string", "maxLength": 2_048},
-            "callback_task": {
-                "type": "object",
-                "required": ["name", "queue"],
-                "additionalProperties": False,
-                "properties": {
-                    "name": {"type": "string", "minLength": 1, "maxLength": 200},
-                    "queue": {"type": "string", "minLength": 1, "maxLength": 200},
-                },
-            },
+            **callback_properties(s),  # only those this deployment enables
         },
     }
     # JSONL bodies and multipart uploads are accepted too, but JSON Schema cannot describe "one JSON
@@ -138,17 +129,13 @@ def _models(s: Settings) -> type[BaseModel]:
         use_cache: Annotated[bool | None, NotNull] = None
         id: Annotated[Annotated[str, Field(max_length=512)] | int | None, NotNull] = None
 
-    class CallbackTaskItem(_Strict):
-        name: str = Field(min_length=1, max_length=200)
-        queue: str = Field(min_length=1, max_length=200)
+    class BatchRequest(callback_fields_model(s)):  # type: ignore[misc]
+        model_config = ConfigDict(extra="forbid", strict=True, regex_engine="python-re")
 
-    class BatchRequest(_Strict):
         questions: list[Question | BatchItem] = Field(min_length=1, max_length=s.max_batch_questions)
         top_k: Annotated[TopK | None, NotNull] = None
         mode: Annotated[SearchMode | None, NotNull] = None
         use_cache: Annotated[bool | None, NotNull] = None
-        callback_url: Annotated[Annotated[str, Field(max_length=2_048)] | None, NotNull] = None
-        callback_task: Annotated[CallbackTaskItem | None, NotNull] = None
 
     return BatchRequest
 
