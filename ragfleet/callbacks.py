@@ -34,6 +34,7 @@ import httpx
 import redis
 from pydantic import BaseModel
 
+from ragfleet import metrics
 from ragfleet.callback_spec import (
     EVENT_ID_HEADER,
     SIGNATURE_HEADER,
@@ -155,6 +156,9 @@ def deliver(client: redis.Redis, settings: Settings, task_id: str, send_task: Se
     def note(entry: Delivery) -> None:
         book.append(job_id, entry)
         out.append(entry)
+        metrics.callback_delivery(entry.target, entry.outcome)
+        if entry.outcome == "accepted":
+            metrics.observe_callback_lag(time.time() - record.updated_at)
 
     if spec.callback_task is not None and not any(d.target == "task" for d in before):
         t = spec.callback_task

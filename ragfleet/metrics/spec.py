@@ -166,6 +166,20 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
         TASK_WAIT_BUCKETS,
     ),
     MetricSpec(
+        "ragfleet_callback_deliveries",
+        "counter",
+        "Callback delivery attempts (ragfleet.callbacks) by target (url, task) and outcome (accepted, "
+        "retrying, failed, sent).",
+        ("target", "outcome"),
+    ),
+    MetricSpec(
+        "ragfleet_callback_lag_seconds",
+        "histogram",
+        "From a job's end to its webhook accepted by the receiver (retries included).",
+        (),
+        TASK_WAIT_BUCKETS,
+    ),
+    MetricSpec(
         "ragfleet_task_failures",
         "counter",
         "Tasks that raised, by task and exception type.",
