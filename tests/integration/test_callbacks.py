@@ -278,6 +278,33 @@ def test_api_batch_with_callback_url_calls_back_when_cancelled(
     assert (event["job_id"], event["kind"], event["status"]) == (batch_id, "batch", "cancelled")
 
 
+@pytest.mark.workers
+def test_a_query_answered_from_the_cache_calls_back_too(
+    cb_settings: Settings, callbacks_worker: Worker, receiver: Callable[..., Receiver]
+) -> None:
+    """The API's cache path creates the job done at birth (JobStore.put_done): no Lua transition runs,
+    so it pushes the delivery itself, in the same MULTI."""
+    from ragfleet.cache import AnswerCache, answer_key_for
+    from ragfleet.schemas import QueryPayload
+
+    hook = receiver([200])
+    question = f"cached question {uuid.uuid4().hex}?"
+    key = answer_key_for(cb_settings, QueryPayload(question=question, tenant="default"), 0)
+    AnswerCache(Resources(cb_settings).redis, cb_settings).put(
+        key, {"question": question, "answer": "from cache"}
+    )
+    with api_client(cb_settings) as api:
+        r = api.post("/v1/queries?wait=1", json={"question": question, "callback_url": hook.url})
+        assert r.status_code == 200 and r.json()["result"]["cached"], r.text
+    wait_for(lambda: hook.got, timeout=15, what="the cached answer's webhook")
+    event = json.loads(hook.got[0][2])
+    assert (event["job_id"], event["status"], event["result"]["answer"]) == (
+        r.json()["job_id"],
+        "done",
+        "from cache",
+    )
+
+
 # --- refused at submit (no worker needed) ---------------------------------------------------------
 
 
