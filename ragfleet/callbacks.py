@@ -84,8 +84,11 @@ def record_fields(settings: Settings, job_id: str, tenant: str, request: Callbac
     check(settings, tenant, request)
     from ragfleet.producer import build_message  # Celery: only where a callback is asked for
 
+    # `expires` is fixed now, and the message may be sent long after: when the job ends (within its
+    # TTL), or again when a dead letter of it is replayed (within the dead letter's TTL) and it ends
+    expires = settings.job_ttl_s + settings.dead_letter_ttl_s
     _, list_key, message = build_message(
-        TaskName.CALLBACK_DELIVER, {}, settings=settings, job_id=job_id + CALLBACK_SUFFIX
+        TaskName.CALLBACK_DELIVER, {}, settings=settings, job_id=job_id + CALLBACK_SUFFIX, expires=expires
     )
     envelope = json.loads(message)
     tag = uuid.uuid4().hex  # hex: PUSH_CALLBACK substitutes it with a Lua pattern
