@@ -25,6 +25,8 @@ from api_shim.models import Accepted, build_request_models
 from api_shim.ratelimit import AsyncRateLimiter, LimitName
 from api_shim.readiness import Readiness, ReadyCheck, WorkerProbe, redis_probe
 from api_shim.streaming import AsyncEventReader
+from ragfleet.callback_spec import CallbackRefusedError, CallbackRequest, CallbackTask
+from ragfleet.callbacks import record_fields
 from ragfleet.jobs import JobStore
 from ragfleet.names import Priority, Queue, TaskName
 from ragfleet.producer import client_app
@@ -77,13 +79,42 @@ class ApiDeps:
         self.reader = _rate_limited(self.authenticate, self.read_limiter, tenant_reader)
         self.request_id = request_id
 
+    def callback_fields(self, job_id: str, tenant: str, body: Any) -> dict[str, str]:
+        """The record fields of the callbacks `body` asks for ({} if none): a 422 naming the field
+        if the deployment does not allow one (`ragfleet.callback_spec`)."""
+        request = CallbackRequest(
+            callback_url=getattr(body, "callback_url", None),
+            callback_task=(
+                CallbackTask(name=body.callback_task.name, queue=body.callback_task.queue)
+                if getattr(body, "callback_task", None) is not None
+                else None
+            ),
+        )
+        try:
+            return record_fields(self.enqueue_settings, job_id, tenant, request)
+        except CallbackRefusedError as exc:
+            detail = [{"type": "value_error", "loc": ["body", exc.field], "msg": str(exc)}]
+            raise HTTPException(422, detail) from exc
+
     async def submit(
-        self, task: TaskName, kind: str, payload: dict[str, Any], who: Caller, rid: str, priority: Priority
+        self,
+        task: TaskName,
+        kind: str,
+        payload: dict[str, Any],
+        who: Caller,
+        rid: str,
+        priority: Priority,
+        *,
+        job_id: str | None = None,
+        extra: dict[str, str] | None = None,
     ) -> str:
         """The job record and its message in one MULTI on redis.asyncio (`ragfleet.submission`):
         both or neither (a failure is a plain 503 that leaves nothing behind), one round trip, no
-        worker thread. The one way every route starts a job."""
-        job = NewJob(task, kind, payload, uuid.uuid4().hex, who.tenant, rid, priority)
+        worker thread. The one way every route starts a job. `extra`: more record fields (a
+        callback's: `callback_fields`)."""
+        job = NewJob(
+            task, kind, payload, job_id or uuid.uuid4().hex, who.tenant, rid, priority, extra or None
+        )
         try:
             with anyio.fail_after(self.publish_timeout_s):  # a frozen Redis: a 503, not a hung request
                 return await submit_job_async(

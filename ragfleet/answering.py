@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ragfleet import metrics, querying, tracing
+from ragfleet.callbacks import record_fields
 from ragfleet.jobs import JobCreate
 from ragfleet.names import Priority, Queue, TaskName
 from ragfleet.outcomes import fail_job, finish_with_answer
@@ -35,7 +36,11 @@ def retrieve(res: Resources, p: QueryPayload, *, priority: Priority) -> dict[str
     # A producer that enqueues by task name has created no record: the stage creates it (in its
     # first round trip; a no-op when the API or a redelivery did already).
     # The record keeps the trace context of whoever created it (ragfleet.tracing): a follower links to it.
-    create = JobCreate("query", tenant=p.tenant, request_id=p.request_id, extra=tracing.record_fields())
+    # A callback it asked for is checked and built here (tasks._common.parse refused a bad one).
+    extra = tracing.record_fields()
+    if p.callback_url or p.callback_task:
+        extra = {**(extra or {}), **record_fields(res.settings, job_id, p.tenant, p)}
+    create = JobCreate("query", tenant=p.tenant, request_id=p.request_id, extra=extra)
     # the index pointer, the cached query vector, the answer cache and the coalescing join come
     # with the stage's first round trip (see querying.Prefetch)
     pre = querying.Prefetch.for_query(res, p, job_id)

@@ -209,12 +209,21 @@ def _batch_item(item: Any) -> Any:
 
 @app.command()
 def job(job_id: Annotated[str, typer.Argument(help="job id")]) -> None:
-    """Print a job record (status, stage timings, result or error)."""
-    rec = FleetClient().job(job_id)
+    """Print a job record (status, stage timings, result or error) and its callback deliveries."""
+    client = FleetClient()
+    rec = client.job(job_id)
     if rec is None:
         err.print(f"[red]job {job_id} not found (expired, or not picked up yet)")
         raise typer.Exit(4)
     console.print_json(json.dumps(rec))
+    for d in client.deliveries(job_id):
+        what = f"HTTP {d['status_code']}" if d.get("status_code") else (d.get("error") or "")
+        console.print(
+            f"callback {d['target']} {d['destination']} attempt {d['attempt']}: {d['outcome']} {what} "
+            f"(event {d['event_id']})",
+            markup=False,
+            highlight=False,
+        )
 
 
 @app.command("wait-ready")

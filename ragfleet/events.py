@@ -19,7 +19,7 @@ from typing import Any, Literal, cast
 import redis
 
 from ragfleet import tracing
-from ragfleet.jobs import AnyPipeline, JobStore
+from ragfleet.jobs import PUSH_CALLBACK, AnyPipeline, JobStore
 from ragfleet.schemas import JobRecord
 from ragfleet.settings import Settings
 
@@ -37,7 +37,8 @@ STREAM_MAXLEN = 10_000  # approximate (MAXLEN ~): a bound for a runaway producer
 # entry carries the finished record itself, so the long poll it wakes answers without reading the
 # record again. Nothing is written if the job is terminal (0) or gone (-1). Returns {applied,
 # latency_ms as a string} (a Lua number would reach the client truncated to an integer).
-_FINISH_QUERY = """
+_FINISH_QUERY = (
+    """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, false} end
 local st = redis.call('HGET', KEYS[1], 'status')
 if st == 'done' or st == 'failed' or st == 'cancelled' then return {0, false} end
@@ -63,8 +64,12 @@ redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'type', 'done', 'data',
 redis.call('EXPIRE', KEYS[2], ARGV[2])
 redis.call('XADD', KEYS[3], '*', 'type', 'done', unpack(redis.call('HGETALL', KEYS[1])))
 redis.call('EXPIRE', KEYS[3], ARGV[6])
+"""
+    + PUSH_CALLBACK
+    + """
 return {1, tostring(latency)}
 """
+)
 
 
 def end_key(settings: Settings, job_id: str) -> str:
@@ -220,11 +225,12 @@ def queue_answer_at_once(
     *,
     tenant: str,
     request_id: str | None,
+    extra: dict[str, str] | None = None,
 ) -> JobRecord:
     """A new query job answered on the spot (the API's cache path): the finished record and the
     whole stream (sources, answer, done) queued on `pipe`, a MULTI (sync or redis.asyncio) the
     caller executes, so a reader sees all or none."""
-    rec = jobs.put_done(pipe, job_id, "query", answer, tenant=tenant, request_id=request_id)
+    rec = jobs.put_done(pipe, job_id, "query", answer, tenant=tenant, request_id=request_id, extra=extra)
     events.emit_to(pipe, job_id, "sources", {"sources": answer.get("sources", [])})
     events.emit_to(pipe, job_id, "answer_chunk", {"text": answer.get("answer", "")})
     events.emit_to(pipe, job_id, "done", _done_data(answer, 0.0))

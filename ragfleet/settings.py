@@ -324,6 +324,34 @@ class Settings(BaseSettings):
     batch_window: int = 8  # questions of one batch in flight at once (bounded fan-out)
     """Questions of one batch in flight at once (bounded fan-out)."""
 
+    # --- completion callbacks (ragfleet.callbacks, docs/http.md "Callbacks") ----------------------
+    callback_secrets: SecretStr | None = None
+    """Webhook signing secrets (secret): `tenant:secret[|next_secret],tenant2:secret`. Every delivery is
+    signed with each active secret of its tenant (two during a rotation); a tenant without one cannot set
+    `callback_url`."""
+    callback_allowed_hosts: str = ""
+    """Comma-separated host names a `callback_url` may name (`*.example.com` matches subdomains). Empty = no
+    webhooks."""
+    callback_allowed_networks: str = ""
+    """CIDRs a webhook may connect to although they are loopback, private, link-local or reserved (refused
+    otherwise, checked on the address actually connected to), e.g. `127.0.0.1/32`."""
+    callback_allowed_tasks: str = ""
+    """Comma-separated `task_name@queue` a `callback_task` may name (`*` globs in the name). Never a
+    `ragfleet.*` task or one of the fleet's queues."""
+    callback_timeout_s: float = 10.0
+    """Timeout of one webhook request (connecting, sending, each read of the response's head): a hanging
+    receiver is cut off."""
+    callback_max_attempts: int = 6
+    """Webhook attempts before the delivery is recorded `failed`."""
+    callback_backoff_s: float = 1.0
+    """First retry delay; doubled each attempt (with +-50 % jitter), at most `callback_backoff_max_s`."""
+    callback_backoff_max_s: float = 60.0
+    """Longest delay between two webhook attempts."""
+    callback_time_limit_s: float = 600.0
+    """Hard time limit of one delivery task: must cover every attempt and delay."""
+    callback_replay_window_s: int = 300
+    """How old a signature's timestamp may be before `ragfleet.callback_spec.verify_signature` refuses it."""
+
     extra: dict[str, str] = Field(default_factory=dict)
     """Free-form string settings (a JSON object); ragfleet itself reads none of them."""
 

@@ -16,7 +16,7 @@ mkdir -p var "$RAGFLEET_DATA_DIR"; rm -rf "$RAGFLEET_METRICS_DIR"; mkdir -p "$RA
 if [ -f var/fleet.pid ] && kill -0 "$(cat var/fleet.pid)" 2>/dev/null; then
   echo "fleet already running (pid $(cat var/fleet.pid))"
 else
-  PROCS="api retrieval generation indexing feedback maintenance beat"
+  PROCS="api retrieval generation indexing feedback maintenance callbacks beat"
   [ -n "${RAGFLEET_FLOWER_PASSWORD:-}" ] && PROCS="$PROCS flower"
   # shellcheck disable=SC2086
   setsid honcho start -f Procfile $PROCS > var/fleet.log 2>&1 < /dev/null &

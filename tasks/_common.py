@@ -7,6 +7,8 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from ragfleet import callback_spec
+from ragfleet.callback_spec import CallbackRefusedError, CallbackRequest
 from ragfleet.resources import Resources, get_resources
 from ragfleet.schemas import ErrorCode
 from ragfleet.stages import error_result
@@ -30,8 +32,11 @@ def parse(task: RagfleetTask, model: type[M], payload: Any, *, kind: str) -> M:
     try:
         if not isinstance(payload, dict):
             raise TypeError("payload must be a JSON object")
-        return model.model_validate(data)
-    except (ValidationError, TypeError) as exc:
+        parsed = model.model_validate(data)
+        if isinstance(parsed, CallbackRequest):  # a callback this deployment does not allow
+            callback_spec.check(get_resources().settings, str(data.get("tenant") or "default"), parsed)
+        return parsed
+    except (ValidationError, TypeError, CallbackRefusedError) as exc:
         res = get_resources()
         jid = str(data.get("job_id") or job_id)
         message = f"invalid payload: {exc}"[:2_000]

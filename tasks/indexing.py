@@ -7,7 +7,7 @@ from typing import Any
 from celery.exceptions import SoftTimeLimitExceeded
 from redis.exceptions import RedisError
 
-from ragfleet import indexing, metrics
+from ragfleet import callbacks, indexing, metrics
 from ragfleet.names import Queue, TaskName
 from ragfleet.producer import client_app, enqueue
 from ragfleet.resources import get_resources
@@ -34,7 +34,8 @@ def index_documents(self: RagfleetTask, *, payload: dict[str, Any]) -> dict[str,
         return exc.result
     res = get_resources()
     job_id = str(p.job_id)
-    status = res.jobs.create(job_id, "index", tenant=p.tenant, request_id=p.request_id)
+    extra = callbacks.record_fields(res.settings, job_id, p.tenant, p)  # checked by parse
+    status = res.jobs.create(job_id, "index", tenant=p.tenant, request_id=p.request_id, extra=extra)
     if p.files and status in TERMINAL:
         # a redelivery after the job finished: its blobs may be gone, and rerunning would overwrite
         # the record's result with `not_found` errors (a text-only job reruns harmlessly)

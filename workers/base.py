@@ -152,7 +152,23 @@ class RagfleetTask(Task):  # type: ignore[misc]
         return {"error": {"code": ErrorCode.WORKER_LOST.value, "message": message}}
 
 
-def task(name: TaskName) -> Callable[[Callable[..., Any]], Any]:
+class CallbackDeliveryTask(RagfleetTask):
+    """The delivery of a job's callbacks (tasks/callbacks.py). Its job is terminal already and its
+    outcome is the delivery log (`ragfleet.callbacks`): a failure of the delivery must neither touch
+    the job nor become a dead letter of it (a replay would reopen a finished job)."""
+
+    abstract = True
+
+    def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        logging.getLogger("ragfleet.callbacks").error("callback delivery %s failed: %r", task_id, exc)
+
+    def record_dead_letter(
+        self, task_id: str, kwargs: Any, code: ErrorCode, message: str, deliveries: int, *, parked: bool
+    ) -> None:
+        logging.getLogger("ragfleet.callbacks").error("callback delivery %s parked: %s", task_id, message)
+
+
+def task(name: TaskName, base: type[RagfleetTask] = RagfleetTask) -> Callable[[Callable[..., Any]], Any]:
     """The decorator of a project task: `shared_task` (the module builds no app; workers.app binds it),
     bound, on `RagfleetTask`, with its name, time limits, retries and result policy from its spec
     (ragfleet.names.TASKS). Its queue is routed by the app (`task_routes`, from the same specs)."""
@@ -161,7 +177,7 @@ def task(name: TaskName) -> Callable[[Callable[..., Any]], Any]:
     decorator: Callable[[Callable[..., Any]], Any] = shared_task(
         name=spec.name.value,
         bind=True,
-        base=RagfleetTask,
+        base=base,
         time_limit=hard,
         soft_time_limit=soft,
         max_retries=spec.max_retries,

@@ -64,6 +64,8 @@ SIZING: dict[str, Sizing] = {
     "generation": Sizing(512, 1_024, "250m", min_replicas=1, max_replicas=4, backlog_per_replica=16),
     "indexing": Sizing(1_536, 2_560, "1", min_replicas=0, max_replicas=4, backlog_per_replica=8),
     "feedback": Sizing(256, 512, "100m", min_replicas=0, max_replicas=2, backlog_per_replica=50),
+    # min 1: a delivery should not wait for a pod to start; a delivery mostly waits on receivers
+    "callbacks": Sizing(384, 768, "100m", min_replicas=1, max_replicas=4, backlog_per_replica=50),
     # one reindex at a time (it also takes a fleet-wide lock)
     "maintenance": Sizing(1_229, 2_048, "500m", min_replicas=0, max_replicas=1, backlog_per_replica=1),
     "api": Sizing(512, 1_024, "500m", min_replicas=2, max_replicas=2, backlog_per_replica=0),
@@ -79,6 +81,7 @@ SECRET_KEYS: dict[str, str] = {
     "RAGFLEET_LLM_PROVIDER_CONFIG": "",
     "RAGFLEET_FEEDBACK_ALERT_WEBHOOK": "",
     "RAGFLEET_API_KEYS": "",
+    "RAGFLEET_CALLBACK_SECRETS": "",
 }
 CONFIG_VARS: dict[str, str] = {
     "RAGFLEET_STORE": "postgres",  # pods share no disk: no embedded LanceDB

@@ -35,6 +35,7 @@ from ragfleet.schemas import TERMINAL, JobRecord, QueryPayload
 
 log = logging.getLogger(__name__)
 TERMINAL_STATUS_VALUES = frozenset(st.value for st in TERMINAL)
+CALLBACK_FIELDS = frozenset({"callback_url", "callback_task"})
 
 
 class CachedAnswers:
@@ -52,7 +53,9 @@ class CachedAnswers:
         self._job_events = JobEvents(deps.rds, s)
         self._last_version = 0  # the index version this process read last
 
-    async def serve(self, p: QueryPayload, rid: str) -> JobRecord | None:
+    async def serve(
+        self, p: QueryPayload, rid: str, job_id: str, extra: dict[str, str] | None = None
+    ) -> JobRecord | None:
         client = self._reader.client()
         cache, version_key = self._cache, self._index_state.version_key
         # One round trip: the live index version and the Redis entry under the version this process
@@ -91,6 +94,7 @@ class CachedAnswers:
             {**answer, "cached": layer},
             tenant=p.tenant,
             request_id=rid,
+            extra=extra,
         )
         await pipe.execute()
         return record
@@ -150,17 +154,24 @@ def queries_router(deps: ApiDeps) -> APIRouter:
             checked = QueryPayload.model_validate(payload)
         except ValidationError as exc:
             raise validation_error(["body"], exc) from exc
-        payload = checked.model_dump(mode="json", exclude_none=True, exclude={"job_id", "batch_id", "stream"})
+        job_id = uuid.uuid4().hex
+        # the record carries the callbacks (its end sends them), the task's payload need not
+        extra = deps.callback_fields(job_id, who.tenant, checked)
+        payload = checked.model_dump(
+            mode="json", exclude_none=True, exclude={"job_id", "batch_id", "stream", *CALLBACK_FIELDS}
+        )
         if checked.use_cache:
             try:
-                served = await cached.serve(checked, rid)
+                served = await cached.serve(checked, rid, job_id, extra)
             except UNAVAILABLE_ERRORS:
                 served = None  # the cache is an optimisation: fall through to the queue
             if served is not None:
                 if wait is not None:
                     return record_response(served)
                 return accepted(served.job_id)
-        job_id = await deps.submit(TaskName.QUERY, "query", payload, who, rid, Priority.INTERACTIVE)
+        job_id = await deps.submit(
+            TaskName.QUERY, "query", payload, who, rid, Priority.INTERACTIVE, job_id=job_id, extra=extra
+        )
         if not wait:
             return accepted(job_id)
         try:

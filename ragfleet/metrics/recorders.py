@@ -126,6 +126,14 @@ def task_failed(task: str, exception: str) -> None:
     _counter("ragfleet_task_failures").labels(task=task, exception=exception).inc()
 
 
+def callback_delivery(target: str, outcome: str) -> None:
+    _counter("ragfleet_callback_deliveries").labels(target=target, outcome=outcome).inc()
+
+
+def observe_callback_lag(seconds: float) -> None:
+    _histogram("ragfleet_callback_lag_seconds").observe(max(seconds, 0.0))
+
+
 def task_retried(task: str) -> None:
     _counter("ragfleet_task_retries").labels(task=task).inc()
 

@@ -174,6 +174,20 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
         TASK_WAIT_BUCKETS,
     ),
     MetricSpec(
+        "ragfleet_callback_deliveries",
+        "counter",
+        "Callback delivery attempts (ragfleet.callbacks) by target (url, task) and outcome (accepted, "
+        "retrying, failed, sent).",
+        ("target", "outcome"),
+    ),
+    MetricSpec(
+        "ragfleet_callback_lag_seconds",
+        "histogram",
+        "From a job's end to its webhook accepted by the receiver (retries included).",
+        (),
+        TASK_WAIT_BUCKETS,
+    ),
+    MetricSpec(
         "ragfleet_task_failures",
         "counter",
         "Tasks that raised, by task and exception type.",
@@ -215,9 +229,10 @@ QUEUE_DEPTH: Final = "ragfleet_queue_depth"
 QUEUE_DEPTH_UP: Final = "ragfleet_queue_depth_up"
 # Collected at scrape time too: see ragfleet.metrics.dead_letters.
 DEAD_LETTERS: Final = "ragfleet_dead_letters"
+DEAD_LETTERS_RECORDED: Final = "ragfleet_dead_letters_recorded"  # a counter: `<name>_total`
 
 
 def exposed_series() -> frozenset[str]:
     """Every sample name this module can expose (dashboard and alert rules may reference only these)."""
     names = {s for spec in METRICS for s in spec.series()}
-    return frozenset(names | {QUEUE_DEPTH, QUEUE_DEPTH_UP, DEAD_LETTERS})
+    return frozenset(names | {QUEUE_DEPTH, QUEUE_DEPTH_UP, DEAD_LETTERS, f"{DEAD_LETTERS_RECORDED}_total"})
