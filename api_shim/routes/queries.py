@@ -80,7 +80,6 @@ class CachedAnswers:
         if hit is None:
             return None
         entry, layer = hit
-        job_id = uuid.uuid4().hex
         # the entry keeps the `traceparent` of the run that produced it: a link, not part of the answer
         answer = {k: v for k, v in entry.items() if k != tracing.TRACEPARENT}
         tracing.set_attrs(**{tracing.JOB_ID: job_id, tracing.TENANT: p.tenant, tracing.CACHE_LAYER: layer})

@@ -296,7 +296,7 @@ def test_a_query_answered_from_the_cache_calls_back_too(
     with api_client(cb_settings) as api:
         r = api.post("/v1/queries?wait=1", json={"question": question, "callback_url": hook.url})
         assert r.status_code == 200 and r.json()["result"]["cached"], r.text
-    wait_for(lambda: hook.got, timeout=15, what="the cached answer's webhook")
+    wait_for(lambda: hook.got or None, timeout=15, what="the cached answer's webhook")
     event = json.loads(hook.got[0][2])
     assert (event["job_id"], event["status"], event["result"]["answer"]) == (
         r.json()["job_id"],
