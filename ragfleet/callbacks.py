@@ -34,7 +34,6 @@ import httpx
 import redis
 from pydantic import BaseModel
 
-from ragfleet import metrics
 from ragfleet.callback_spec import (
     EVENT_ID_HEADER,
     SIGNATURE_HEADER,
@@ -149,6 +148,8 @@ def deliver(client: redis.Redis, settings: Settings, task_id: str, send_task: Se
     if not raw or raw.get("status") not in _TERMINAL_VALUES or "callback" not in raw:
         log.info("callback skipped: job not terminal or gone", job_id=job_id)
         return []
+    from ragfleet import metrics  # the callbacks pool only: the client imports this module, not Prometheus
+
     spec = CallbackRequest.model_validate_json(raw["callback"])
     record = parse_record(raw)
     eid = event_id(job_id, record.attempt)
