@@ -15,10 +15,13 @@ handlers in `api_shim.errors`, middleware in `api_shim.middleware`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, MutableMapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 
+from api_shim import drain
 from api_shim.deps import ApiDeps
 from api_shim.errors import install_error_handlers
 from api_shim.middleware import BodyLimitMiddleware, RequestContextMiddleware
@@ -31,6 +34,7 @@ from api_shim.routes.files import FILES_PATH, files_router
 from api_shim.routes.jobs import jobs_router
 from api_shim.routes.ops import ops_router
 from api_shim.routes.queries import queries_router, stream_router
+from ragfleet import tracing
 from ragfleet.names import Queue
 from ragfleet.settings import Settings, get_settings
 
@@ -49,6 +53,10 @@ def create_app(
     _setup_observability(s)
     deps = ApiDeps(s, ready_checks=ready_checks, required_queues=required_queues)
     app = FastAPI(
+        lifespan=_lifespan,
+        # FastAPI's own server span per request (it continues a caller's `traceparent`), once this
+        # process has a tracer provider; metrics are Prometheus's here, logs are ours
+        telemetry={"metrics": False, "logs": False, "operation_spans": False, "exclude": _untraced},
         title="ragfleet API",
         version="0.1.0",
         description=(
@@ -82,6 +90,26 @@ def create_app(
     app.add_middleware(BodyLimitMiddleware, max_bytes=s.max_request_bytes, uploads={FILES_PATH: upload_limit})
     app.add_middleware(RequestContextMiddleware)
     return app
+
+
+_PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+def _untraced(scope: MutableMapping[str, Any]) -> bool:
+    """Probes and scrapes, every few seconds from every orchestrator: no trace worth keeping."""
+    return scope.get("path") in _PROBES
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Per process (uvicorn's worker processes each run the lifespan): tracing (ragfleet.tracing), and
+    SIGTERM ending long polls and streams at once (api_shim/drain.py)."""
+    drain.chain_signals()
+    tracing.setup("api")
+    try:
+        yield
+    finally:
+        tracing.shutdown()
 
 
 _observability_ready = False

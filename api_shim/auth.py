@@ -6,20 +6,25 @@ with admin rights (the `/v1/admin/...` routes across tenants); an admin key not 
 `api_keys` belongs to tenant `admin`. On an open API every caller is an admin: there is no key to
 tell one from another. Only a digest of the key leaves this
 module (as the rate-limit identity), so the secret never reaches Redis or a log line.
+
+Rate limits count per key; where several keys map to one tenant (a key being rotated, several
+services of one team) the tenant also has budgets its keys spend together (`Caller.tenant_bucket`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+from collections import Counter
 from dataclasses import dataclass
 
 
 @dataclass(frozen=True, slots=True)
 class Caller:
     tenant: str
-    identity: str  # rate-limit bucket: a key digest, or "ip:<addr>" on an open API
+    identity: str  # rate-limit bucket: "key:<digest>", or "ip:<addr>" on an open API
     admin: bool = False  # sees and works every tenant's dead letters (api_shim.routes.admin)
+    tenant_bucket: str | None = None  # "tenant:<name>" where several keys share the tenant (its budgets)
 
 
 class InvalidKeyConfigError(ValueError):
@@ -60,6 +65,8 @@ class KeyRing:
     def __init__(self, keys: dict[str, str], admins: frozenset[str] = frozenset()) -> None:
         self._keys = [(k.encode("utf-8"), t) for k, t in keys.items()]
         self._admins = [k.encode("utf-8") for k in admins]
+        per_tenant = Counter(keys.values())
+        self.shared_tenants = frozenset(t for t, n in per_tenant.items() if n > 1)
 
     def __bool__(self) -> bool:
         return bool(self._keys)
@@ -71,6 +78,12 @@ class KeyRing:
             if hmac.compare_digest(raw, key):
                 found = tenant
         return found
+
+    def caller(self, presented: str, tenant: str) -> Caller:
+        """The caller behind a valid key of `tenant`: its own rate-limit bucket, and its tenant's where
+        keys share one."""
+        shared = f"tenant:{tenant}" if tenant in self.shared_tenants else None
+        return Caller(tenant, f"key:{key_digest(presented)}", self.is_admin(presented), shared)
 
     def is_admin(self, presented: str) -> bool:
         raw = presented.encode("utf-8", "surrogatepass")

@@ -19,12 +19,14 @@ from fastapi import Depends, HTTPException, Request, Security
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from api_shim.auth import Caller, KeyRing, key_digest, parse_admin_keys, parse_api_keys, with_admin_keys
+from api_shim.auth import Caller, KeyRing, parse_admin_keys, parse_api_keys, with_admin_keys
 from api_shim.errors import EnqueueFailedError
 from api_shim.models import Accepted, build_request_models
-from api_shim.ratelimit import AsyncRateLimiter
+from api_shim.ratelimit import AsyncRateLimiter, LimitName
 from api_shim.readiness import Readiness, ReadyCheck, WorkerProbe, redis_probe
 from api_shim.streaming import AsyncEventReader
+from ragfleet.callback_spec import CallbackRefusedError, CallbackRequest, CallbackTask
+from ragfleet.callbacks import record_fields
 from ragfleet.jobs import JobStore
 from ragfleet.names import Priority, Queue, TaskName
 from ragfleet.producer import client_app
@@ -53,10 +55,8 @@ class ApiDeps:
         self.rds = get_redis(s)
         self.jobs = JobStore(self.rds, s)
         self.events_reader = AsyncEventReader(s)
-        self.limiter = AsyncRateLimiter(s, s.rate_limit, "submit") if s.rate_limit.strip() else None
-        self.read_limiter = (
-            AsyncRateLimiter(s, s.read_rate_limit, "read") if s.read_rate_limit.strip() else None
-        )
+        self.limiter = _limiter(s, s.rate_limit, "submit")
+        self.read_limiter = _limiter(s, s.read_rate_limit, "read")
         self.retry_after = str(max(1, math.ceil(s.redis_socket_timeout_s)))
         self.publish_timeout_s = max(0.5, s.redis_socket_timeout_s)
         self.readiness = Readiness(
@@ -72,17 +72,49 @@ class ApiDeps:
         self.authenticate = _authenticator(s, self.keyring)
         # submissions (and any other write) spend `caller`'s budget; reads of one's own jobs,
         # streams and batches spend `reader`'s, a separate and larger one (api_shim.ratelimit)
-        self.caller = _rate_limited(self.authenticate, self.limiter)
-        self.reader = _rate_limited(self.authenticate, self.read_limiter)
+        # (and, where keys share a tenant, the tenant's budgets too)
+        tenant_limiter = _limiter(s, s.tenant_rate_limit, "submit", unset=s.rate_limit)
+        tenant_reader = _limiter(s, s.tenant_read_rate_limit, "read", unset=s.read_rate_limit)
+        self.caller = _rate_limited(self.authenticate, self.limiter, tenant_limiter)
+        self.reader = _rate_limited(self.authenticate, self.read_limiter, tenant_reader)
         self.request_id = request_id
 
+    def callback_fields(self, job_id: str, tenant: str, body: Any) -> dict[str, str]:
+        """The record fields of the callbacks `body` asks for ({} if none): a 422 naming the field
+        if the deployment does not allow one (`ragfleet.callback_spec`)."""
+        request = CallbackRequest(
+            callback_url=getattr(body, "callback_url", None),
+            callback_task=(
+                CallbackTask(name=body.callback_task.name, queue=body.callback_task.queue)
+                if getattr(body, "callback_task", None) is not None
+                else None
+            ),
+        )
+        try:
+            return record_fields(self.enqueue_settings, job_id, tenant, request)
+        except CallbackRefusedError as exc:
+            detail = [{"type": "value_error", "loc": ["body", exc.field], "msg": str(exc)}]
+            raise HTTPException(422, detail) from exc
+
     async def submit(
-        self, task: TaskName, kind: str, payload: dict[str, Any], who: Caller, rid: str, priority: Priority
+        self,
+        task: TaskName,
+        kind: str,
+        payload: dict[str, Any],
+        who: Caller,
+        rid: str,
+        priority: Priority,
+        *,
+        job_id: str | None = None,
+        extra: dict[str, str] | None = None,
     ) -> str:
         """The job record and its message in one MULTI on redis.asyncio (`ragfleet.submission`):
         both or neither (a failure is a plain 503 that leaves nothing behind), one round trip, no
-        worker thread. The one way every route starts a job."""
-        job = NewJob(task, kind, payload, uuid.uuid4().hex, who.tenant, rid, priority)
+        worker thread. The one way every route starts a job. `extra`: more record fields (a
+        callback's: `callback_fields`)."""
+        job = NewJob(
+            task, kind, payload, job_id or uuid.uuid4().hex, who.tenant, rid, priority, extra or None
+        )
         try:
             with anyio.fail_after(self.publish_timeout_s):  # a frozen Redis: a 503, not a hung request
                 return await submit_job_async(
@@ -110,9 +142,7 @@ def _authenticator(s: Settings, keyring: KeyRing) -> Callable[..., Any]:
             tenant = keyring.tenant_for(presented)
             if tenant is None:
                 raise HTTPException(401, "invalid API key", headers=challenge)
-            return Caller(
-                tenant=tenant, identity=f"key:{key_digest(presented)}", admin=keyring.is_admin(presented)
-            )
+            return keyring.caller(presented, tenant)
 
         return authenticate
 
@@ -123,10 +153,24 @@ def _authenticator(s: Settings, keyring: KeyRing) -> Callable[..., Any]:
     return open_caller
 
 
-def _rate_limited(authenticate: Callable[..., Any], limiter: AsyncRateLimiter | None) -> Callable[..., Any]:
+def _limiter(s: Settings, rate: str | None, name: LimitName, *, unset: str = "") -> AsyncRateLimiter | None:
+    """A budget (`unset`'s rate where its setting is None), or None where the rate is empty (unlimited)."""
+    rate = unset if rate is None else rate
+    return AsyncRateLimiter(s, rate, name) if rate.strip() else None
+
+
+def _rate_limited(
+    authenticate: Callable[..., Any],
+    limiter: AsyncRateLimiter | None,
+    tenant_limiter: AsyncRateLimiter | None,
+) -> Callable[..., Any]:
     async def caller(who: Annotated[Caller, Depends(authenticate)]) -> Caller:
+        # RateLimitedError: a 429 naming the budget and whose it was (api_shim.errors). The key's own
+        # first: a key over its budget must not spend what its tenant's other keys share.
         if limiter is not None:
-            await limiter.check(who.identity)  # RateLimitedError: a 429 naming the budget (api_shim.errors)
+            await limiter.check(who.identity)
+        if tenant_limiter is not None and who.tenant_bucket is not None:
+            await tenant_limiter.check(who.tenant_bucket)
         return who
 
     return caller

@@ -81,7 +81,7 @@ def install_error_handlers(app: FastAPI, *, jobs: JobStore, retry_after: str) ->
     async def rate_limited(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RateLimitedError)
         return JSONResponse(
-            {"detail": exc.detail, "limit": exc.limit},
+            {"detail": exc.detail, "limit": exc.limit, "scope": exc.scope},
             status_code=429,
             headers={"Retry-After": str(int(exc.retry_after))},
         )

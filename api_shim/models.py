@@ -13,7 +13,15 @@ import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, WithJsonSchema
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    WithJsonSchema,
+    create_model,
+)
 
 from ragfleet.schemas import JobStatus, MetadataValue, SearchMode
 from ragfleet.settings import Settings
@@ -60,6 +68,44 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, regex_engine="python-re")
 
 
+_PORT = r"(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4})"
+
+
+def _glob_pattern(globs: list[str]) -> str:
+    """`*` globs as one anchored regex that Python and JSON Schema tools read alike."""
+    return "^(" + "|".join(re.escape(g).replace(r"\*", r"[\w.:-]*") for g in globs) + ")$"
+
+
+def callback_fields_model(s: Settings) -> type[_Body]:
+    """The callback fields a submission body may carry, as this deployment allows them: only those
+    it enables at all, and shaped by its allow-lists (a host the URL must name, the task names and
+    queues), so the schema says what the API accepts. What no schema can say (a tenant without a
+    secret, a port out of range, a name paired with another name's queue) is a 422 with the reason."""
+    hosts = [h.strip().lower() for h in s.callback_allowed_hosts.split(",") if h.strip()]
+    pairs = [p.strip().rpartition("@") for p in s.callback_allowed_tasks.split(",") if "@" in p]
+    fields: dict[str, Any] = {}
+    if hosts:
+        alts = "|".join(
+            rf"[^/:@?#]+\.{re.escape(h[2:])}" if h.startswith("*.") else re.escape(h) for h in hosts
+        )
+        url = Annotated[str, Field(max_length=2_048, pattern=rf"^https?://({alts})(:{_PORT})?([/?#].*)?$")]
+        fields["callback_url"] = (
+            url | None,
+            Field(default=None, description="POST the signed outcome here when the job ends (docs/http.md)."),
+        )
+    if pairs:
+        task = create_model(
+            "CallbackTaskBody",
+            __base__=_Body,
+            __doc__="A Celery task sent by name with the job's final record when the job ends.",
+            name=(str, Field(max_length=200, pattern=_glob_pattern([n for n, _, _ in pairs]))),
+            queue=(Literal[tuple(sorted({q for _, _, q in pairs}))], ...),  # type: ignore[arg-type]
+        )
+        fields["callback_task"] = (task | None, None)
+    model: type[_Body] = create_model("CallbackFields", __base__=_Body, **fields)
+    return model
+
+
 class Accepted(BaseModel):
     job_id: str
     status: JobStatus = JobStatus.QUEUED
@@ -74,6 +120,10 @@ class RateLimitedBody(BaseModel):
     limit: Literal["submit", "read"] = Field(
         description="The budget that was exhausted: `submit` (RAGFLEET_RATE_LIMIT) or `read` "
         "(RAGFLEET_READ_RATE_LIMIT: reads of one's own jobs, streams and batches)."
+    )
+    scope: Literal["key", "tenant", "ip"] = Field(
+        description="Whose budget: the API key's, the tenant's (where several keys map to one tenant, they "
+        "share its budgets), or the client address's on an API without keys."
     )
 
 
@@ -98,6 +148,25 @@ class RequestModels:
     query_request: type[BaseModel]
 
 
+def callback_properties(s: Settings) -> dict[str, Any]:
+    """`callback_fields_model(s)`'s properties as plain JSON Schema (nested models inlined), for a
+    hand-written request schema (POST /v1/batches)."""
+    schema = callback_fields_model(s).model_json_schema()
+    defs = schema.get("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return inline(defs[node["$ref"].rsplit("/", 1)[-1]])
+            return {k: inline(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [inline(v) for v in node]
+        return node
+
+    props: dict[str, Any] = inline(schema.get("properties", {}))
+    return props
+
+
 def build_request_models(s: Settings) -> RequestModels:
     class Document(_Body):
         """One document to index; `(tenant, id)` identifies it, so re-sending an id replaces it."""
@@ -107,10 +176,12 @@ def build_request_models(s: Settings) -> RequestModels:
         title: str | None = Field(default=None, max_length=2_000)
         metadata: Metadata = Field(default_factory=dict)
 
-    class IndexRequest(_Body):
+    CallbackFields = callback_fields_model(s)  # noqa: N806 - a class, named like one
+
+    class IndexRequest(CallbackFields):  # type: ignore[valid-type,misc]
         documents: list[Document] = Field(min_length=1, max_length=s.max_documents_per_request)
 
-    class QueryRequest(_Body):
+    class QueryRequest(CallbackFields):  # type: ignore[valid-type,misc]
         question: str = Field(min_length=1, max_length=s.max_question_chars, pattern=NOT_BLANK)
         top_k: Annotated[int, BeforeValidator(_integral)] = Field(
             default=s.default_top_k, ge=1, le=s.max_top_k

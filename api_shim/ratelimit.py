@@ -7,7 +7,9 @@ Redis stay isolated.
 Two budgets per caller, each its own window: `submit` (`Settings.rate_limit`: submissions and every
 other request that is not a read) and `read` (`Settings.read_rate_limit`: a caller's reads of its own
 jobs, streams and batches). A producer that submits and then polls must not be refused a submission
-because it polled; a 429 names the budget it exhausted (`RateLimitedError.limit`).
+because it polled; a 429 names the budget it exhausted (`RateLimitedError.limit`) and whose it was
+(`scope`: the key's, the tenant's where several keys share one, the client address's on an open API;
+`api_shim.auth`).
 
 The check runs on `redis.asyncio` in the API's event loop (`AsyncRateLimiter`): no worker-thread
 hop on every request (a hop costs ~0.2-0.3 ms here, and the thread pool caps how many requests
@@ -20,7 +22,7 @@ import asyncio
 import math
 import time
 import weakref
-from typing import Literal
+from typing import Literal, cast
 
 from limits import RateLimitItem, parse_many
 from limits.aio.storage import RedisStorage as AsyncRedisStorage
@@ -29,14 +31,22 @@ from limits.aio.strategies import MovingWindowRateLimiter as AsyncMovingWindowRa
 from ragfleet.settings import Settings
 
 LimitName = Literal["submit", "read"]
+LimitScope = Literal["key", "tenant", "ip"]  # the prefix of a caller's identity (api_shim.auth.Caller)
+_WHOSE: dict[LimitScope, str] = {
+    "key": "for this API key",
+    "tenant": "for this tenant's keys together",
+    "ip": "for this client address",
+}
 
 
 class RateLimitedError(Exception):
-    """A caller exhausted one of its budgets: answered 429 with `Retry-After` and `{"detail", "limit"}`."""
+    """A caller exhausted one of its budgets: answered 429 with `Retry-After` and `{"detail", "limit",
+    "scope"}`."""
 
-    def __init__(self, limit: LimitName, detail: str, retry_after: float) -> None:
+    def __init__(self, limit: LimitName, detail: str, retry_after: float, scope: LimitScope) -> None:
         super().__init__(detail)
         self.limit = limit
+        self.scope: LimitScope = scope
         self.detail = detail
         self.retry_after = retry_after
 
@@ -89,4 +99,6 @@ class AsyncRateLimiter:
         """Count one request; raise `RateLimitedError` naming this budget if it is exhausted."""
         wait = await self.hit(identity)
         if wait is not None:
-            raise RateLimitedError(self.name, f"rate limit exceeded ({self.describe()})", wait)
+            scope = cast(LimitScope, identity.split(":", 1)[0])
+            detail = f"rate limit exceeded ({self.describe()}) {_WHOSE[scope]}"
+            raise RateLimitedError(self.name, detail, wait, scope)

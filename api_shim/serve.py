@@ -24,6 +24,7 @@ import uvicorn
 from uvicorn.supervisors import Multiprocess
 
 from ragfleet.lifeline import die_with_parent
+from ragfleet.settings import get_settings
 
 APP = "api_shim.app:app"
 
@@ -61,6 +62,9 @@ def main(argv: list[str] | None = None) -> None:
         workers=args.workers,
         access_log=False,  # the request middleware logs each request, with its request id
         log_level=args.log_level,
+        # SIGTERM: stop accepting, end long polls and streams (api_shim/drain.py), let the other
+        # requests finish for at most the drain grace, then exit
+        timeout_graceful_shutdown=max(1, int(get_settings().drain_grace_s)),
     )
     if config.workers > 1:
         Multiprocess(config, sockets=[config.bind_socket()]).run()

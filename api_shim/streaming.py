@@ -29,6 +29,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from api_shim import drain
 from ragfleet.events import TERMINAL_EVENTS, end_key
 from ragfleet.jobs import JobStore
 from ragfleet.schemas import TERMINAL
@@ -148,7 +149,7 @@ async def follow(
     last = after
     while True:
         remaining = deadline - time.monotonic()
-        if remaining <= 0:
+        if remaining <= 0 or drain.draining.is_set():  # draining: the client resumes on another replica
             yield {"id": None, "type": "timeout", "data": {"after": last}}
             return
         block = max(1, int(min(reader.block_ms, heartbeat_s * 1000, remaining * 1000)))

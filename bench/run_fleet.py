@@ -48,6 +48,7 @@ POOLS: dict[str, tuple[str, str, int]] = {
     "generation": ("generation", "threads", 8),
     "indexing": ("indexing", "prefork", 1),
     "maintenance": ("maintenance", "solo", 1),
+    "callbacks": ("callbacks", "threads", 8),
 }
 
 

@@ -11,7 +11,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ragfleet import metrics, querying
+from ragfleet import metrics, querying, tracing
+from ragfleet.callbacks import record_fields
 from ragfleet.jobs import JobCreate
 from ragfleet.names import Priority, Queue, TaskName
 from ragfleet.outcomes import fail_job, finish_with_answer
@@ -34,7 +35,12 @@ def retrieve(res: Resources, p: QueryPayload, *, priority: Priority) -> dict[str
     job_id = str(p.job_id)
     # A producer that enqueues by task name has created no record: the stage creates it (in its
     # first round trip; a no-op when the API or a redelivery did already).
-    create = JobCreate("query", tenant=p.tenant, request_id=p.request_id)
+    # The record keeps the trace context of whoever created it (ragfleet.tracing): a follower links to it.
+    # A callback it asked for is checked and built here (tasks._common.parse refused a bad one).
+    extra = tracing.record_fields()
+    if p.callback_url or p.callback_task:
+        extra = {**(extra or {}), **record_fields(res.settings, job_id, p.tenant, p)}
+    create = JobCreate("query", tenant=p.tenant, request_id=p.request_id, extra=extra)
     # the index pointer, the cached query vector, the answer cache and the coalescing join come
     # with the stage's first round trip (see querying.Prefetch)
     pre = querying.Prefetch.for_query(res, p, job_id)
@@ -45,6 +51,7 @@ def retrieve(res: Resources, p: QueryPayload, *, priority: Priority) -> dict[str
             pre.release()
             return {"job_id": job_id, "status": str(res.jobs.status(job_id))}
         store, pointer = res.live_store(pointer)
+        tracing.set_attrs(**{tracing.INDEX_VERSION: pointer.version})
         key = querying.cache_key_for(res, p, pointer.version)
         found = pre.answer_or_flight(pointer.version)
         cached, flight = found if found is not None else querying.lookup_and_join(res, p, key, job_id)
@@ -54,7 +61,9 @@ def retrieve(res: Resources, p: QueryPayload, *, priority: Priority) -> dict[str
             return {"job_id": job_id, "status": "done", "cached": cached[1]}
         if flight is not None:
             metrics.coalesced(flight.role)
+            tracing.set_attrs(**{tracing.COALESCE_ROLE: flight.role})
             if flight.role == "follower":
+                _link_to_leader(res, flight.leader)
                 return Follow(flight.leader)
         res.coalescer.count_run(run.pipe)
         # called through the module: tests/faults wraps `querying.search` to inject its faults here
@@ -143,6 +152,17 @@ def generate(res: Resources, p: GeneratePayload) -> dict[str, Any]:
     metrics.observe_stage("generation", run.seconds)
     u = result.usage
     metrics.record_usage(u.provider, u.prompt_tokens, u.completion_tokens, u.cost_usd)
+    tracing.set_attrs(
+        **{
+            tracing.INDEX_VERSION: p.index_version,
+            tracing.PROVIDER: u.provider,
+            tracing.MODEL: u.model,
+            tracing.INPUT_TOKENS: u.prompt_tokens,
+            tracing.OUTPUT_TOKENS: u.completion_tokens,
+            tracing.COST: u.cost_usd,
+            "ragfleet.degraded": result.degraded,
+        }
+    )
     if latency_ms is not None:
         metrics.observe_stage("total", max(0.0, latency_ms / 1000))
     if p.cache_key:
@@ -150,6 +170,14 @@ def generate(res: Resources, p: GeneratePayload) -> dict[str, Any]:
         for follower in res.coalescer.complete(p.cache_key, p.job_id):
             finish_with_answer(res, follower, {**out, "coalesced_with": p.job_id}, replay=True)
     return {"job_id": p.job_id, "status": "done", "degraded": result.degraded}
+
+
+def _link_to_leader(res: Resources, leader: str) -> None:
+    """A coalesced follower's span links to the trace of the leader whose answer it will get (the
+    leader's record keeps its `traceparent`); one HGET, only with tracing on."""
+    if tracing.enabled():
+        traceparent = res.redis.hget(res.jobs.key(leader), tracing.TRACEPARENT)
+        tracing.link(traceparent if isinstance(traceparent, str) else None, "coalesced_leader")
 
 
 def _observe_total(res: Resources, job_id: str) -> None:

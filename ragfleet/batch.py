@@ -33,6 +33,7 @@ from typing import Any
 import redis
 
 from ragfleet.batch_input import BatchError, normalize_questions, parse_jsonl
+from ragfleet.callbacks import record_fields
 from ragfleet.jobs import JobStore, parse_record
 from ragfleet.names import Priority, TaskName
 from ragfleet.schemas import TERMINAL, BatchDispatchPayload, ErrorCode, JobStatus
@@ -122,6 +123,7 @@ class Batches:
         request_id: str | None = None,
         batch_id: str | None = None,
         window: int | None = None,
+        extra: dict[str, str] | None = None,
     ) -> str:
         """Store normalized questions (see `normalize_questions`) and dispatch the first window.
 
@@ -135,7 +137,12 @@ class Batches:
             "batch",
             tenant=tenant,
             request_id=request_id,
-            extra={"progress:total": str(len(questions)), "progress:done": "0", "progress:failed": "0"},
+            extra={
+                "progress:total": str(len(questions)),
+                "progress:done": "0",
+                "progress:failed": "0",
+                **(extra or {}),
+            },
         )
         if self._r.set(self.key(batch_id, "stored"), "1", nx=True, ex=ttl):
             pipe = self._r.pipeline(transaction=False)
@@ -310,7 +317,8 @@ def submit_payload(client: redis.Redis, settings: Settings, p: BatchDispatchPayl
             "status": "failed",
             "error": {"code": "invalid_payload", "message": message},
         }
-    batches.submit(items, tenant=p.tenant, request_id=p.request_id, batch_id=batch_id)
+    extra = record_fields(settings, batch_id, p.tenant, p)  # tasks._common.parse refused a bad one
+    batches.submit(items, tenant=p.tenant, request_id=p.request_id, batch_id=batch_id, extra=extra)
     return {"job_id": batch_id, "status": "running", "total": len(items)}
 
 

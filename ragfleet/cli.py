@@ -1,7 +1,9 @@
 """`ragfleet` command line: talks to the running fleet over the broker and Redis, like any producer.
 
-It never imports torch or a store client for the commands that only enqueue and poll; `index`
-commands that touch the store import it lazily.
+It never imports torch or a store client for the commands that only enqueue and poll: they run in a
+client-only install (`pip install ragfleet`). The fleet-side commands (`index`, which touches the
+store; `feedback`, which reads the feedback database) need `ragfleet[worker]` and say so when it is
+missing (`ragfleet.extras`).
 """
 
 from __future__ import annotations
@@ -14,24 +16,34 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
+from ragfleet.checks_cli import check_app
 from ragfleet.client import FleetClient, JobFailedError
 from ragfleet.dead_letters_cli import dlq_app
 from ragfleet.eval_cli import eval_command
-from ragfleet.feedback.cli import feedback_app
+from ragfleet.extras import WORKER_EXTRA, fleet_side, mount_fleet_side
 from ragfleet.fleet_status import status_command
 from ragfleet.ingest_cli import ingest, progress_bar
+from ragfleet.status_cli import status
 from ragfleet.sync_cli import sync
 
 app = typer.Typer(add_completion=False, help="ragfleet: RAG as queued work.", no_args_is_help=True)
-index_app = typer.Typer(help="Index versions: status and rollback.", no_args_is_help=True)
+index_app = typer.Typer(
+    help=f"Index versions: status, rollback, rebuild and copy (fleet-side: needs {escape(WORKER_EXTRA)}).",
+    no_args_is_help=True,
+)
 app.add_typer(index_app, name="index")
-app.add_typer(feedback_app, name="feedback")
+mount_fleet_side(
+    app, "feedback", "ragfleet.feedback.cli", "feedback_app", "User feedback: the worst-rated questions."
+)
 app.add_typer(dlq_app, name="dlq")
+app.add_typer(check_app, name="check")
 app.command("eval")(eval_command)
 app.command("ingest")(ingest)
 app.command("sync")(sync)
-app.command("status")(status_command)
+app.command("ps")(status_command)
+app.command("status")(status)
 console = Console()
 err = Console(stderr=True)
 
@@ -199,12 +211,21 @@ def _batch_item(item: Any) -> Any:
 
 @app.command()
 def job(job_id: Annotated[str, typer.Argument(help="job id")]) -> None:
-    """Print a job record (status, stage timings, result or error)."""
-    rec = FleetClient().job(job_id)
+    """Print a job record (status, stage timings, result or error) and its callback deliveries."""
+    client = FleetClient()
+    rec = client.job(job_id)
     if rec is None:
         err.print(f"[red]job {job_id} not found (expired, or not picked up yet)")
         raise typer.Exit(4)
     console.print_json(json.dumps(rec))
+    for d in client.deliveries(job_id):
+        what = f"HTTP {d['status_code']}" if d.get("status_code") else (d.get("error") or "")
+        console.print(
+            f"callback {d['target']} {d['destination']} attempt {d['attempt']}: {d['outcome']} {what} "
+            f"(event {d['event_id']})",
+            markup=False,
+            highlight=False,
+        )
 
 
 @app.command("wait-ready")
@@ -239,6 +260,7 @@ def pool_of_node(node: str) -> str:
 
 
 @index_app.command("status")
+@fleet_side("index status")
 def index_status() -> None:
     """Active collection, previous one, version and chunk counts."""
     from ragfleet.resources import get_resources
@@ -251,6 +273,7 @@ def index_status() -> None:
 
 
 @index_app.command("rebuild")
+@fleet_side("index rebuild")
 def index_rebuild() -> None:
     """Run a reindex now, in this process (the nightly beat job runs the same code on the fleet)."""
     from ragfleet.reindex import ReindexBusyError, run_reindex
@@ -264,7 +287,35 @@ def index_rebuild() -> None:
     console.print_json(json.dumps(report.as_dict()))
 
 
+@index_app.command("copy")
+@fleet_side("index copy")
+def index_copy(
+    source: Annotated[
+        Path | None, typer.Option("--from", help="LanceDB directory (default: RAGFLEET_DATA_DIR/lancedb)")
+    ] = None,
+    collection: Annotated[str | None, typer.Option(help="collection (default: the active one)")] = None,
+) -> None:
+    """Copy a LanceDB index into PostgreSQL (RAGFLEET_STORE=postgres) as it is: nothing is re-embedded."""
+    from ragfleet.index_copy import copy_lancedb_to_postgres
+    from ragfleet.settings import get_settings
+
+    with progress_bar() as bar:
+        task = bar.add_task("copying chunks", total=None)
+        try:
+            report = copy_lancedb_to_postgres(
+                get_settings(),
+                lancedb_dir=source,
+                collection=collection,
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )
+        except (ValueError, FileNotFoundError) as exc:
+            err.print(f"[red]{exc}")
+            raise typer.Exit(2) from exc
+    console.print_json(json.dumps(report.as_dict()))
+
+
 @index_app.command("rollback")
+@fleet_side("index rollback")
 def index_rollback() -> None:
     """Make the previous index version live again (kept by the last reindex)."""
     from ragfleet.resources import get_resources

@@ -20,6 +20,8 @@ from typing import Any, Protocol
 import httpx
 
 from ragfleet.batch import Batches, normalize_questions
+from ragfleet.callback_spec import CallbackRequest
+from ragfleet.callbacks import DeliveryLog, record_fields
 from ragfleet.events import TERMINAL_EVENTS, JobEvents
 from ragfleet.jobs import JobStore
 from ragfleet.names import Priority, TaskName
@@ -49,6 +51,7 @@ class Transport(Protocol):
     def batch_status(self, batch_id: str) -> dict[str, Any] | None: ...
     def batch_results(self, batch_id: str) -> Iterator[dict[str, Any]]: ...
     def batch_cancel(self, batch_id: str) -> dict[str, Any] | None: ...
+    def deliveries(self, job_id: str) -> list[dict[str, Any]]: ...
 
 
 def end_from_record(record: dict[str, Any]) -> dict[str, Any]:
@@ -70,9 +73,13 @@ class BrokerTransport:
     def submit(self, task: TaskName, payload: dict[str, Any], *, kind: str, priority: Priority) -> str:
         job_id = payload.get("job_id") or uuid.uuid4().hex
         tenant = str(payload.get("tenant") or self.settings.default_tenant)
+        # callbacks ride in the record, checked here (CallbackRefusedError), as the API does
+        asked = {k: payload.pop(k) for k in ("callback_url", "callback_task") if k in payload}
+        extra = record_fields(self.settings, job_id, tenant, CallbackRequest.model_validate(asked))
         job = NewJob(
-            task, kind, {**payload, "tenant": tenant}, job_id, tenant, payload.get("request_id"), priority
-        )
+            task, kind, {**payload, "tenant": tenant}, job_id, tenant, payload.get("request_id"), priority,
+            extra or None,
+        )  # fmt: skip
         return submit_job(get_redis(self.settings), self._jobs, job, self.settings)
 
     def job(self, job_id: str) -> dict[str, Any] | None:
@@ -123,6 +130,10 @@ class BrokerTransport:
         self._batches().cancel(batch_id)
         return self.batch_status(batch_id)
 
+    def deliveries(self, job_id: str) -> list[dict[str, Any]]:
+        book = DeliveryLog(get_redis(self.settings), self.settings)
+        return [d.model_dump(mode="json") for d in book.list(job_id)]
+
 
 class HttpTransport:
     _PATHS = {TaskName.QUERY: "/v1/queries", TaskName.INDEX_DOCUMENTS: "/v1/documents"}
@@ -163,6 +174,14 @@ class HttpTransport:
             return None
         r.raise_for_status()
         data: dict[str, Any] = r.json()
+        return data
+
+    def deliveries(self, job_id: str) -> list[dict[str, Any]]:
+        r = self._http.get(f"/v1/jobs/{job_id}/deliveries")
+        if r.status_code == 404:
+            return []
+        r.raise_for_status()
+        data: list[dict[str, Any]] = r.json()
         return data
 
     def events(self, job_id: str, *, after: str, timeout: float) -> Iterator[dict[str, Any]]:
@@ -243,16 +262,28 @@ class FleetClient:
         filters: dict[str, Any] | None = None,
         use_cache: bool = True,
         priority: Priority = Priority.INTERACTIVE,
+        callback_url: str | None = None,
+        callback_task: dict[str, str] | None = None,
     ) -> str:
+        """`callback_url` / `callback_task` ({name, queue}): called back when the job ends
+        (docs/http.md#callbacks; refused unless the deployment allows them)."""
         payload: dict[str, Any] = {"question": question, "top_k": top_k, "use_cache": use_cache}
         if mode:
             payload["mode"] = mode
         if filters:
             payload["filters"] = filters
+        if callback_url:
+            payload["callback_url"] = callback_url
+        if callback_task:
+            payload["callback_task"] = callback_task
         return self.transport.submit(TaskName.QUERY, payload, kind="query", priority=priority)
 
     def job(self, job_id: str) -> dict[str, Any] | None:
         return self.transport.job(job_id)
+
+    def deliveries(self, job_id: str) -> list[dict[str, Any]]:
+        """The job's callback delivery log (`GET /v1/jobs/{id}/deliveries`): every attempt, oldest first."""
+        return self.transport.deliveries(job_id)
 
     def wait(self, job_id: str, *, timeout: float = 60.0, poll: float = 0.01) -> dict[str, Any]:
         deadline = time.monotonic() + timeout

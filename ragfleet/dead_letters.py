@@ -84,6 +84,9 @@ class DeadLetters:
         self._r = client
         self._s = settings
         self.index_key = settings.key("dlq", "index")
+        # every dead letter ever recorded (no TTL, never trimmed or purged): the alert counts new ones
+        # by it, since the index stops growing at `dead_letter_max` and shrinks on a purge
+        self.recorded_key = settings.key("dlq", "recorded")
 
     def entry_key(self, entry_id: str) -> str:
         return self._s.key("dlq", "entry", entry_id)
@@ -146,6 +149,7 @@ class DeadLetters:
         pipe.zadd(self.index_key, {entry_id: now})
         pipe.zremrangebyscore(self.index_key, "-inf", now - ttl)  # their hashes expired already
         pipe.expire(self.index_key, ttl)
+        pipe.incr(self.recorded_key)
         pipe.zcard(self.index_key)
         size = int(pipe.execute()[-1])
         if size > self._s.dead_letter_max:
@@ -163,6 +167,16 @@ class DeadLetters:
         """Entries not past their TTL: what `ragfleet_dead_letters` reports. One read, no write."""
         now = time.time() if now is None else now
         return int(self._r.zcount(self.index_key, now - self._s.dead_letter_ttl_s, "+inf"))
+
+    def count_and_recorded(self, now: float | None = None) -> tuple[int, int]:
+        """`count` and how many were ever recorded (`ragfleet_dead_letters_recorded_total`), in one
+        round trip."""
+        now = time.time() if now is None else now
+        pipe = self._r.pipeline(transaction=False)
+        pipe.zcount(self.index_key, now - self._s.dead_letter_ttl_s, "+inf")
+        pipe.get(self.recorded_key)
+        count, recorded = pipe.execute()
+        return int(count), int(recorded or 0)
 
     def get(self, entry_id: str) -> DeadLetter | None:
         raw: dict[str, str] = self._r.hgetall(self.entry_key(entry_id))  # type: ignore[assignment]

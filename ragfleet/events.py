@@ -3,7 +3,8 @@
 Workers append `sources`, `answer_chunk`, `done` and `error` events to `<prefix>:events:<job_id>`;
 an API process reads them with XREAD from the last id it sent, so a client that reconnects with
 `Last-Event-ID` resumes exactly after the last event it saw: no gap, no repeat. Stream ids are
-Redis's own, monotonic per stream. Streams expire with the job record.
+Redis's own, monotonic per stream. Streams expire with the job record. With tracing on, each entry
+also carries the `traceparent` of the span that wrote it (ragfleet.tracing).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from typing import Any, Literal, cast
 
 import redis
 
-from ragfleet.jobs import AnyPipeline, JobStore
+from ragfleet import tracing
+from ragfleet.jobs import PUSH_CALLBACK, AnyPipeline, JobStore
 from ragfleet.schemas import JobRecord
 from ragfleet.settings import Settings
 
@@ -29,19 +31,24 @@ STREAM_MAXLEN = 10_000  # approximate (MAXLEN ~): a bound for a runaway producer
 # Finish a query job and close its stream in one atomic round trip (the last thing on the critical
 # path of every answer). KEYS: job hash, event stream, end stream (see `end_key`). ARGV: now, TTL,
 # MAXLEN, the `done` event's data (JSON; `latency_ms` is filled in here from the record's
-# created_at), n, the end stream's TTL, then n (type, data) events to append before `done` (a
+# created_at), n, the end stream's TTL, a counter to increment (or ''), the writer's `traceparent`
+# (or ''; ragfleet.tracing), then n (type, data) events to append before `done` (a
 # replayed answer's sources and text), then field/value pairs for the record. The end stream's
 # entry carries the finished record itself, so the long poll it wakes answers without reading the
 # record again. Nothing is written if the job is terminal (0) or gone (-1). Returns {applied,
 # latency_ms as a string} (a Lua number would reach the client truncated to an integer).
-_FINISH_QUERY = """
+_FINISH_QUERY = (
+    """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, false} end
 local st = redis.call('HGET', KEYS[1], 'status')
 if st == 'done' or st == 'failed' or st == 'cancelled' then return {0, false} end
 if ARGV[7] ~= '' then redis.call('HINCRBY', KEYS[1], ARGV[7], 1) end
-local i = 8
+local traced = {}
+if ARGV[8] ~= '' then traced = {'traceparent', ARGV[8]} end
+local i = 9
 for _ = 1, tonumber(ARGV[5]) do
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'type', ARGV[i], 'data', ARGV[i + 1])
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'type', ARGV[i], 'data', ARGV[i + 1],
+    unpack(traced))
   i = i + 2
 end
 while i < #ARGV do
@@ -52,12 +59,17 @@ redis.call('HSET', KEYS[1], 'status', 'done', 'updated_at', ARGV[1])
 local latency = (tonumber(ARGV[1]) - tonumber(redis.call('HGET', KEYS[1], 'created_at'))) * 1000
 local done = cjson.decode(ARGV[4])
 done['latency_ms'] = latency
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'type', 'done', 'data', cjson.encode(done))
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'type', 'done', 'data', cjson.encode(done),
+  unpack(traced))
 redis.call('EXPIRE', KEYS[2], ARGV[2])
 redis.call('XADD', KEYS[3], '*', 'type', 'done', unpack(redis.call('HGETALL', KEYS[1])))
 redis.call('EXPIRE', KEYS[3], ARGV[6])
+"""
+    + PUSH_CALLBACK
+    + """
 return {1, tostring(latency)}
 """
+)
 
 
 def end_key(settings: Settings, job_id: str) -> str:
@@ -99,7 +111,11 @@ class JobEvents:
     def emit_to(self, pipe: AnyPipeline, job_id: str, type_: EventType, data: dict[str, Any]) -> None:
         """Queue the event onto `pipe`, to be written with whatever else goes in that round trip."""
         key = self.key(job_id)
-        pipe.xadd(key, {"type": type_, "data": json.dumps(data)}, maxlen=STREAM_MAXLEN, approximate=True)
+        entry: dict[Any, Any] = {"type": type_, "data": json.dumps(data)}
+        traceparent = tracing.current_traceparent()  # a reader can join the writer's trace
+        if traceparent:
+            entry[tracing.TRACEPARENT] = traceparent
+        pipe.xadd(key, entry, maxlen=STREAM_MAXLEN, approximate=True)
         pipe.expire(key, self._s.job_ttl_s)
         if type_ in TERMINAL_EVENTS:
             end = end_key(self._s, job_id)
@@ -129,6 +145,7 @@ class JobEvents:
             str(len(before)),
             str(end_ttl_s(self._s)),
             incr,
+            tracing.current_traceparent(),
         ]
         for type_, data in before:
             argv += [type_, json.dumps(data)]
@@ -208,11 +225,12 @@ def queue_answer_at_once(
     *,
     tenant: str,
     request_id: str | None,
+    extra: dict[str, str] | None = None,
 ) -> JobRecord:
     """A new query job answered on the spot (the API's cache path): the finished record and the
     whole stream (sources, answer, done) queued on `pipe`, a MULTI (sync or redis.asyncio) the
     caller executes, so a reader sees all or none."""
-    rec = jobs.put_done(pipe, job_id, "query", answer, tenant=tenant, request_id=request_id)
+    rec = jobs.put_done(pipe, job_id, "query", answer, tenant=tenant, request_id=request_id, extra=extra)
     events.emit_to(pipe, job_id, "sources", {"sources": answer.get("sources", [])})
     events.emit_to(pipe, job_id, "answer_chunk", {"text": answer.get("answer", "")})
     events.emit_to(pipe, job_id, "done", _done_data(answer, 0.0))

@@ -1,4 +1,4 @@
-"""`ragfleet status`: each process of the local supervised fleet, its state, pid, uptime and restarts.
+"""`ragfleet ps`: each process of the local supervised fleet, its state, pid, uptime and restarts.
 
 It asks supervisord over its unix socket (`<fleet_dir>/supervisor.sock`, infra/supervisor/fleet.conf)
 with supervisord's own XML-RPC interface. supervisord keeps no restart count: the count here is

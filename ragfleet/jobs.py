@@ -36,17 +36,40 @@ from ragfleet.settings import Settings
 # commands queued on either client's pipeline are executed by whoever made it
 AnyPipeline: TypeAlias = redis.client.Pipeline | redis.asyncio.client.Pipeline
 
+# A job that asked for a callback (`ragfleet.callbacks`) carries its delivery's task message, built
+# when it was submitted (`cb:msg`, to be LPUSHed onto `cb:list`). Whatever turns the job terminal
+# pushes it in the same script: no ending path can miss it, and it costs the answer no round trip.
+# The message's delivery tag (`cb:tag`) gets the job's `attempt` appended, so a replayed job's
+# delivery is a message of its own. KEYS[1]: the job hash, after the update.
+PUSH_CALLBACK = """
+local cbm = redis.call('HGET', KEYS[1], 'cb:msg')
+if cbm then
+  local ns = redis.call('HGET', KEYS[1], 'status')
+  if ns == 'done' or ns == 'failed' or ns == 'cancelled' then
+    local tag = redis.call('HGET', KEYS[1], 'cb:tag')
+    local att = redis.call('HGET', KEYS[1], 'attempt') or '1'
+    local m = string.gsub(cbm, tag, tag .. 'a' .. att, 1)
+    redis.call('LPUSH', redis.call('HGET', KEYS[1], 'cb:list'), m)
+  end
+end
+"""
+
 # Update fields only while the job is not terminal; returns 1 if applied, 0 if the job was terminal,
 # -1 if it does not exist (expired or never created: nothing is written, so no key without a TTL).
 # ARGV[1] names a counter field to increment with the update ("" for none).
-_UPDATE_IF_OPEN = """
+_UPDATE_IF_OPEN = (
+    """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 local st = redis.call('HGET', KEYS[1], 'status')
 if st == 'done' or st == 'failed' or st == 'cancelled' then return 0 end
 for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i+1]) end
 if ARGV[1] ~= '' then redis.call('HINCRBY', KEYS[1], ARGV[1], 1) end
+"""
+    + PUSH_CALLBACK
+    + """
 return 1
 """
+)
 
 _TERMINAL_VALUES = {s.value for s in TERMINAL}
 
@@ -73,6 +96,7 @@ class JobCreate:
     kind: str
     tenant: str = "default"
     request_id: str | None = None
+    extra: dict[str, str] | None = None  # more fields, set only if absent (`traceparent`, a callback's)
 
 
 class JobStore:
@@ -140,9 +164,11 @@ class JobStore:
         *,
         tenant: str = "default",
         request_id: str | None = None,
+        extra: dict[str, str] | None = None,
     ) -> JobRecord:
         """Queue onto `pipe` the whole record of a new job that is done at birth (an answer served
-        from the cache), so that creating and finishing it costs one round trip, not six."""
+        from the cache), so that creating and finishing it costs one round trip, not six; `extra`:
+        more fields (a callback's, whose message is pushed here too)."""
         now = repr(time.time())
         fields = {
             "job_id": job_id,
@@ -155,8 +181,13 @@ class JobStore:
             "result": json.dumps(result),
             **({"request_id": request_id} if request_id else {}),
         }
+        if extra:
+            fields.update(extra)
         pipe.hset(self.key(job_id), mapping=cast("dict[Any, Any]", fields))
         pipe.expire(self.key(job_id), self._s.job_ttl_s)
+        if extra and "cb:msg" in extra:  # done at birth: its callback goes now (PUSH_CALLBACK's rule)
+            tag = extra["cb:tag"]
+            pipe.lpush(extra["cb:list"], extra["cb:msg"].replace(tag, tag + "a1", 1))
         return parse_record(fields)
 
     def _apply(
@@ -208,7 +239,7 @@ class JobStore:
         # MULTI with a create: nobody sees the record created but not started
         pipe = self._r.pipeline(transaction=create is not None)
         if create is not None:
-            self.queue_create(pipe, job_id, create.kind, create.tenant, create.request_id)
+            self.queue_create(pipe, job_id, create.kind, create.tenant, create.request_id, create.extra)
         at = len(pipe)
         self._apply(job_id, update, pipe, incr=f"attempts:{stage}")
         if reads is not None:

@@ -8,6 +8,8 @@ Why the shape:
   into the message headers (`ragfleet_request_id`, ragfleet.task_headers), and the worker binds it
   again around the task (workers/hooks/request_id.py), where the next stage's publish copies it on.
   Grepping one id shows the API line, the retrieval task and the generation task.
+- With tracing on (ragfleet.tracing), a line written inside a span carries its `trace_id` and
+  `span_id`: from a log line to the whole trace, and back.
 - Celery configures logging itself unless a `setup_logging` receiver exists; workers/hooks/logging.py
   connects one, so the worker's own lines ("Task ... succeeded") are JSON too.
 """
@@ -25,6 +27,8 @@ from typing import Any, Final, TextIO
 
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
+
+from ragfleet.tracing import add_trace_ids
 
 REQUEST_ID_HEADER: Final = "ragfleet_request_id"
 HTTP_REQUEST_ID_HEADER: Final = "X-Request-ID"
@@ -130,6 +134,7 @@ def configure_logging(
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         _add_request_id,
+        add_trace_ids,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),

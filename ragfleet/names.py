@@ -15,7 +15,7 @@ from enum import IntEnum, StrEnum
 
 from pydantic import BaseModel
 
-from ragfleet import schemas
+from ragfleet import callback_spec, schemas
 from ragfleet.settings import Settings
 
 
@@ -25,6 +25,7 @@ class Queue(StrEnum):
     INDEXING = "indexing"
     FEEDBACK = "feedback"
     MAINTENANCE = "maintenance"
+    CALLBACKS = "callbacks"
 
 
 class TaskName(StrEnum):
@@ -40,6 +41,7 @@ class TaskName(StrEnum):
     BATCH_DISPATCH = "ragfleet.batch.dispatch"
     HEARTBEAT = "ragfleet.heartbeat"
     INDEX_FLUSH = "ragfleet.index_flush"
+    CALLBACK_DELIVER = "ragfleet.callbacks.deliver"
 
 
 class Priority(IntEnum):
@@ -227,6 +229,21 @@ TASKS: dict[TaskName, TaskSpec] = {
             soft_margin_s=30,
             expires=_INDEX_EXPIRES,
             priority=Priority.BACKGROUND,
+        ),
+        TaskSpec(
+            TaskName.CALLBACK_DELIVER,
+            Queue.CALLBACKS,
+            callback_spec.DeliverPayload,
+            None,
+            time_limit="callback_time_limit_s",
+            soft_margin_s=None,
+            # the message is built when the job is submitted and sent when it ends (ragfleet.callbacks)
+            expires="job_ttl_s",
+            max_retries=0,
+            ignore_result=True,
+            summary="Internal: delivers a finished job's `callback_url` / `callback_task` on the "
+            "`callbacks` pool (docs/http.md#callbacks). Built with the job, sent when it ends: "
+            "do not send it yourself.",
         ),
         TaskSpec(
             TaskName.HEARTBEAT,

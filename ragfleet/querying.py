@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import redis
 
+from ragfleet import tracing
 from ragfleet.cache import Layer, answer_key_for
 from ragfleet.coalesce import Flight
 from ragfleet.index_state import IndexPointer
@@ -46,6 +47,9 @@ def lookup_cached(res: Resources, p: QueryPayload, index_version: int) -> tuple[
 
 def _cached_answer(hit: tuple[dict[str, Any], Layer]) -> tuple[Answer, Layer]:
     value, layer = hit
+    # a hit links to the run that produced the answer (its `traceparent`, kept with the entry)
+    tracing.set_attrs(**{tracing.CACHE_LAYER: layer})
+    tracing.link(value.get(tracing.TRACEPARENT), "cached_answer")
     answer = Answer.model_validate(value)
     answer.cached = layer
     return answer, layer
@@ -261,7 +265,9 @@ def answer(
     )
     # Degraded answers are not cached: once the provider is back, users should get the real answer.
     if cache_key and not result.degraded:
-        res.answer_cache.put(cache_key, result.model_dump(mode="json"), pipe)
+        entry = result.model_dump(mode="json")
+        traced = tracing.record_fields()  # Answer ignores the extra field when a hit is read back
+        res.answer_cache.put(cache_key, {**entry, **traced} if traced else entry, pipe)
     return result
 
 

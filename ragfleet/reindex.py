@@ -20,6 +20,7 @@ from redis.lock import Lock
 from ragfleet.chunking import BLOCK_CHUNKER
 from ragfleet.indexing import copy_chunked_documents, index_documents
 from ragfleet.resources import Resources
+from ragfleet.stores import build_store
 from ragfleet.stores.base import ChunkRecord, WalPositioned, wal_position_of
 
 LOCK_TTL_S = 120
@@ -184,16 +185,30 @@ def _verify(
 
 
 def _drop_older(res: Resources, keep: set[str]) -> list[str]:
-    """Keep the live collection and the previous one (rollback target); drop older generations."""
+    """Keep the live collection and the previous one (rollback target); drop older generations.
+    LanceDB: its tables in the data dir; PostgreSQL: the registered collections' tables (each
+    index version is a table, ragfleet/stores/pg_schema.py), dropped through the store so that the
+    registry row goes with the table. Weaviate keeps its classes (dropped by hand)."""
     s = res.settings
-    if s.store != "lancedb":
-        return []
-    import lancedb
+    if s.store == "postgres":
+        names = _pg_collections(res)
+    elif s.store == "lancedb":
+        import lancedb
 
-    db = lancedb.connect(str(s.data_dir / "lancedb"))
+        names = list(lancedb.connect(str(s.data_dir / "lancedb")).table_names())
+    else:
+        return []
     dropped = []
-    for name in db.table_names():
+    for name in names:
         if name.startswith(s.collection + "_v") and name not in keep:
-            db.drop_table(name)
+            build_store(s, collection=name, dim=res.embedding_dim).drop()  # no ensure(): nothing created
             dropped.append(name)
     return dropped
+
+
+def _pg_collections(res: Resources) -> list[str]:
+    from ragfleet.stores.postgres_store import PostgresStore
+
+    store = res.store(res.index_state.read().active)
+    assert isinstance(store, PostgresStore)
+    return store.collections()

@@ -7,6 +7,7 @@ these at import time: a forked child would inherit the parent's sockets and file
 
 from __future__ import annotations
 
+import logging
 import threading
 from functools import cached_property
 from typing import TYPE_CHECKING
@@ -21,7 +22,9 @@ from ragfleet.jobs import JobStore
 from ragfleet.redis_conn import get_redis
 from ragfleet.settings import Settings, get_settings
 from ragfleet.stores import build_store
-from ragfleet.stores.base import VectorStore, WalPositioned
+from ragfleet.stores.base import StoreUnavailableError, VectorStore, WalPositioned
+
+log = logging.getLogger("ragfleet.store")
 
 if TYPE_CHECKING:
     from ragfleet.embedding import Embedder
@@ -110,10 +113,16 @@ class Resources:
         return st, pointer
 
     def warm_up(self, *, model: bool = True) -> None:
+        """Load the model and open the live collection. A store that does not answer does not
+        stop the worker: it starts, reports the store down (ragfleet/store_health.py), and the
+        first task after the store is back opens it (nothing is cached from a failed attempt)."""
         if model:
             self.embedder.warm_up()
             self.embedder.encode_one("warm up")
-        self.live_store()
+        try:
+            self.live_store()
+        except StoreUnavailableError as exc:
+            log.error("warm-up: the store is unreachable, starting without it: %s", exc)
 
 
 _resources: Resources | None = None

@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ragfleet.callback_spec import CallbackRequest
+
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _ID = re.compile(r"^[^\x00-\x1f\x7f]{1,512}$")
 
@@ -151,7 +153,7 @@ class FileIn(_Strict):
         return self.id or self.file_name
 
 
-class IndexDocumentsPayload(_Strict):
+class IndexDocumentsPayload(_Strict, CallbackRequest):
     """Payload of `ragfleet.index_documents`. Documents are validated one by one in the task, so one
     bad document is reported in the result while the rest of the batch is indexed."""
 
@@ -193,7 +195,7 @@ class DeleteDocumentPayload(_Strict):
 SearchMode = Literal["vector", "fts", "hybrid"]
 
 
-class QueryPayload(_Strict):
+class QueryPayload(_Strict, CallbackRequest):
     """Payload of `ragfleet.query` (retrieval pool), which hands off to `ragfleet.generate`."""
 
     question: str = Field(min_length=1, max_length=20_000)
@@ -355,7 +357,7 @@ class GeneratePayload(_Strict):
     stream: bool = False
 
 
-class BatchDispatchPayload(BaseModel):
+class BatchDispatchPayload(CallbackRequest):
     """Payload of `ragfleet.batch.dispatch`: a whole batch submitted by task name.
 
     `questions` items are strings or objects `{question, top_k?, filters?, mode?, use_cache?, id?}`;

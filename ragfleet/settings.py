@@ -1,4 +1,7 @@
-"""The one configuration object. Nothing else in the project reads os.environ.
+"""The one configuration object. Nothing else in the project reads os.environ, with one exception:
+tracing (ragfleet/tracing.py) is configured by the standard `OTEL_*` variables (OTEL_TRACES_EXPORTER,
+OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_SERVICE_NAME, OTEL_BSP_*, ...), which the OpenTelemetry SDK reads
+itself and which operators already know; mirroring them here would give two names for one knob.
 
 Every field maps to an environment variable `RAGFLEET_<FIELD>` (upper case). Secrets (API keys,
 Flower password) come only from the environment and are `SecretStr` so they never reach a log line.
@@ -105,6 +108,13 @@ class Settings(BaseSettings):
     pg_statement_timeout_ms: int = 2_000
     """`statement_timeout` of every search on PostgreSQL: a slower one is cancelled and fails instead of
     holding a connection (a write is not limited)."""
+    store_write_retry_s: float = 300.0
+    """How long an index update, deletion or buffered flush keeps retrying while the store's primary is
+    unreachable (backoff, not counting attempts), before its job fails `unavailable`: a primary restart or
+    an operator's failover within this window loses no update."""
+    store_retry_max_delay_s: float = 5.0
+    """Longest backoff between those retries (0.5 s doubling up to this): updates land within it of the
+    primary's return."""
     pg_pool_size: int = 4
     """Most connections each worker process keeps per PostgreSQL server (psycopg_pool); count processes x
     servers x this against the server's `max_connections`."""
@@ -239,11 +249,20 @@ class Settings(BaseSettings):
     """Longest `?wait=` a long poll may ask for."""
     rate_limit: str = "120/minute"
     """Per API key (or client) rate of submissions and every other non-read request, `limits` syntax
-    (`120/minute`). A 429 body names it `"limit": "submit"`."""
+    (`120/minute`). A 429 body names it `"limit": "submit"` and whose it was (`"scope": "key"`, or `"ip"`
+    on an API without keys)."""
     read_rate_limit: str = "6000/minute"
     """Per API key (or client) rate of reads of one's own jobs, streams and batches (`GET /v1/jobs/{id}`, a
     query's stream, a batch and its results): a budget of its own, so polling never eats the submission
     budget. A 429 body names it `"limit": "read"`. Empty = unlimited."""
+    tenant_rate_limit: str | None = None
+    """Where several API keys map to one tenant (a key being rotated, several services of one team): the
+    submission budget its keys spend together, on top of each key's own `RAGFLEET_RATE_LIMIT`. Unset, it
+    is `RAGFLEET_RATE_LIMIT` (adding a key adds no budget); set it higher to let a tenant's keys spend
+    more together. A 429 body says `"scope": "tenant"`. Empty = no tenant-wide budget."""
+    tenant_read_rate_limit: str | None = None
+    """The read budget a tenant's keys spend together: as `RAGFLEET_TENANT_RATE_LIMIT`, for
+    `RAGFLEET_READ_RATE_LIMIT` (its value when unset). Empty = no tenant-wide budget."""
     admin_keys: str = ""
     """Comma-separated API keys with admin rights (`/v1/admin/...`: every tenant's dead letters, purge). An
     admin key is also an ordinary key of tenant `admin` unless `RAGFLEET_API_KEYS` gives it another."""
@@ -317,8 +336,43 @@ class Settings(BaseSettings):
     batch_window: int = 8  # questions of one batch in flight at once (bounded fan-out)
     """Questions of one batch in flight at once (bounded fan-out)."""
 
+    # --- completion callbacks (ragfleet.callbacks, docs/http.md "Callbacks") ----------------------
+    callback_secrets: SecretStr | None = None
+    """Webhook signing secrets (secret): `tenant:secret[|next_secret],tenant2:secret`. Every delivery is
+    signed with each active secret of its tenant (two during a rotation); a tenant without one cannot set
+    `callback_url`."""
+    callback_allowed_hosts: str = ""
+    """Comma-separated host names a `callback_url` may name (`*.example.com` matches subdomains). Empty = no
+    webhooks."""
+    callback_allowed_networks: str = ""
+    """CIDRs a webhook may connect to although they are loopback, private, link-local or reserved (refused
+    otherwise, checked on the address actually connected to), e.g. `127.0.0.1/32`."""
+    callback_allowed_tasks: str = ""
+    """Comma-separated `task_name@queue` a `callback_task` may name (`*` globs in the name). Never a
+    `ragfleet.*` task or one of the fleet's queues."""
+    callback_timeout_s: float = 10.0
+    """Timeout of one webhook request (connecting, sending, each read of the response's head): a hanging
+    receiver is cut off."""
+    callback_max_attempts: int = 6
+    """Webhook attempts before the delivery is recorded `failed`."""
+    callback_backoff_s: float = 1.0
+    """First retry delay; doubled each attempt (with +-50 % jitter), at most `callback_backoff_max_s`."""
+    callback_backoff_max_s: float = 60.0
+    """Longest delay between two webhook attempts."""
+    callback_time_limit_s: float = 600.0
+    """Hard time limit of one delivery task: must cover every attempt and delay."""
+    callback_replay_window_s: int = 300
+    """How old a signature's timestamp may be before `ragfleet.callback_spec.verify_signature` refuses it."""
+
     extra: dict[str, str] = Field(default_factory=dict)
     """Free-form string settings (a JSON object); ragfleet itself reads none of them."""
+
+    # --- graceful drain (workers/drain.py, api_shim/serve.py) --------------------------------------
+    drain_grace_s: float = 30.0
+    """After SIGTERM a worker node takes nothing new and lets what it holds finish for this long; what still
+    runs then is handed back to its queue (another node runs it) and the node exits. The API stops
+    accepting, ends its long polls and streams, and exits within it. Deployments stop a process after this
+    plus a margin (infra/k8s, infra/systemd)."""
 
     # --- a node gone for good (workers/inflight.py) ------------------------------------------------
     # Each worker node keeps `<broker prefix>ragfleet.alive.<node>` alive (SET EX node_alive_ttl_s,

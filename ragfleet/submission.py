@@ -20,6 +20,7 @@ from typing import Any
 import redis
 import redis.asyncio
 
+from ragfleet import tracing
 from ragfleet.jobs import AnyPipeline, JobStore
 from ragfleet.names import Priority, TaskName
 from ragfleet.producer import enqueue_on
@@ -55,8 +56,13 @@ def queue_new_job(pipe: AnyPipeline, jobs: JobStore, job: NewJob, settings: Sett
     """Queue the record's create and the job's message onto `pipe` (sync or asyncio); returns the
     job id. The caller executes `pipe`, which must be a transaction for the both-or-neither rule."""
     require_one_redis(settings)
-    jobs.queue_create(pipe, job.job_id, job.kind, job.tenant, job.request_id, job.extra)
-    enqueue_on(pipe, job.task, job.payload, settings=settings, job_id=job.job_id, priority=job.priority)
+    attrs = {tracing.JOB_ID: job.job_id, tracing.TENANT: job.tenant}
+    with tracing.span(f"enqueue {job.task.value}", kind=tracing.SpanKind.PRODUCER, **attrs):
+        # the record keeps the job's trace context: a coalesced follower links to it (ragfleet.tracing)
+        traced = tracing.record_fields()
+        extra = {**(job.extra or {}), **traced} if traced else job.extra
+        jobs.queue_create(pipe, job.job_id, job.kind, job.tenant, job.request_id, extra)
+        enqueue_on(pipe, job.task, job.payload, settings=settings, job_id=job.job_id, priority=job.priority)
     return job.job_id
 
 

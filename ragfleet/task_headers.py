@@ -4,7 +4,8 @@ The request id (`ragfleet_request_id`) lets one grep follow a request from the A
 pool (ragfleet.logs); the enqueue time (`ragfleet_enqueued_at`) is what a worker measures queue wait
 from (`ragfleet_task_wait_seconds`). A process turns them on with `ragfleet.logs.install_celery_request_id`
 and `ragfleet.metrics.install_celery_metrics` (the API does); `ragfleet.producer` then adds them to
-every message it builds, itself: the core connects no Celery signal. A worker also stamps the
+every message it builds, itself: the core connects no Celery signal. The W3C `traceparent` of
+the current span goes on every message too, when tracing is on (ragfleet.tracing). A worker also stamps the
 messages Celery publishes for it (retries, `send_task`), from its publish hooks
 (workers/hooks/request_id.py, workers/hooks/metrics.py), with the same two functions.
 """
@@ -15,6 +16,7 @@ import time
 from collections.abc import Mapping, MutableMapping
 from typing import Any, Final
 
+from ragfleet import tracing
 from ragfleet.logs import REQUEST_ID_HEADER, get_request_id
 
 ENQUEUED_AT_HEADER: Final = "ragfleet_enqueued_at"
@@ -44,8 +46,10 @@ def add_enqueued_at(headers: MutableMapping[str, Any]) -> None:
 
 def for_publish(headers: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """`headers` plus the stamps this process has turned on, in the order Celery's publish hooks
-    used to add them (request id, then enqueue time)."""
+    used to add them (request id, then enqueue time), and the current trace context (`traceparent`,
+    when tracing is on and the caller did not bring its own: ragfleet.tracing)."""
     out = dict(headers or {})
+    tracing.inject(out)
     if _stamp_request_id:
         add_request_id(out)
     if _stamp_enqueued_at:

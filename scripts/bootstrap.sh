@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv and install ragfleet with its dev extras. torch goes first: torch==2.13.0 resolves to
+# Create .venv and install ragfleet with the fleet (the `worker` extra: the bare package is only the
+# client) and the dev tools. torch goes first: torch==2.13.0 resolves to
 # a CPU wheel; letting another package pull torch would download a multi-GB CUDA build.
 set -eo pipefail
 cd "$(dirname "$0")/.."
@@ -12,5 +13,5 @@ fi
 quiet() { grep -v -e "^WARNING: Location" -e "^\s*$" || true; }
 python -m pip install -q --upgrade pip 2>&1 | quiet
 python -c "import torch" 2>/dev/null || python -m pip install -q "torch==2.13.0" 2>&1 | quiet
-python -m pip install -q -e ".[dev]" 2>&1 | quiet
+python -m pip install -q -e ".[worker,dev]" 2>&1 | quiet
 echo "bootstrap: $(python --version), torch $(python -c 'import torch; print(torch.__version__)')"

@@ -29,4 +29,4 @@ ragfleet wait-ready --pools retrieval,generation,indexing --timeout 180
 ragfleet ingest demo/corpus --batch-size 16
 ragfleet ask "What happens to a task when its worker is killed?"
 echo
-echo "API: $RAGFLEET_API_URL/docs   processes: ragfleet status   stop the fleet: bash scripts/stop.sh"
+echo "API: $RAGFLEET_API_URL/docs   processes: ragfleet ps       stop the fleet: bash scripts/stop.sh"

@@ -7,7 +7,7 @@ from typing import Any
 from celery.exceptions import SoftTimeLimitExceeded
 from redis.exceptions import RedisError
 
-from ragfleet import indexing, metrics
+from ragfleet import callbacks, indexing, metrics
 from ragfleet.names import Queue, TaskName
 from ragfleet.producer import client_app, enqueue
 from ragfleet.resources import get_resources
@@ -20,8 +20,9 @@ from ragfleet.schemas import (
     JobStatus,
 )
 from ragfleet.stages import error_result, stage
+from ragfleet.stores.base import StoreUnavailableError
 from ragfleet.update_buffer import UpdateBuffer
-from tasks._common import InvalidPayloadError, parse, retry_or_fail
+from tasks._common import InvalidPayloadError, parse, retry_or_fail, retry_while_store_down
 from workers.base import RagfleetTask, task
 
 
@@ -33,7 +34,8 @@ def index_documents(self: RagfleetTask, *, payload: dict[str, Any]) -> dict[str,
         return exc.result
     res = get_resources()
     job_id = str(p.job_id)
-    status = res.jobs.create(job_id, "index", tenant=p.tenant, request_id=p.request_id)
+    extra = callbacks.record_fields(res.settings, job_id, p.tenant, p)  # checked by parse
+    status = res.jobs.create(job_id, "index", tenant=p.tenant, request_id=p.request_id, extra=extra)
     if p.files and status in TERMINAL:
         # a redelivery after the job finished: its blobs may be gone, and rerunning would overwrite
         # the record's result with `not_found` errors (a text-only job reruns harmlessly)
@@ -65,6 +67,8 @@ def index_documents(self: RagfleetTask, *, payload: dict[str, Any]) -> dict[str,
         message = "indexing exceeded its time limit; split the batch"
         res.jobs.fail(job_id, ErrorCode.TIMEOUT, message)
         return error_result(job_id, ErrorCode.TIMEOUT, message)
+    except StoreUnavailableError as exc:
+        return retry_while_store_down(self, res, job_id, "indexing", exc)
     except (RedisError, OSError, RuntimeError) as exc:
         return retry_or_fail(self, res, job_id, "indexing", exc, code=ErrorCode.INTERNAL)
     out = result.model_dump(mode="json")
@@ -87,6 +91,8 @@ def delete_document(self: RagfleetTask, *, payload: dict[str, Any]) -> dict[str,
     try:
         with stage(res, job_id, "indexing", Queue.INDEXING.value, JobStatus.INDEXING):
             result = indexing.delete_document(res, tenant=p.tenant, doc_id=p.doc_id)
+    except StoreUnavailableError as exc:
+        return retry_while_store_down(self, res, job_id, "delete", exc)
     except (RedisError, OSError, RuntimeError) as exc:
         return retry_or_fail(self, res, job_id, "delete", exc, code=ErrorCode.INTERNAL)
     out = result.model_dump(mode="json")
@@ -129,7 +135,10 @@ def index_document(self: RagfleetTask, *, payload: dict[str, Any]) -> dict[str, 
 @task(TaskName.INDEX_FLUSH)
 def index_flush(self: RagfleetTask, *, payload: dict[str, Any] | None = None) -> dict[str, Any]:
     res = get_resources()
-    report = UpdateBuffer(res).flush()
+    try:
+        report = UpdateBuffer(res).flush()
+    except StoreUnavailableError as exc:  # the batch stays in the buffer's list for the retry
+        return retry_while_store_down(self, res, None, "flush", exc)
     if report is None:
         return {"status": "busy"}  # the running flusher drains the list, including our updates
     if report.documents:

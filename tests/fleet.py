@@ -38,6 +38,7 @@ POOLS = {
     "indexing": ("indexing", "prefork", 1),
     "feedback": ("feedback", "threads", 2),
     "maintenance": ("maintenance", "solo", 1),
+    "callbacks": ("callbacks", "threads", 4),
 }
 
 

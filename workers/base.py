@@ -32,9 +32,12 @@ from ragfleet.resources import get_resources
 from ragfleet.schemas import ErrorCode
 from ragfleet.settings import get_settings
 from workers import time_limits
+from workers.drain import handback_key
 
-# The first redelivery finds no counter: it is the second delivery.
+# The first redelivery finds no counter: it is the second delivery. A message a draining node handed
+# back (KEYS[2], workers/drain.py) is a redelivery no worker died of: not counted, the mark cleared.
 _COUNT_REDELIVERY = """
+if redis.call('DEL', KEYS[2]) == 1 then return tonumber(redis.call('GET', KEYS[1]) or '1') end
 local n = redis.call('INCR', KEYS[1])
 if n == 1 then n = redis.call('INCR', KEYS[1]) end
 redis.call('EXPIRE', KEYS[1], ARGV[1])
@@ -57,7 +60,8 @@ class RagfleetTask(Task):  # type: ignore[misc]
             return 1
         res = get_resources()
         key = res.settings.key("deliveries", str(self.request.id))
-        return int(res.redis.eval(_COUNT_REDELIVERY, 1, key, res.settings.job_ttl_s))
+        handback = handback_key(res.settings, str(self.request.id))
+        return int(res.redis.eval(_COUNT_REDELIVERY, 2, key, handback, res.settings.job_ttl_s))
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self.request.id and not self.request.is_eager:
@@ -148,7 +152,23 @@ class RagfleetTask(Task):  # type: ignore[misc]
         return {"error": {"code": ErrorCode.WORKER_LOST.value, "message": message}}
 
 
-def task(name: TaskName) -> Callable[[Callable[..., Any]], Any]:
+class CallbackDeliveryTask(RagfleetTask):
+    """The delivery of a job's callbacks (tasks/callbacks.py). Its job is terminal already and its
+    outcome is the delivery log (`ragfleet.callbacks`): a failure of the delivery must neither touch
+    the job nor become a dead letter of it (a replay would reopen a finished job)."""
+
+    abstract = True
+
+    def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        logging.getLogger("ragfleet.callbacks").error("callback delivery %s failed: %r", task_id, exc)
+
+    def record_dead_letter(
+        self, task_id: str, kwargs: Any, code: ErrorCode, message: str, deliveries: int, *, parked: bool
+    ) -> None:
+        logging.getLogger("ragfleet.callbacks").error("callback delivery %s parked: %s", task_id, message)
+
+
+def task(name: TaskName, base: type[RagfleetTask] = RagfleetTask) -> Callable[[Callable[..., Any]], Any]:
     """The decorator of a project task: `shared_task` (the module builds no app; workers.app binds it),
     bound, on `RagfleetTask`, with its name, time limits, retries and result policy from its spec
     (ragfleet.names.TASKS). Its queue is routed by the app (`task_routes`, from the same specs)."""
@@ -157,7 +177,7 @@ def task(name: TaskName) -> Callable[[Callable[..., Any]], Any]:
     decorator: Callable[[Callable[..., Any]], Any] = shared_task(
         name=spec.name.value,
         bind=True,
-        base=RagfleetTask,
+        base=base,
         time_limit=hard,
         soft_time_limit=soft,
         max_retries=spec.max_retries,

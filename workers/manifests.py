@@ -11,13 +11,13 @@ source.
 
 from __future__ import annotations
 
+import math
 import sys
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ragfleet.names import TASKS
 from ragfleet.settings import Settings
 from workers.hooks.heartbeat import STALE_AFTER_S
 from workers.roles import API_PORT, API_ROLE, ROLES, WORKER_ROLES, WorkerRole, process_argv, process_env
@@ -31,6 +31,9 @@ IMAGE = APP  # kustomization.yaml's `images:` sets the registry and tag (the rol
 CONFIG = f"{APP}-config"
 SECRET = f"{APP}-secrets"
 HEARTBEAT_FILE = "/tmp/ragfleet/heartbeat"  # noqa: S108  (the container's own /tmp)
+BLOBS = f"{APP}-blobs"  # the ReadWriteMany volume of uploaded files: the API writes, indexing reads
+BLOB_DIR = "/var/lib/ragfleet/blobs"
+BLOB_ROLES = ("api", "indexing")  # who opens a blob (api_shim/routes/files.py, ragfleet/indexing_files.py)
 PROMETHEUS = "http://prometheus-server.monitoring.svc:80"  # KEDA's Prometheus: set to yours
 UNIT_PREFIX = "/opt/ragfleet/venv/bin/"  # where a bare host installs the project (docs/deployment.md)
 STOP_MARGIN_S = 30  # terminationGracePeriodSeconds / TimeoutStopSec above the drain grace
@@ -61,6 +64,8 @@ SIZING: dict[str, Sizing] = {
     "generation": Sizing(512, 1_024, "250m", min_replicas=1, max_replicas=4, backlog_per_replica=16),
     "indexing": Sizing(1_536, 2_560, "1", min_replicas=0, max_replicas=4, backlog_per_replica=8),
     "feedback": Sizing(256, 512, "100m", min_replicas=0, max_replicas=2, backlog_per_replica=50),
+    # min 1: a delivery should not wait for a pod to start; a delivery mostly waits on receivers
+    "callbacks": Sizing(384, 768, "100m", min_replicas=1, max_replicas=4, backlog_per_replica=50),
     # one reindex at a time (it also takes a fleet-wide lock)
     "maintenance": Sizing(1_229, 2_048, "500m", min_replicas=0, max_replicas=1, backlog_per_replica=1),
     "api": Sizing(512, 1_024, "500m", min_replicas=2, max_replicas=2, backlog_per_replica=0),
@@ -76,19 +81,21 @@ SECRET_KEYS: dict[str, str] = {
     "RAGFLEET_LLM_PROVIDER_CONFIG": "",
     "RAGFLEET_FEEDBACK_ALERT_WEBHOOK": "",
     "RAGFLEET_API_KEYS": "",
+    "RAGFLEET_CALLBACK_SECRETS": "",
 }
 CONFIG_VARS: dict[str, str] = {
     "RAGFLEET_STORE": "postgres",  # pods share no disk: no embedded LanceDB
     "RAGFLEET_LOG_LEVEL": "INFO",
     "RAGFLEET_HEARTBEAT_FILE": HEARTBEAT_FILE,
+    "RAGFLEET_BLOB_DIR": BLOB_DIR,
 }
 
 
-def drain_grace_s(role: WorkerRole, settings: Settings) -> int:
-    """How long a node of `role` may take to finish what it holds after SIGTERM: for now the
-    longest soft time limit of its tasks (the hard one where a task has no soft limit)."""
-    limits = [spec.time_limits(settings) for spec in TASKS.values() if spec.queue in role.queues]
-    return int(max(soft if soft is not None else hard for hard, soft in limits))
+def drain_grace_s(settings: Settings) -> int:
+    """How long a process may take after SIGTERM (workers/drain.py, api_shim/serve.py): the
+    deployment's `drain_grace_s` (the ConfigMap sets it), rounded up. A task still running then is
+    handed back to its queue, so no pool waits for its longest time limit."""
+    return math.ceil(settings.drain_grace_s)
 
 
 def image() -> str:
@@ -125,6 +132,22 @@ def _deployment(
         if recreate
         else {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
     )
+    spec: dict[str, Any] = {
+        "terminationGracePeriodSeconds": grace_s,
+        "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001},
+        "containers": [
+            {
+                "name": name,
+                "image": image(),
+                "envFrom": [{"configMapRef": {"name": CONFIG}}, {"secretRef": {"name": SECRET}}],
+                "securityContext": _security(),
+                **container,
+            }
+        ],
+    }
+    if name in BLOB_ROLES:
+        spec["containers"][0]["volumeMounts"] = [{"name": "blobs", "mountPath": BLOB_DIR}]
+        spec["volumes"] = [{"name": "blobs", "persistentVolumeClaim": {"claimName": BLOBS}}]
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -135,19 +158,7 @@ def _deployment(
             "strategy": strategy,
             "template": {
                 "metadata": {"labels": _labels(name)},
-                "spec": {
-                    "terminationGracePeriodSeconds": grace_s,
-                    "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001},
-                    "containers": [
-                        {
-                            "name": name,
-                            "image": image(),
-                            "envFrom": [{"configMapRef": {"name": CONFIG}}, {"secretRef": {"name": SECRET}}],
-                            "securityContext": _security(),
-                            **container,
-                        }
-                    ],
-                },
+                "spec": spec,
             },
         },
     }
@@ -208,7 +219,7 @@ def worker_manifests(role: WorkerRole, settings: Settings) -> list[dict[str, Any
         "livenessProbe": _heartbeat_probe(10, 3),
         "readinessProbe": _heartbeat_probe(10, 1),
     }
-    grace = drain_grace_s(role, settings) + STOP_MARGIN_S
+    grace = drain_grace_s(settings) + STOP_MARGIN_S
     return [
         _deployment(role.name, max(s.min_replicas, 1), container, grace),
         _pdb(role.name),
@@ -228,7 +239,7 @@ def api_manifests(settings: Settings) -> list[dict[str, Any]]:
         "readinessProbe": {**http, "periodSeconds": 5, "failureThreshold": 2},
         "livenessProbe": {**http, "periodSeconds": 10, "failureThreshold": 3, "timeoutSeconds": 5},
     }
-    grace = int(settings.long_poll_max_s) + STOP_MARGIN_S  # a long poll answers before it exits
+    grace = drain_grace_s(settings) + STOP_MARGIN_S  # long polls and streams end within the grace
     deployment = _deployment(API_ROLE.name, s.min_replicas, container, grace)
     deployment["spec"]["template"]["metadata"]["annotations"] = {
         "prometheus.io/scrape": "true",  # the queue depth KEDA scales on is read here
@@ -255,10 +266,22 @@ def beat_manifests() -> list[dict[str, Any]]:
     return [_deployment("beat", 1, container, STOP_MARGIN_S, recreate=True)]
 
 
-def config_manifests() -> list[dict[str, Any]]:
+def config_manifests(settings: Settings) -> list[dict[str, Any]]:
+    """The ConfigMap, and the one volume pods share: uploaded files wait there (by blob id) until an
+    indexing pod parses them, so the API and every indexing pod mount it, ReadWriteMany (NFS, CephFS,
+    EFS, Azure Files...). The index itself is in PostgreSQL (`RAGFLEET_STORE=postgres`)."""
     meta = {"labels": {"app.kubernetes.io/name": APP}}
+    pvc = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": BLOBS, **meta},
+        "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "20Gi"}}},
+    }
+    # the drain grace every pod runs with: terminationGracePeriodSeconds is this + STOP_MARGIN_S
+    data = {**CONFIG_VARS, "RAGFLEET_DRAIN_GRACE_S": f"{settings.drain_grace_s:g}"}
     return [
-        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": CONFIG, **meta}, "data": CONFIG_VARS}
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": CONFIG, **meta}, "data": data},
+        pvc,
     ]
 
 
@@ -287,7 +310,7 @@ def _yaml(docs: list[dict[str, Any]]) -> str:
 def k8s_files(settings: Settings | None = None) -> dict[str, str]:
     """infra/k8s/<name>.yaml -> its text."""
     s = settings or Settings.model_construct()  # the defaults, whatever the environment says
-    files = {"config.yaml": _yaml(config_manifests()), "secret.yaml": _yaml(secret_manifests())}
+    files = {"config.yaml": _yaml(config_manifests(s)), "secret.yaml": _yaml(secret_manifests())}
     files["api.yaml"] = _yaml(api_manifests(s))
     files |= {f"{r.name}.yaml": _yaml(worker_manifests(r, s)) for r in WORKER_ROLES}
     files["beat.yaml"] = _yaml(beat_manifests())
@@ -339,7 +362,7 @@ def systemd_files(settings: Settings | None = None) -> dict[str, str]:
     env = {"OPENBLAS_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     files: dict[str, str] = {}
     for role in WORKER_ROLES:
-        stop_s = drain_grace_s(role, s) + STOP_MARGIN_S
+        stop_s = drain_grace_s(s) + STOP_MARGIN_S
         node_env = {**env, **process_env(role.name)}
         if role.supervised:
             argv = role.worker_argv(f"{role.name}%i@%H")  # systemd: %i the instance, %H the host
@@ -350,7 +373,7 @@ def systemd_files(settings: Settings | None = None) -> dict[str, str]:
             name, what = f"ragfleet-{role.name}.service", f"ragfleet {role.name} pool"
         files[name] = _unit(what, argv, node_env, stop_s)
     api = process_argv(API_ROLE.name, api_host="127.0.0.1")  # behind the host's reverse proxy
-    files["ragfleet-api.service"] = _unit("ragfleet API", api, env, int(s.long_poll_max_s) + STOP_MARGIN_S)
+    files["ragfleet-api.service"] = _unit("ragfleet API", api, env, drain_grace_s(s) + STOP_MARGIN_S)
     files["ragfleet-beat.service"] = _unit(
         "ragfleet beat (RedBeat)", process_argv("beat"), env, STOP_MARGIN_S
     )

@@ -166,6 +166,16 @@ WORKER_ROLES: tuple[WorkerRole, ...] = (
         time_limits=TimeLimitMode.WATCHDOG,
         metrics_port=9104,
     ),
+    # threads: a delivery waits on a receiver and on backoff delays (I/O), never on the CPU
+    WorkerRole(
+        "callbacks",
+        (Queue.CALLBACKS,),
+        Pool.THREADS,
+        concurrency=8,
+        warm_up=WarmUp.CLIENTS,
+        time_limits=TimeLimitMode.WATCHDOG,
+        metrics_port=9106,
+    ),
     # solo: one reindex at a time (it also takes a fleet-wide lock)
     WorkerRole(
         "maintenance",

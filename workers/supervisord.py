@@ -34,7 +34,7 @@ FLEET_VARIABLES: dict[str, str] = {
 }
 COMMAND = "python -m workers.roles --supervisord > infra/supervisor/fleet.conf"
 START_SECS = 5  # a process that lived this long started; one that died sooner is retried with a backoff
-START_RETRIES = 10  # backoff 1 s, 2 s, ... 10 s (55 s in all), then FATAL (shown by `ragfleet status`)
+START_RETRIES = 10  # backoff 1 s, 2 s, ... 10 s (55 s in all), then FATAL (shown by `ragfleet ps`)
 LOG_MAX = "10MB"
 LOG_BACKUPS = 3
 
@@ -77,7 +77,7 @@ def _environment(env: dict[str, str]) -> list[str]:
 
 
 def _worker(role: WorkerRole, settings: Settings) -> list[str]:
-    stop_s = drain_grace_s(role, settings) + STOP_MARGIN_S
+    stop_s = drain_grace_s(settings) + STOP_MARGIN_S
     env = {"RAGFLEET_METRICS_PORT": str(role.metrics_port), **role.env}
     if not role.supervised:
         argv = role.worker_argv(f"{role.name}@%(host_node_name)s")
@@ -119,7 +119,7 @@ def fleet_conf(settings: Settings | None = None) -> str:
         "",
     ]
     api = shlex.join(api_argv("127.0.0.1", "PORT")).replace("PORT", _env("RAGFLEET_API_PORT"))
-    lines += _program(API_ROLE.name, api, int(s.long_poll_max_s) + STOP_MARGIN_S)
+    lines += _program(API_ROLE.name, api, drain_grace_s(s) + STOP_MARGIN_S)
     for role in WORKER_ROLES:
         lines += _worker(role, s)
     for other in PROCESS_ROLES:

@@ -11,6 +11,7 @@ their latency while a batch runs.
 # `batches_router`'s scope at runtime.
 
 import json
+import uuid
 from collections.abc import AsyncIterator
 from functools import partial
 from itertools import islice
@@ -23,7 +24,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from api_shim.auth import Caller
 from api_shim.deps import ApiDeps
-from api_shim.models import JOB_ID_MAX, NOT_BLANK, error_responses
+from api_shim.models import JOB_ID_MAX, NOT_BLANK, callback_fields_model, callback_properties, error_responses
 from ragfleet.batch import BatchError, Batches, normalize_questions, parse_jsonl
 from ragfleet.schemas import MetadataValue, SearchMode
 from ragfleet.settings import Settings
@@ -97,6 +98,7 @@ def _request_schema(s: Settings) -> dict[str, Any]:
             "top_k": top_k,
             "mode": mode,
             "use_cache": {"type": "boolean"},
+            **callback_properties(s),  # only those this deployment enables
         },
     }
     # JSONL bodies and multipart uploads are accepted too, but JSON Schema cannot describe "one JSON
@@ -127,7 +129,9 @@ def _models(s: Settings) -> type[BaseModel]:
         use_cache: Annotated[bool | None, NotNull] = None
         id: Annotated[Annotated[str, Field(max_length=512)] | int | None, NotNull] = None
 
-    class BatchRequest(_Strict):
+    class BatchRequest(callback_fields_model(s)):  # type: ignore[misc]
+        model_config = ConfigDict(extra="forbid", strict=True, regex_engine="python-re")
+
         questions: list[Question | BatchItem] = Field(min_length=1, max_length=s.max_batch_questions)
         top_k: Annotated[TopK | None, NotNull] = None
         mode: Annotated[SearchMode | None, NotNull] = None
@@ -148,17 +152,18 @@ def batches_router(deps: ApiDeps) -> APIRouter:
     BatchId = Annotated[str, Path(min_length=1, max_length=JOB_ID_MAX)]  # noqa: N806
     publish_timeout_s = max(5.0, 4 * s.redis_socket_timeout_s)
 
-    async def read_items(request: Request) -> tuple[list[Any], dict[str, Any]]:
+    async def read_items(request: Request) -> tuple[list[Any], dict[str, Any], Any]:
+        """(questions, defaults, the JSON body's model: its callbacks; None for JSONL)."""
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype == "multipart/form-data":
             form = await request.form()
             upload = form.get("file")
             if upload is None or isinstance(upload, str):
                 raise HTTPException(400, "multipart body needs a JSONL `file` part")
-            return parse_jsonl((await upload.read()).splitlines()), {}
+            return parse_jsonl((await upload.read()).splitlines()), {}, None
         raw = await request.body()
         if ctype in NDJSON_TYPES:
-            return parse_jsonl(raw.splitlines()), {}
+            return parse_jsonl(raw.splitlines()), {}, None
         if ctype not in ("application/json", ""):
             raise HTTPException(415, f"unsupported content type {ctype!r}")
         try:
@@ -175,7 +180,7 @@ def batches_router(deps: ApiDeps) -> APIRouter:
             raise HTTPException(422, errors) from exc
         dumped = body.model_dump(exclude_none=True)
         defaults = {k: dumped.get(k) for k in ("top_k", "mode", "use_cache")}
-        return list(dumped["questions"]), defaults
+        return list(dumped["questions"]), defaults, body
 
     async def owned(batch_id: str, who: Caller) -> None:
         st = await anyio.to_thread.run_sync(partial(batches.status, batch_id, reconcile=False))
@@ -209,7 +214,7 @@ def batches_router(deps: ApiDeps) -> APIRouter:
         use_cache: Annotated[bool | None, Query(description="Default for JSONL items.")] = None,
     ) -> JSONResponse:
         try:
-            items, defaults = await read_items(request)
+            items, defaults, body = await read_items(request)
             defaults = {
                 "top_k": top_k,
                 "use_cache": use_cache,
@@ -219,7 +224,11 @@ def batches_router(deps: ApiDeps) -> APIRouter:
         except BatchError as exc:
             detail: Any = [{**e, "loc": ["body", "questions", *e["loc"]]} for e in exc.errors] or str(exc)
             raise HTTPException(422, detail) from exc
-        submit = partial(batches.submit, questions, tenant=who.tenant, request_id=rid)
+        batch_id = f"b{uuid.uuid4().hex}"
+        extra = deps.callback_fields(batch_id, who.tenant, body)
+        submit = partial(
+            batches.submit, questions, tenant=who.tenant, request_id=rid, batch_id=batch_id, extra=extra
+        )
         with anyio.fail_after(publish_timeout_s):
             batch_id = await anyio.to_thread.run_sync(submit, abandon_on_cancel=True)
         body = BatchAccepted(batch_id=batch_id, job_id=batch_id, total=len(questions))

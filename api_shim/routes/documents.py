@@ -8,6 +8,7 @@ the two surfaces here as a 422 instead of a job that fails in the pool.
 # No `from __future__ import annotations`: FastAPI must resolve the per-app types (request models,
 # dependencies) that live in `documents_router`'s scope, which string annotations cannot reach.
 
+import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path
@@ -62,8 +63,19 @@ def documents_router(deps: ApiDeps) -> APIRouter:
                 raise validation_error(["body", "documents", i], exc) from exc
             documents.append(checked.model_dump(exclude_none=True, exclude={"tenant"}))
         payload = {"documents": documents, "tenant": who.tenant, "request_id": rid}
+        job_id = uuid.uuid4().hex
+        extra = deps.callback_fields(job_id, who.tenant, body)
         return accepted(
-            await deps.submit(TaskName.INDEX_DOCUMENTS, "index", payload, who, rid, Priority.DEFAULT)
+            await deps.submit(
+                TaskName.INDEX_DOCUMENTS,
+                "index",
+                payload,
+                who,
+                rid,
+                Priority.DEFAULT,
+                job_id=job_id,
+                extra=extra,
+            )
         )
 
     @router.delete(

@@ -19,11 +19,13 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Requ
 from fastapi.responses import Response, StreamingResponse
 from pydantic import ValidationError
 
+from api_shim import drain
 from api_shim.auth import Caller
 from api_shim.deps import ApiDeps, accepted, record_response
 from api_shim.errors import UNAVAILABLE_ERRORS, validation_error
 from api_shim.models import JOB_ID_MAX, Accepted, error_responses
 from api_shim.streaming import EVENT_ID, NDJSON, RESUME_ID, SSE, follow, ndjson_line, sse_frame
+from ragfleet import tracing
 from ragfleet.cache import AnswerCache, answer_key_for
 from ragfleet.events import JobEvents, queue_answer_at_once
 from ragfleet.index_state import IndexState
@@ -33,6 +35,7 @@ from ragfleet.schemas import TERMINAL, JobRecord, QueryPayload
 
 log = logging.getLogger(__name__)
 TERMINAL_STATUS_VALUES = frozenset(st.value for st in TERMINAL)
+CALLBACK_FIELDS = frozenset({"callback_url", "callback_task"})
 
 
 class CachedAnswers:
@@ -50,7 +53,9 @@ class CachedAnswers:
         self._job_events = JobEvents(deps.rds, s)
         self._last_version = 0  # the index version this process read last
 
-    async def serve(self, p: QueryPayload, rid: str) -> JobRecord | None:
+    async def serve(
+        self, p: QueryPayload, rid: str, job_id: str, extra: dict[str, str] | None = None
+    ) -> JobRecord | None:
         client = self._reader.client()
         cache, version_key = self._cache, self._index_state.version_key
         # One round trip: the live index version and the Redis entry under the version this process
@@ -74,16 +79,21 @@ class CachedAnswers:
                 hit = cache.accept_remote(key, await client.get(cache.redis_key(key)))
         if hit is None:
             return None
-        answer, layer = hit
+        entry, layer = hit
+        # the entry keeps the `traceparent` of the run that produced it: a link, not part of the answer
+        answer = {k: v for k, v in entry.items() if k != tracing.TRACEPARENT}
+        tracing.set_attrs(**{tracing.JOB_ID: job_id, tracing.TENANT: p.tenant, tracing.CACHE_LAYER: layer})
+        tracing.link(entry.get(tracing.TRACEPARENT), "cached_answer")
         pipe = client.pipeline(transaction=True)
         record = queue_answer_at_once(
             pipe,
             self._jobs,
             self._job_events,
-            uuid.uuid4().hex,
+            job_id,
             {**answer, "cached": layer},
             tenant=p.tenant,
             request_id=rid,
+            extra=extra,
         )
         await pipe.execute()
         return record
@@ -143,17 +153,24 @@ def queries_router(deps: ApiDeps) -> APIRouter:
             checked = QueryPayload.model_validate(payload)
         except ValidationError as exc:
             raise validation_error(["body"], exc) from exc
-        payload = checked.model_dump(mode="json", exclude_none=True, exclude={"job_id", "batch_id", "stream"})
+        job_id = uuid.uuid4().hex
+        # the record carries the callbacks (its end sends them), the task's payload need not
+        extra = deps.callback_fields(job_id, who.tenant, checked)
+        payload = checked.model_dump(
+            mode="json", exclude_none=True, exclude={"job_id", "batch_id", "stream", *CALLBACK_FIELDS}
+        )
         if checked.use_cache:
             try:
-                served = await cached.serve(checked, rid)
+                served = await cached.serve(checked, rid, job_id, extra)
             except UNAVAILABLE_ERRORS:
                 served = None  # the cache is an optimisation: fall through to the queue
             if served is not None:
                 if wait is not None:
                     return record_response(served)
                 return accepted(served.job_id)
-        job_id = await deps.submit(TaskName.QUERY, "query", payload, who, rid, Priority.INTERACTIVE)
+        job_id = await deps.submit(
+            TaskName.QUERY, "query", payload, who, rid, Priority.INTERACTIVE, job_id=job_id, extra=extra
+        )
         if not wait:
             return accepted(job_id)
         try:
@@ -172,7 +189,9 @@ def queries_router(deps: ApiDeps) -> APIRouter:
                 record = record_of_end(end) or await finished_record(job_id)
                 if record is not None:
                     return record_response(record)
-                if end is not None or remaining_ms <= 0 or await request.is_disconnected():
+                if end is not None or remaining_ms <= 0 or drain.draining.is_set():
+                    break  # draining (api_shim/drain.py): 202, the caller polls another replica
+                if await request.is_disconnected():
                     break
         except UNAVAILABLE_ERRORS as exc:
             # Not a 503: the job is queued already, and a retry would enqueue it twice.

@@ -33,7 +33,7 @@ import pybreaker
 import redis
 from pydantic import BaseModel, Field, SecretStr, TypeAdapter
 
-from ragfleet import resilience
+from ragfleet import resilience, tracing
 from ragfleet.generation.extractive import (
     NO_SOURCES_ANSWER,
     answer_from_passages,
@@ -185,14 +185,28 @@ class LLMGateway:
     def _attempt(
         self, provider: OpenAICompatProvider, messages: list[Message], on_chunk: Callable[[str], None] | None
     ) -> tuple[str, Usage]:
-        if on_chunk is None:
-            return provider.complete(messages)
-        stream = provider.stream(messages)
-        pieces = []
-        for piece in stream:
-            pieces.append(piece)
-            on_chunk(piece)
-        return "".join(pieces), stream.usage
+        """One HTTP call to the provider: a client span (ragfleet.tracing) whose `traceparent` the
+        provider's request carries."""
+        attrs = {tracing.PROVIDER: provider.name, tracing.MODEL: provider.model, "url.full": provider.url}
+        with tracing.span(f"chat {provider.model}", kind=tracing.SpanKind.CLIENT, **attrs) as span:
+            if on_chunk is None:
+                text, usage = provider.complete(messages)
+            else:
+                stream = provider.stream(messages)
+                pieces = []
+                for piece in stream:
+                    pieces.append(piece)
+                    on_chunk(piece)
+                text, usage = "".join(pieces), stream.usage
+            if span is not None:
+                span.set_attributes(
+                    {
+                        tracing.INPUT_TOKENS: usage.prompt_tokens,
+                        tracing.OUTPUT_TOKENS: usage.completion_tokens,
+                        tracing.COST: self._cost(usage),
+                    }
+                )
+            return text, usage
 
     def _call(
         self, spec: ProviderSpec, messages: list[Message], on_chunk: Callable[[str], None] | None
@@ -204,9 +218,15 @@ class LLMGateway:
             log.warning("breaker state for %s unavailable (Redis); calling unguarded", spec.name)
             breaker = None
         last: list[BaseException] = []
+        attempts = [0]
+        if tracing.enabled():  # reading the fleet-wide state is a Redis round trip: only when traced
+            state = breaker.current_state if breaker is not None else "unavailable"
+            tracing.set_attrs(**{tracing.BREAKER_STATE: f"{spec.name}:{state}"})
 
         def guarded() -> tuple[str, Usage]:
             def attempt() -> tuple[str, Usage]:
+                attempts[0] += 1
+                tracing.set_attrs(**{f"ragfleet.llm.retries.{spec.name}": attempts[0] - 1})
                 try:
                     return self._attempt(provider, messages, on_chunk)
                 except ProviderError as exc:

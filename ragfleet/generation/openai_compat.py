@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 
+from ragfleet import tracing
 from ragfleet.schemas import Source, Usage
 
 Message = dict[str, str]
@@ -113,7 +114,8 @@ class OpenAICompatProvider:
         self.name = name
         self.model = model
         self.timeout = timeout
-        self._url = base_url.rstrip("/") + "/chat/completions"
+        self.url = base_url.rstrip("/")
+        self._url = self.url + "/chat/completions"
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = client or httpx.Client(timeout=httpx.Timeout(timeout))
         self._headers = headers
@@ -141,8 +143,9 @@ class OpenAICompatProvider:
         """Response lines, with transport failures and the overall deadline mapped to ProviderError."""
         deadline = time.monotonic() + self.timeout
         try:
+            headers = tracing.with_context(self._headers)  # the provider may join the trace
             with self._client.stream(
-                "POST", self._url, json=self._body(messages, stream), headers=self._headers
+                "POST", self._url, json=self._body(messages, stream), headers=headers
             ) as response:
                 if response.status_code != 200:
                     raise _status_error(response)

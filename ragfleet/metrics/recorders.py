@@ -77,6 +77,11 @@ def set_replica_lag(replica: str, lag_bytes: int, lag_seconds: float) -> None:
     _gauge("ragfleet_store_replica_lag_seconds").labels(replica=replica).set(max(lag_seconds, 0.0))
 
 
+def set_store_up(store: str, role: str, server: str, up: bool) -> None:
+    """What a worker's last probe of a store server found (ragfleet/store_health.py)."""
+    _gauge("ragfleet_store_up").labels(store=store, role=role, server=server).set(1 if up else 0)
+
+
 def set_retrieval_quality(ndcg: float, *, dataset: str = "golden") -> None:
     if not 0.0 <= ndcg <= 1.0:
         raise ValueError(f"nDCG must be in [0, 1], got {ndcg}")
@@ -119,6 +124,14 @@ def observe_task_wait(task: str, queue: str, seconds: float) -> None:
 
 def task_failed(task: str, exception: str) -> None:
     _counter("ragfleet_task_failures").labels(task=task, exception=exception).inc()
+
+
+def callback_delivery(target: str, outcome: str) -> None:
+    _counter("ragfleet_callback_deliveries").labels(target=target, outcome=outcome).inc()
+
+
+def observe_callback_lag(seconds: float) -> None:
+    _histogram("ragfleet_callback_lag_seconds").observe(max(seconds, 0.0))
 
 
 def task_retried(task: str) -> None:

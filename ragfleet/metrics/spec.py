@@ -130,6 +130,14 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
     # PostgreSQL read replicas, as a worker last saw them (ragfleet/stores/postgres_store.py): bytes of
     # WAL not yet replayed (behind the primary's or the index pointer's position) and for how long
     MetricSpec(
+        "ragfleet_store_up",
+        "gauge",
+        "1 when a worker's last probe of a vector store server (PostgreSQL primary or replica) got an "
+        "answer, 0 when it did not (the reason is in `ragfleet status` and the worker's log).",
+        ("store", "role", "server"),
+        mode="mostrecent",
+    ),
+    MetricSpec(
         "ragfleet_store_replica_lag_bytes",
         "gauge",
         "WAL bytes a PostgreSQL read replica has not replayed yet, when a worker last checked it.",
@@ -163,6 +171,20 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
         "histogram",
         "Time a message waited in its queue (publish or ETA to start).",
         ("task", "queue"),
+        TASK_WAIT_BUCKETS,
+    ),
+    MetricSpec(
+        "ragfleet_callback_deliveries",
+        "counter",
+        "Callback delivery attempts (ragfleet.callbacks) by target (url, task) and outcome (accepted, "
+        "retrying, failed, sent).",
+        ("target", "outcome"),
+    ),
+    MetricSpec(
+        "ragfleet_callback_lag_seconds",
+        "histogram",
+        "From a job's end to its webhook accepted by the receiver (retries included).",
+        (),
         TASK_WAIT_BUCKETS,
     ),
     MetricSpec(
@@ -207,9 +229,10 @@ QUEUE_DEPTH: Final = "ragfleet_queue_depth"
 QUEUE_DEPTH_UP: Final = "ragfleet_queue_depth_up"
 # Collected at scrape time too: see ragfleet.metrics.dead_letters.
 DEAD_LETTERS: Final = "ragfleet_dead_letters"
+DEAD_LETTERS_RECORDED: Final = "ragfleet_dead_letters_recorded"  # a counter: `<name>_total`
 
 
 def exposed_series() -> frozenset[str]:
     """Every sample name this module can expose (dashboard and alert rules may reference only these)."""
     names = {s for spec in METRICS for s in spec.series()}
-    return frozenset(names | {QUEUE_DEPTH, QUEUE_DEPTH_UP, DEAD_LETTERS})
+    return frozenset(names | {QUEUE_DEPTH, QUEUE_DEPTH_UP, DEAD_LETTERS, f"{DEAD_LETTERS_RECORDED}_total"})

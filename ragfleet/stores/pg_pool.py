@@ -13,10 +13,11 @@ import os
 import threading
 from typing import Any
 
-from psycopg import sql
-from psycopg_pool import ConnectionPool
+import psycopg
+from psycopg import Connection, sql
+from psycopg_pool import ConnectionPool, PoolTimeout
 
-from ragfleet.stores.base import ChunkRecord, SearchHit
+from ragfleet.stores.base import ChunkRecord, SearchHit, StoreUnavailableError
 
 HIT_COLUMNS = sql.SQL("chunk_id, doc_id, chunk_index, text, title, start_char, end_char, metadata")
 RECORD_COLUMNS = sql.SQL(
@@ -28,10 +29,15 @@ RECORD_COLUMNS = sql.SQL(
 OR_QUERY = sql.SQL("replace(plainto_tsquery(%s::regconfig, %s)::text, ' & ', ' | ')::tsquery")
 REPLICA_RETRY_S = 5.0  # a replica that did not answer is skipped this long (no per-query connect wait)
 REPLICA_CONNECT_TIMEOUT_S = 1.0
+PROBE_TIMEOUT_S = 1  # connect_timeout of the direct check that tells a dead server from a stuck pool
 # a replica's replay position is re-read at most this often per process and replica; a cached position
 # is a lower bound (replay only moves forward), so a replica seen caught up is read without a check
 POSITION_TTL_S = 0.05
 PRIMARY_READ_TIMEOUT_S = 2.0  # a search waits this long for the primary before it is `unavailable`
+# a write waits this long for a connection to the primary before its task backs off and retries: an
+# indexing process uses one connection at a time, so a longer wait only holds the process while the
+# primary is down (the backoff, not this, paces the retries)
+PRIMARY_WRITE_TIMEOUT_S = 2.0
 # replay position (bytes), lag behind max(received WAL, the index's position) in bytes and in seconds
 REPLICA_POSITION = sql.SQL(
     "SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END "
@@ -82,6 +88,45 @@ def pool_for(url: str, size: int) -> ConnectionPool:
     return pool
 
 
+def getconn(url: str, size: int, timeout: float) -> tuple[ConnectionPool, Connection[Any]]:
+    """A connection from this process's pool for `url`, and the pool to put it back into.
+
+    psycopg_pool retries a lost server in the background with a doubling delay and no cap: after a
+    60 s outage its next attempt may come a minute after the server is back, and every getconn
+    until then times out. So on a timeout, when the server does accept a connection of our own
+    (`PROBE_TIMEOUT_S`), the pool is replaced by a fresh one (public API only) and asked once more.
+    A server that is really down costs that one refused connection, nothing else."""
+    pool = pool_for(url, size)
+    try:
+        return pool, pool.getconn(timeout=timeout)
+    except PoolTimeout:
+        if not _accepts(url):
+            raise
+    pool = _replace(url, size, pool)
+    return pool, pool.getconn(timeout=timeout)
+
+
+def _accepts(url: str) -> bool:
+    try:
+        psycopg.connect(url, connect_timeout=PROBE_TIMEOUT_S).close()
+    except psycopg.Error:
+        return False
+    return True
+
+
+def _replace(url: str, size: int, stale: ConnectionPool) -> ConnectionPool:
+    """A fresh pool for `url` in place of `stale` (unless another thread replaced it already). The
+    stale one is closed without waiting: connections lent from it close when they come back."""
+    key = (os.getpid(), url)
+    with pools_lock:
+        if pools.get(key) is stale:
+            del pools[key]
+    pool = pool_for(url, size)
+    if pool is not stale:
+        stale.close(timeout=0)
+    return pool
+
+
 def close_pools() -> None:
     """Close this process's pools (tests; a process about to exit)."""
     with pools_lock:
@@ -89,6 +134,16 @@ def close_pools() -> None:
             if pid == os.getpid():
                 pool.close()
                 del pools[(pid, url)]
+
+
+def primary_unreachable(url: str, exc: BaseException) -> StoreUnavailableError:
+    """The error for a primary that refused or dropped a connection: says which server and why,
+    never the URL (it may carry a password)."""
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return StoreUnavailableError(
+        f"PostgreSQL primary {server_label(url)} is unreachable: {type(exc).__name__}: {reason}"[:500],
+        retry_after=REPLICA_RETRY_S,
+    )
 
 
 def vector_literal(vector: list[float]) -> str:

@@ -56,9 +56,8 @@ def read(
             return got[0]
         if pg_pool.replica_down_until.get(url, 0.0) <= time.monotonic():
             behind.append(url)
-    pool = pg_pool.pool_for(primary, pool_size)
     try:
-        conn = pool.getconn(timeout=pg_pool.PRIMARY_READ_TIMEOUT_S)
+        pool, conn = pg_pool.getconn(primary, pool_size, pg_pool.PRIMARY_READ_TIMEOUT_S)
     except (PoolTimeout, psycopg.OperationalError) as exc:
         primary_error: BaseException = exc
     else:
@@ -89,9 +88,8 @@ def _on_replica(
     """[fn's value] from replica `url`, or [] when it is down or behind `required`. `check`: read
     its replay position first (also done when the cached one is older than `POSITION_TTL_S`: that
     keeps the lag gauges current)."""
-    pool = pg_pool.pool_for(url, pool_size)
     try:
-        conn = pool.getconn(timeout=pg_pool.REPLICA_CONNECT_TIMEOUT_S)
+        pool, conn = pg_pool.getconn(url, pool_size, pg_pool.REPLICA_CONNECT_TIMEOUT_S)
     except (PoolTimeout, psycopg.OperationalError):
         pg_pool.replica_down_until[url] = time.monotonic() + pg_pool.REPLICA_RETRY_S
         return []

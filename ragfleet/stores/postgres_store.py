@@ -78,8 +78,20 @@ class PostgresStore:
     # -- connections -----------------------------------------------------------------------------
     @contextmanager
     def _primary(self) -> Iterator[psycopg.Connection[Any]]:
-        with pg_pool.pool_for(self.url, self.pool_size).connection() as conn:
-            yield conn
+        """A connection to the primary. A primary that refuses connections, or drops one, is
+        `StoreUnavailableError`: writes wait and retry on it (tasks/_common.py), a search's job ends
+        `unavailable`; a cancelled statement (`QueryCanceled`) is the statement's own fault."""
+        try:
+            pool, conn = pg_pool.getconn(self.url, self.pool_size, pg_pool.PRIMARY_WRITE_TIMEOUT_S)
+            try:
+                with conn:  # as ConnectionPool.connection(): end any transaction, keep it open
+                    yield conn
+            finally:
+                pool.putconn(conn)
+        except psycopg.errors.QueryCanceled:
+            raise
+        except psycopg.OperationalError as exc:  # PoolTimeout is one too
+            raise pg_pool.primary_unreachable(self.url, exc) from exc
 
     def _read(self, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
         """`fn` where a search may read: a caught-up replica, else the primary (pg_reads.py)."""
@@ -113,7 +125,12 @@ class PostgresStore:
 
     # -- lifecycle -------------------------------------------------------------------------------
     def ensure(self) -> None:
-        pg_schema.ensure_migrated(self.url, os.getpid())
+        try:
+            pg_schema.ensure_migrated(self.url, os.getpid())
+        except Exception as exc:  # SQLAlchemy's OperationalError wrapping psycopg's
+            if isinstance(getattr(exc, "orig", exc), psycopg.OperationalError):
+                raise pg_pool.primary_unreachable(self.url, exc) from exc
+            raise
         with self._primary() as conn, conn.transaction():
             pg_schema.create_collection_table(conn, self.name, self.dim)
         self._ready = (os.getpid(), True)
@@ -122,6 +139,12 @@ class PostgresStore:
         with self._primary() as conn:
             row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (self.table,)).fetchone()
         return bool(row and row[0])
+
+    def collections(self) -> list[str]:
+        """Every collection (index version) registered in this database, for the reindex's cleanup."""
+        self.ensure()
+        with self._primary() as conn:
+            return pg_schema.collections(conn)
 
     def refresh(self) -> None:
         """Reads are always fresh on the primary; a replica's lag is handled by the caller (see

@@ -13,6 +13,7 @@ starts polling and then every `unacked_restore_interval * unacked_restore_thrott
 
 from __future__ import annotations
 
+import signal
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -106,6 +107,11 @@ class ChaosFleet:
         return "\n".join(f"--- {w.node}\n{w.output()[-2500:]}" for w in self.started)
 
     def stop(self) -> None:
+        """SIGTERM every worker first, then wait for each: their warm shutdowns (5-15 s each on two
+        busy cores) overlap instead of adding up."""
+        for w in self.started:
+            if w.proc is not None and w.proc.poll() is None:
+                w.proc.send_signal(signal.SIGTERM)
         for w in self.started:
             w.stop()
             if getattr(w, "fh", None) is not None:

@@ -9,7 +9,7 @@ RedBeat lock held by a new owner), a parent's children must die with it (no orph
 or the queue), and the load sees no failed query: a query the dead process held is requeued and
 answered (workers/inflight.py). The only errors allowed are refused connections while the API
 itself restarts (a client retries those; nothing was submitted). Then every pool answers a job,
-`ragfleet status` counts each restart, and scripts/stop.sh stops everything, leaving no process.
+`ragfleet ps` counts each restart, and scripts/stop.sh stops everything, leaving no process.
 
 The restart times are printed (`-s`): the closing note of issue 22 quotes them.
 """
@@ -34,6 +34,7 @@ from ragfleet.settings import Settings
 from tests.chaos.conftest import delete_prefix, isolated_settings
 from tests.helpers import wait_job
 from tests.supervised import SupervisedFleet, children, proc_alive
+from workers.roles import WORKER_ROLES
 
 pytestmark = [pytest.mark.chaos, pytest.mark.redis, pytest.mark.workers, pytest.mark.model]
 
@@ -129,7 +130,8 @@ def _kill(fleet: SupervisedFleet, name: str) -> tuple[float, int, list[int]]:
 @pytest.mark.timeout(600)  # a fleet start, seven restarts and a drained stop
 def test_the_supervised_fleet_restarts_any_killed_process_under_load(fleet: SupervisedFleet) -> None:
     nodes = [f"retrieval{n}" for n in range(fleet.retrieval_nodes)]
-    workers = [*nodes, "generation", "indexing", "feedback", "maintenance"]
+    pools = [r.name for r in WORKER_ROLES if not r.supervised]  # generation, indexing, feedback, ...
+    workers = [*nodes, *pools]
     fleet.wait(lambda: all(fleet.warm(fleet.node(w)) for w in workers), 240, "every node warm")
     fleet.wait(fleet.api_up, 60, "the API")
     fleet.wait(fleet.beat_lock, 60, "beat's lock")
@@ -159,7 +161,7 @@ def test_the_supervised_fleet_restarts_any_killed_process_under_load(fleet: Supe
     killed_at: dict[str, float] = {}
     # then every worker and beat, one at a time: each back before the next is killed, so each
     # restart is timed alone; the load keeps asking throughout
-    for name in (nodes[0], "generation", "indexing", "feedback", "maintenance", "beat"):
+    for name in (nodes[0], *pools, "beat"):
         lock = fleet.beat_lock()
         if name != "beat":
             fleet.redis.delete(fleet.settings.key("warm", fleet.node(name)))
@@ -225,7 +227,7 @@ def test_the_supervised_fleet_restarts_any_killed_process_under_load(fleet: Supe
     assert all(v < BACK_WITHIN_S for v in back.values()), back
 
     status = fleet.status()
-    for name in ("api", nodes[0], "generation", "indexing", "feedback", "maintenance", "beat"):
+    for name in ("api", nodes[0], *pools, "beat"):
         assert (status[name].state, status[name].restarts, status[name].unexpected_exits) == (
             "RUNNING",
             1,

@@ -90,7 +90,12 @@ class FakeLLM:
                 body = json.loads(self.rfile.read(length) or b"{}")
                 with fake._lock:
                     fake.requests.append(
-                        {"body": body, "auth": self.headers.get("Authorization"), "at": time.time()}
+                        {
+                            "body": body,
+                            "auth": self.headers.get("Authorization"),
+                            "traceparent": self.headers.get("traceparent"),
+                            "at": time.time(),
+                        }
                     )
                 mode = fake.mode
                 if self.path != "/v1/chat/completions":

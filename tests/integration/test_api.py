@@ -32,7 +32,7 @@ from ragfleet.producer import client_app
 from ragfleet.schemas import ErrorCode, clean_text
 from ragfleet.settings import Settings
 from tests.conftest import REPO, RedisServer, settings_env
-from tests.helpers import api_client, wait_for
+from tests.helpers import api_client, isolated, wait_for
 from tests.helpers import serve as serve  # moved to tests/helpers.py; importable here for older imports
 
 pytestmark = pytest.mark.redis
@@ -325,6 +325,7 @@ def test_rate_limit_is_429_with_retry_after(base_settings: Settings, redis_clien
             resp = c.post("/v1/queries", json=body, headers={"X-API-Key": key})
             assert assert_detail(resp, 429).startswith("rate limit exceeded"), body
             assert resp.json()["limit"] == "submit"
+            assert resp.json()["scope"] == "key"
             assert 1 <= int(resp.headers["retry-after"]) <= 60
         assert list(redis_client.scan_iter(f"{prefix}:job:*")) == []
 
@@ -384,6 +385,51 @@ def test_polling_has_its_own_budget_and_a_429_names_it(
         assert 1 <= int(resp.headers["retry-after"]) <= 60
         stream = c.get(f"/v1/queries/{job_id}/stream", headers=auth)
         assert stream.status_code == 429 and stream.json()["limit"] == "read"
+
+
+def test_keys_of_one_tenant_spend_its_budgets_together(base_settings: Settings) -> None:
+    """A second key for a tenant (a rotation, another service of the same team) adds no more than the
+    tenant's budget: each key keeps its own, and the tenant's keys together spend the tenant's. A key
+    alone on its tenant has only its own. The 429 says whose budget it was."""
+    k1, k2, solo = (f"{n}-{uuid.uuid4().hex[:8]}" for n in ("sh1", "sh2", "solo"))
+    s = isolated(
+        base_settings,
+        "shared",
+        api_keys=f"{k1}:t-shared,{k2}:t-shared,{solo}:t-solo",
+        rate_limit="2/minute",
+        tenant_rate_limit="3/minute",
+        read_rate_limit="3/minute",
+        tenant_read_rate_limit="4/minute",
+    )
+    invalid = {"question": ""}  # spends the submission budget, writes nothing
+
+    def submit(key: str) -> httpx.Response:
+        return c.post("/v1/queries", json=invalid, headers={"X-API-Key": key})
+
+    def read(key: str) -> httpx.Response:
+        return c.get(f"/v1/jobs/{uuid.uuid4().hex}", headers={"X-API-Key": key})
+
+    def refused(resp: httpx.Response) -> tuple[str, str, str]:
+        body = resp.json()
+        return assert_detail(resp, 429).split(") ")[-1], body["limit"], body["scope"]
+
+    with api_client(s) as c:
+        assert [submit(k1).status_code, submit(k1).status_code] == [422, 422]
+        assert refused(submit(k1)) == ("for this API key", "submit", "key")  # the key's own budget
+        assert submit(k2).status_code == 422  # the tenant's third
+        assert refused(submit(k2)) == ("for this tenant's keys together", "submit", "tenant")
+        assert [read(k1).status_code for _ in range(3)] == [404] * 3
+        assert refused(read(k1)) == ("for this API key", "read", "key")
+        assert read(k2).status_code == 404
+        assert refused(read(k2)) == ("for this tenant's keys together", "read", "tenant")
+        # a key alone on its tenant: its own budgets only, untouched by the other tenant's
+        assert [submit(solo).status_code for _ in range(3)] == [422, 422, 429]
+        assert [read(solo).status_code for _ in range(4)] == [404, 404, 404, 429]
+    # unset, a tenant's budgets are the per-key ones: its keys together get no more than one key
+    s = isolated(base_settings, "unset", api_keys=f"{k1}:t-shared,{k2}:t-shared", rate_limit="2/minute")
+    with api_client(s) as c:
+        assert [submit(k1).status_code, submit(k2).status_code] == [422, 422]
+        assert refused(submit(k2)) == ("for this tenant's keys together", "submit", "tenant")
 
 
 # --- long poll -----------------------------------------------------------------------------------

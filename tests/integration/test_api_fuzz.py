@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from pydantic import SecretStr
 
 from ragfleet.settings import Settings
 from tests.conftest import IN_CI
@@ -68,6 +69,8 @@ def test_schemathesis_finds_no_failures(
         update={
             "api_keys": f"{key}:fuzz-tenant",
             "admin_keys": key,  # the purge route answers only an admin (a tenant key gets 403 only)
+            # callbacks as the session allows them (a loopback receiver), with a secret for this tenant
+            "callback_secrets": SecretStr("fuzz-tenant:fuzz-secret"),
             "rate_limit": "1000000/minute",
             # small limits keep generated bodies small and positive long polls short
             "long_poll_max_s": 0.5,

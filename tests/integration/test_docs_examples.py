@@ -19,7 +19,7 @@ import pytest
 
 from ragfleet.settings import Settings
 from tests.conftest import REPO, settings_env
-from tests.fleet import Fleet
+from tests.fleet import Fleet, Worker
 from tests.helpers import index, serve_api
 from tests.integration.test_fleet_e2e import DOCS
 
@@ -36,10 +36,17 @@ def examples(page: str) -> list[tuple[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def api_url(fleet: Fleet, base_settings: Settings) -> Iterator[str]:
-    assert index(base_settings, DOCS)["status"] == "done"
-    with serve_api(base_settings.model_copy(update={"rate_limit": "100000/minute"})) as url:
-        yield url
+def api_url(fleet: Fleet, base_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    # the callbacks pool the callback examples need (the session fleet has none)
+    callbacks = Worker("callbacks", "callbacks", "threads", 4, base_settings, tmp_path_factory.mktemp("cb"))
+    callbacks.start()
+    try:
+        assert index(base_settings, DOCS)["status"] == "done"
+        callbacks.wait_ready()
+        with serve_api(base_settings.model_copy(update={"rate_limit": "100000/minute"})) as url:
+            yield url
+    finally:
+        callbacks.stop()
 
 
 def test_every_page_has_tested_examples() -> None:

@@ -207,6 +207,7 @@ def test_queue_depth_counts_messages_kombu_published_at_every_priority(
         Queue.INDEXING.value: 1,
         Queue.FEEDBACK.value: 1,
         Queue.MAINTENANCE.value: 0,
+        Queue.CALLBACKS.value: 0,
     }
     families = {f.name: f for f in collector.collect()}
     depth = {s.labels["queue"]: s.value for s in families[metrics.QUEUE_DEPTH].samples}

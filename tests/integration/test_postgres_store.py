@@ -363,6 +363,7 @@ def test_a_reindex_writes_a_new_table_switches_to_it_and_rolls_back(
     old = res.index_state.read().active
     old_store = res.store(old)
     report = run_reindex(res, verify_sample=6)
+    again = None
     try:
         assert report.status == "switched" and report.old_collection == old
         assert report.chunks_embedded == 0 and report.chunks_copied == report.chunks_after > 0
@@ -378,6 +379,16 @@ def test_a_reindex_writes_a_new_table_switches_to_it_and_rolls_back(
         assert res.index_state.rollback().active == old
         back, _ = res.live_store()
         assert back.search("t", vector=vec, text="caches", mode="hybrid", top_k=1)[0].doc_id == "doc-1"
+
+        # the next reindex keeps the live version and its predecessor, and its cleanup drops the
+        # older generation's table and registry row, as LanceDB drops its table
+        again = run_reindex(res, verify_sample=6)
+        assert again.dropped == [report.new_collection]
+        with psycopg.connect(pg_url) as conn:
+            names = {r[0] for r in conn.execute("SELECT name FROM ragfleet_collections")}
+            gone = conn.execute("SELECT to_regclass(%s)", (live.table,)).fetchone()
+        assert {old, again.new_collection} <= names and report.new_collection not in names
+        assert gone == (None,)
     finally:
-        for name in (old, report.new_collection):
+        for name in (old, report.new_collection, *([again.new_collection] if again else [])):
             res.store(name).drop()

@@ -19,6 +19,7 @@ import yaml  # type: ignore[import-untyped]  # PyYAML ships no stubs; types-PyYA
 
 from ragfleet.metrics import exposed_series
 from tests.conftest import REPO, need
+from workers.roles import WORKER_ROLES
 
 PROM = REPO / "infra" / "prometheus"
 DASHBOARD = REPO / "infra" / "grafana" / "ragfleet-dashboard.json"
@@ -101,7 +102,7 @@ def test_prometheus_scrapes_the_api_and_every_pool() -> None:
         if job["job_name"] == "ragfleet-workers"
         for sc in job["static_configs"]
     }
-    assert pools == {"retrieval", "generation", "indexing", "feedback", "maintenance"}
+    assert pools == {r.name for r in WORKER_ROLES}
 
 
 def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:

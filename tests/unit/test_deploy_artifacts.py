@@ -180,6 +180,7 @@ def test_every_core_manifest_is_valid_for_the_pinned_kubernetes() -> None:
         "Service",
         "PodDisruptionBudget",
         "ConfigMap",
+        "PersistentVolumeClaim",
         "Secret",
     }
     for doc in core:
@@ -230,7 +231,7 @@ def test_a_pool_deployment_runs_its_role(role: roles.WorkerRole) -> None:
         assert argv[argv.index("-c") + 1] == str(role.concurrency)
     assert {e["name"]: e["value"] for e in container["env"]} == roles.process_env(role.name)
     assert container["ports"] == [{"name": "metrics", "containerPort": role.metrics_port}]
-    grace = manifests.drain_grace_s(role, DEFAULTS)
+    grace = manifests.drain_grace_s(DEFAULTS)
     assert deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > grace
     resources = container["resources"]
     assert resources["requests"]["memory"] and resources["limits"]["memory"]
@@ -240,9 +241,17 @@ def test_a_pool_deployment_runs_its_role(role: roles.WorkerRole) -> None:
         assert deployment["spec"]["replicas"] == role.concurrency
 
 
-def test_the_drain_grace_is_the_longest_soft_time_limit_of_the_pools_tasks() -> None:
-    assert manifests.drain_grace_s(roles.ROLES["indexing"], DEFAULTS) == DEFAULTS.index_time_limit_s - 30
-    assert manifests.drain_grace_s(roles.ROLES["maintenance"], DEFAULTS) >= DEFAULTS.reindex_time_limit_s - 60
+def test_every_pod_gets_longer_than_the_drain_grace_the_config_map_sets() -> None:
+    """SIGTERM drains a process within `RAGFLEET_DRAIN_GRACE_S` (workers/drain.py, api_shim/serve.py);
+    Kubernetes SIGKILLs after terminationGracePeriodSeconds: that must come later, for every pod."""
+    grace = float(_by_kind("ConfigMap")["ragfleet-config"]["data"]["RAGFLEET_DRAIN_GRACE_S"])
+    assert grace == DEFAULTS.drain_grace_s
+    for name, deployment in _by_kind("Deployment").items():
+        if name != "ragfleet-beat":  # beat holds no work: a lock that lapses
+            assert deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > grace, name
+    slower = manifests.k8s_files(Settings.model_construct(drain_grace_s=600.0))
+    indexing = yaml.safe_load_all(slower["indexing.yaml"])
+    assert next(indexing)["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > 600
 
 
 @pytest.mark.parametrize("role", roles.WORKER_ROLES, ids=lambda r: r.name)
@@ -336,9 +345,17 @@ def test_pods_share_no_disk_and_take_config_and_secrets_from_the_environment() -
     assert secret["RAGFLEET_PG_URL"].startswith("postgresql")
     assert secret["RAGFLEET_FEEDBACK_DB_URL"].startswith("postgresql+psycopg://")
     assert "RAGFLEET_LLM_API_KEY" in secret and not set(config) & set(secret)
-    for deployment in _by_kind("Deployment").values():
+    (blobs,) = _by_kind("PersistentVolumeClaim").values()
+    assert blobs["spec"]["accessModes"] == ["ReadWriteMany"]  # the API writes uploads, indexing pods read
+    for name, deployment in _by_kind("Deployment").items():
         spec = deployment["spec"]["template"]["spec"]
-        assert "volumes" not in spec
+        if name.removeprefix("ragfleet-") in manifests.BLOB_ROLES:
+            claim = {"name": "blobs", "persistentVolumeClaim": {"claimName": blobs["metadata"]["name"]}}
+            assert spec["volumes"] == [claim]
+            mount = {"name": "blobs", "mountPath": config["RAGFLEET_BLOB_DIR"]}
+            assert _container(deployment)["volumeMounts"] == [mount]
+        else:
+            assert "volumes" not in spec, name
         refs = _container(deployment)["envFrom"]
         assert refs == [
             {"configMapRef": {"name": "ragfleet-config"}},
@@ -373,7 +390,7 @@ def test_a_systemd_unit_runs_its_role(role: roles.WorkerRole) -> None:
     assert argv[1:] == role.worker_argv(node)[1:]
     assert service["Restart"] == "always" and service["KillMode"] == "mixed"
     assert service["EnvironmentFile"] == "/etc/ragfleet/env"
-    assert int(service["TimeoutStopSec"]) > manifests.drain_grace_s(role, DEFAULTS)
+    assert int(service["TimeoutStopSec"]) > manifests.drain_grace_s(DEFAULTS)
     environment = (manifests.SYSTEMD_DIR / name).read_text()
     for key, value in roles.process_env(role.name).items():
         assert f"\nEnvironment={key}={value}\n" in environment

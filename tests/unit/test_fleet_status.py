@@ -1,4 +1,4 @@
-"""`ragfleet status` against a real supervisord (a small configuration of its own, two `sleep`
+"""`ragfleet ps` against a real supervisord (a small configuration of its own, two `sleep`
 programs and one that cannot start): state, pid, uptime, restarts and unexpected exits as
 supervisord's XML-RPC interface and its log tell them, and the command's exit codes."""
 
@@ -80,11 +80,11 @@ def test_status_counts_a_killed_process_restart_and_shows_one_that_cannot_start(
     assert (steady.restarts, steady.unexpected_exits) == (0, 0)  # type: ignore[attr-defined]
     assert broken.state == "FATAL" and broken.pid == 0 and broken.uptime_s is None  # type: ignore[attr-defined]
 
-    out = CliRunner().invoke(app, ["status"], env={"RAGFLEET_FLEET_DIR": str(supervisor)})
+    out = CliRunner().invoke(app, ["ps"], env={"RAGFLEET_FLEET_DIR": str(supervisor)})
     assert out.exit_code == 3, out.output  # one process is neither RUNNING nor STOPPED
     assert "killed" in out.output and "FATAL" in out.output
 
 
 def test_status_says_when_no_fleet_runs(tmp_path: Path) -> None:
-    out = CliRunner().invoke(app, ["status"], env={"RAGFLEET_FLEET_DIR": str(tmp_path)})
+    out = CliRunner().invoke(app, ["ps"], env={"RAGFLEET_FLEET_DIR": str(tmp_path)})
     assert out.exit_code == 2

@@ -64,3 +64,23 @@ def test_start_runs_one_thread_a_path(tmp_path: Path) -> None:
     finally:
         first.set()
         heartbeat._started.pop(str(path), None)
+
+
+def test_the_file_holds_the_latest_store_record_when_a_node_watches_its_store(tmp_path: Path) -> None:
+    """A node that watches its store writes the watch's record into the file on every beat (the
+    probe still only reads the age), so `cat` on a pod shows what the node last saw."""
+    path = tmp_path / "heartbeat"
+    states = iter(['{"store": {"up": false}}', '{"store": {"up": true}}'])
+    latest = {"text": next(states)}
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=heartbeat.beat_forever, args=(path, stop, 0.05, lambda: latest["text"]), daemon=True
+    )
+    thread.start()
+    try:
+        assert _wait_for(lambda: path.exists() and path.read_text() == '{"store": {"up": false}}')
+        latest["text"] = next(states)
+        assert _wait_for(lambda: path.read_text() == '{"store": {"up": true}}')
+    finally:
+        stop.set()
+        thread.join(2)

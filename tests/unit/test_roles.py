@@ -148,8 +148,8 @@ def test_every_program_restarts_logs_alone_and_stops_as_a_group_after_its_drain(
         assert program["stdout_logfile"].startswith("%(ENV_RAGFLEET_FLEET_DIR)s/log/%(program_name)s")
         assert program["redirect_stderr"] == "true"
         if name in roles.ROLES:
-            assert int(program["stopwaitsecs"]) > drain_grace_s(roles.ROLES[name], s)
-    assert int(conf["program:api"]["stopwaitsecs"]) > s.long_poll_max_s
+            assert int(program["stopwaitsecs"]) > drain_grace_s(s)
+    assert int(conf["program:api"]["stopwaitsecs"]) > drain_grace_s(s)
     assert conf["supervisorctl"]["serverurl"] == "unix://%(ENV_RAGFLEET_FLEET_DIR)s/supervisor.sock"
     assert conf["unix_http_server"]["file"] == "%(ENV_RAGFLEET_FLEET_DIR)s/supervisor.sock"
 
