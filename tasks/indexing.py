@@ -8,6 +8,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from redis.exceptions import RedisError
 
 from ragfleet import indexing, metrics
+from ragfleet.chunkers import UnknownChunkerError
 from ragfleet.names import Queue, TaskName
 from ragfleet.producer import client_app, enqueue
 from ragfleet.resources import get_resources
@@ -65,6 +66,9 @@ def index_documents(self: RagfleetTask, *, payload: dict[str, Any]) -> dict[str,
         message = "indexing exceeded its time limit; split the batch"
         res.jobs.fail(job_id, ErrorCode.TIMEOUT, message)
         return error_result(job_id, ErrorCode.TIMEOUT, message)
+    except UnknownChunkerError as exc:  # the index is newer than this worker: a retry cannot help
+        res.jobs.fail(job_id, ErrorCode.INTERNAL, str(exc))
+        return error_result(job_id, ErrorCode.INTERNAL, str(exc))
     except (RedisError, OSError, RuntimeError) as exc:
         return retry_or_fail(self, res, job_id, "indexing", exc, code=ErrorCode.INTERNAL)
     out = result.model_dump(mode="json")
