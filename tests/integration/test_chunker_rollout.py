@@ -10,6 +10,10 @@ into the old index, a reindex, writes into the new one, a rollback.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +48,25 @@ def token_counts(res: Resources, collection: str, doc_id: str | None = None) -> 
     return token_counter(res.settings.embedding_model).counts(texts)
 
 
+def index_status(s: Settings) -> dict[str, Any]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAGFLEET_")}
+    env |= {
+        "RAGFLEET_REDIS_URL": s.redis_url,
+        "RAGFLEET_KEY_PREFIX": s.key_prefix,
+        "RAGFLEET_DATA_DIR": str(s.data_dir),
+    }
+    out = subprocess.run(
+        [sys.executable, "-m", "ragfleet.cli", "index", "status"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    status: dict[str, Any] = json.loads(out.stdout)
+    return status
+
+
 @pytest.fixture
 def res(base_settings: Settings, tmp_path: Path) -> Resources:
     r = Resources(isolated(base_settings, "rollout", data_dir=tmp_path))
@@ -74,6 +97,10 @@ def test_a_chunker_change_reaches_the_index_by_reindex_only(res: Resources) -> N
     assert max(token_counts(res, old, "paper-10")) > 254
     again = index_documents(res, [doc(i) for i in range(4)], tenant="t")
     assert again.documents_unchanged == 4 and again.chunks_written == 0  # re-ingest stays idempotent
+
+    status = index_status(s)  # what the operator sees: a chunker change waiting for its reindex
+    assert status["chunker"].startswith("words-1") and status["configured_chunker"].startswith("tokens-2")
+    assert status["reindex_pending"] is True
 
     # the reindex re-chunks everything with the configured chunker and records it with the switch
     report = run_reindex(res)
