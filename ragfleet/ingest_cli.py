@@ -119,8 +119,9 @@ def ingest(
         + (f"; {len(problems)} not sent" if problems else "")
     )
     if not wait:
-        for j in jobs:
-            console.print(j)
+        if not as_json:  # `--json` carries the job ids in its one object
+            for j in jobs:
+                console.print(j)
         _ingest_report({"skipped": len(skipped)}, problems, as_json, jobs)
         if problems:
             raise typer.Exit(1)

@@ -11,7 +11,6 @@ into the old index, a reindex, writes into the new one, a rollback.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +24,7 @@ from ragfleet.reindex import run_reindex
 from ragfleet.resources import Resources
 from ragfleet.settings import Settings
 from ragfleet.tokens import token_counter
+from tests.conftest import settings_env
 from tests.helpers import HashingEmbedder, isolated
 
 pytestmark = pytest.mark.redis
@@ -49,15 +49,9 @@ def token_counts(res: Resources, collection: str, doc_id: str | None = None) -> 
 
 
 def index_status(s: Settings) -> dict[str, Any]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAGFLEET_")}
-    env |= {
-        "RAGFLEET_REDIS_URL": s.redis_url,
-        "RAGFLEET_KEY_PREFIX": s.key_prefix,
-        "RAGFLEET_DATA_DIR": str(s.data_dir),
-    }
     out = subprocess.run(
         [sys.executable, "-m", "ragfleet.cli", "index", "status"],
-        env=env,
+        env=settings_env(s),
         capture_output=True,
         text=True,
         check=True,
