@@ -4,7 +4,8 @@ did not get in.
 What must stay true: every file under PATH is indexed, or named in the closing table with an error
 code and a reason (skipped before sending, or failed on the fleet); the exit status is non-zero when
 any is named; `--json` carries the same rows for scripts. Text (.jsonl, .txt, .md) is sent as text,
-chunked in windows within the model's token limit; document files are uploaded to the blob store and parsed on the fleet.
+chunked in windows within the model's token limit; document files are uploaded to the blob store
+and parsed on the fleet.
 """
 
 from __future__ import annotations
