@@ -79,13 +79,13 @@ def _documents_of(
 
 
 def _join(chunks: list[Any]) -> str:
-    """Undo overlapping windows using character offsets (the title prefix is not part of them)."""
+    """Undo overlapping windows using character offsets. A chunk's text is its title prefix (the
+    title, or the part of it that fitted the token budget) and then the document's text[start:end]:
+    the body is the last end - start characters."""
     out = ""
     covered = 0
     for c in chunks:
-        body = c.text
-        if c.title and body.startswith(c.title.strip() + "\n"):
-            body = body[len(c.title.strip()) + 1 :]
+        body = c.text[len(c.text) - (c.end - c.start) :] if c.end > c.start else ""
         if c.end <= covered:
             continue
         skip = max(0, covered - c.start)

@@ -125,6 +125,22 @@ def test_an_empty_index_records_the_configured_chunker_on_its_first_write(res: R
     assert max(token_counts(res, active)) <= 254
 
 
+def shapes(res: Resources, collection: str) -> list[tuple[str, int, str, int, int]]:
+    store = res.store(collection)
+    store.refresh()
+    return sorted((c.doc_id, c.chunk_index, c.text, c.start, c.end) for b in store.iter_chunks() for c in b)
+
+
+def test_a_reindex_with_the_chunker_unchanged_rebuilds_every_chunk_exactly(res: Resources) -> None:
+    """Documents are rebuilt from their chunks: a title cut to fit the budget must not leak into them."""
+    long_title = {**doc(1), "title": "A title longer than half the token budget " * 20}
+    index_documents(res, [doc(0), long_title], tenant="t")
+    before = shapes(res, res.index_state.read().active)
+    report = run_reindex(res)
+    assert report.chunks_embedded == 0 and report.chunker == report.previous_chunker
+    assert shapes(res, report.new_collection) == before
+
+
 def test_a_writer_that_lacks_the_index_chunker_is_refused(res: Resources) -> None:
     active = res.index_state.read().active
     res.index_state.record_chunker(active, ChunkerSpec("tokens-9", 200, 40, 254))
