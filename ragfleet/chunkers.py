@@ -9,7 +9,7 @@ chunker (`ChunkerSpec`: version, word window, token budget) beside its pointer
 - a write into the live index chunks with the live index's recorded chunker, whatever this process is
   configured with (a warning says so once per process); a chunker this code does not know is refused
   (`UnknownChunkerError`: the writer is older than the index);
-- `ragfleet index reindex` (and the nightly reindex) builds the new collection with the configured
+- `ragfleet index rebuild` (and the nightly reindex) builds the new collection with the configured
   chunker and records it with the switch, in one MULTI: the rollout is the blue/green reindex;
 - an index with no record is recorded on its first write: the configured chunker when it is empty,
   else `words-1`, the word-only chunker that built every index before chunkers were recorded.
@@ -192,7 +192,7 @@ def _warn_once(live: ChunkerSpec, configured: ChunkerSpec) -> None:
         extra={
             "live": live.label,
             "configured": configured.label,
-            "why": "writes keep the live index's chunker; `ragfleet index reindex` rolls out the "
+            "why": "writes keep the live index's chunker; `ragfleet index rebuild` rolls out the "
             "configured one",
         },
     )
