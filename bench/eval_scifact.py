@@ -250,7 +250,10 @@ class _NoCache:
     def get(self, question: str) -> None:
         return None
 
-    def put(self, question: str, vec: Any) -> None:
+    def get_local(self, question: str) -> None:
+        return None
+
+    def put(self, question: str, vec: Any, pipe: Any = None) -> None:
         return None
 
 
