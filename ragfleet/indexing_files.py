@@ -23,7 +23,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ragfleet.blobs import BlobStore
-from ragfleet.chunking import BLOCK_CHUNKER, chunk_blocks
+from ragfleet.chunkers import Chunker
 from ragfleet.parsing import ParseError, parse_file
 from ragfleet.resources import Resources
 from ragfleet.schemas import (
@@ -158,17 +158,21 @@ def _local_file(settings: Settings, blobs: BlobStore, f: FileIn) -> Iterator[Pat
 
 
 def file_records(
-    res: Resources, blobs: BlobStore, tenant: str, index: int, f: FileIn, result: IndexResult
+    res: Resources,
+    blobs: BlobStore,
+    chunker: Chunker,
+    tenant: str,
+    index: int,
+    f: FileIn,
+    result: IndexResult,
 ) -> list[ChunkRecord] | None:
-    """Parse one file (a bounded child process) and chunk it along its structure; on failure record
-    the error (with its parse code) and return None."""
+    """Parse one file (a bounded child process) and chunk it along its structure with `chunker`; on
+    failure record the error (with its parse code) and return None."""
     s = res.settings
     try:
         with _local_file(s, blobs, f) as local:
             parsed = parse_file(local, s, source=f.file_name)
-        chunks = chunk_blocks(
-            parsed.pages, size=s.chunk_size_words, overlap=s.chunk_overlap_words, title=f.title
-        )
+        chunks = chunker.blocks(parsed.pages, f.title)
         if not chunks:
             raise ParseError(ErrorCode.EMPTY_DOCUMENT, "the parsed document holds no text to index")
     except ParseError as exc:
@@ -184,7 +188,7 @@ def file_records(
             **f.metadata,
             "source": parsed.source,
             "page": c.page,
-            "chunker": BLOCK_CHUNKER,
+            "chunker": chunker.file_label,
         }
         if c.page_label:
             metadata["page_label"] = c.page_label

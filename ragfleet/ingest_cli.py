@@ -4,7 +4,8 @@ did not get in.
 What must stay true: every file under PATH is indexed, or named in the closing table with an error
 code and a reason (skipped before sending, or failed on the fleet); the exit status is non-zero when
 any is named; `--json` carries the same rows for scripts. Text (.jsonl, .txt, .md) is sent as text,
-chunked as it always was; document files are uploaded to the blob store and parsed on the fleet.
+chunked in windows within the model's token limit; document files are uploaded to the blob store
+and parsed on the fleet.
 """
 
 from __future__ import annotations
@@ -119,8 +120,9 @@ def ingest(
         + (f"; {len(problems)} not sent" if problems else "")
     )
     if not wait:
-        for j in jobs:
-            console.print(j)
+        if not as_json:  # `--json` carries the job ids in its one object
+            for j in jobs:
+                console.print(j)
         _ingest_report({"skipped": len(skipped)}, problems, as_json, jobs)
         if problems:
             raise typer.Exit(1)

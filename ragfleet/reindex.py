@@ -17,7 +17,7 @@ from typing import Any
 
 from redis.lock import Lock
 
-from ragfleet.chunking import BLOCK_CHUNKER
+from ragfleet.chunkers import FILE_LABELS, ChunkerSpec, configured_chunker
 from ragfleet.indexing import copy_chunked_documents, index_documents
 from ragfleet.resources import Resources
 from ragfleet.stores import build_store
@@ -43,6 +43,8 @@ class ReindexReport:
     version: int
     seconds: float
     dropped: list[str]
+    chunker: str = ""  # the new collection's chunker (`ChunkerSpec.label`)
+    previous_chunker: str = ""  # the old one's; "" when it had none recorded
 
     def as_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__slots__}
@@ -53,7 +55,7 @@ def _documents_of(
 ) -> dict[str, dict[str, dict[str, Any]]]:
     """Rebuild documents (per tenant) from their chunks: the store is the source of truth here.
     Parsed files' chunks (`chunker` in their metadata) go to `files` as they are: their structure
-    cannot be rebuilt from text."""
+    cannot be rebuilt from text (`Chunker.restored` reshapes them)."""
     store = res.store(collection)
     store.refresh()
     docs: dict[str, dict[str, dict[str, Any]]] = {}
@@ -63,7 +65,7 @@ def _documents_of(
             parts.setdefault((c.tenant, c.doc_id), []).append(c)
     for (tenant, doc_id), chunks in parts.items():
         chunks.sort(key=lambda c: c.chunk_index)
-        if files is not None and chunks[0].metadata.get("chunker") == BLOCK_CHUNKER:
+        if files is not None and chunks[0].metadata.get("chunker") in FILE_LABELS:
             files.setdefault(tenant, {})[doc_id] = chunks
             continue
         text = _join(chunks)
@@ -78,13 +80,13 @@ def _documents_of(
 
 
 def _join(chunks: list[Any]) -> str:
-    """Undo overlapping windows using character offsets (the title prefix is not part of them)."""
+    """Undo overlapping windows using character offsets. A chunk's text is its title prefix (the
+    title, or the part of it that fitted the token budget) and then the document's text[start:end]:
+    the body is the last end - start characters."""
     out = ""
     covered = 0
     for c in chunks:
-        body = c.text
-        if c.title and body.startswith(c.title.strip() + "\n"):
-            body = body[len(c.title.strip()) + 1 :]
+        body = c.text[len(c.text) - (c.end - c.start) :] if c.end > c.start else ""
         if c.end <= covered:
             continue
         skip = max(0, covered - c.start)
@@ -109,6 +111,8 @@ def run_reindex(
         pointer = res.index_state.read()
         old = pointer.active
         new = f"{s.collection}_v{int(time.time())}_{uuid.uuid4().hex[:4]}"
+        chunker = configured_chunker(s)  # the rollout of a chunker change: built with, recorded at the switch
+        previous_chunker = res.index_state.chunker_of(old)
         source = res.store(old)
         chunks_before = source.count()
         files: dict[str, dict[str, list[ChunkRecord]]] = {}
@@ -123,7 +127,13 @@ def run_reindex(
             for i in range(0, len(items), 256):
                 part = items[i : i + 256]
                 r = index_documents(
-                    res, part, tenant=tenant, store=target, vector_source=source, bump_version=False
+                    res,
+                    part,
+                    tenant=tenant,
+                    store=target,
+                    vector_source=source,
+                    bump_version=False,
+                    chunker=chunker,
                 )
                 if r.errors:
                     raise RuntimeError(f"reindex rejected documents: {r.errors[:3]}")
@@ -134,7 +144,9 @@ def run_reindex(
                 if progress:
                     progress(done, total)
         for tenant, tfiles in files.items():
-            r = copy_chunked_documents(res, tenant, tfiles, store=target, vector_source=source)
+            r = copy_chunked_documents(
+                res, tenant, tfiles, store=target, vector_source=source, chunker=chunker
+            )
             embedded += r.chunks_embedded
             copied += r.chunks_skipped
             done += len(tfiles)
@@ -148,7 +160,7 @@ def run_reindex(
             target.read_after(position)  # the verify searches must not read a replica without them
         chunks_after = target.count()
         _verify(res, source, target, docs, verify_sample)
-        ptr = res.index_state.switch(new, position)
+        ptr = res.index_state.switch(new, position, chunker=chunker.spec)
         dropped = _drop_older(res, keep={new, old})
         return ReindexReport(
             status="switched",
@@ -162,12 +174,18 @@ def run_reindex(
             version=ptr.version,
             seconds=round(time.perf_counter() - t0, 3),
             dropped=dropped,
+            chunker=chunker.spec.label,
+            previous_chunker=_label(previous_chunker),
         )
     finally:
         try:
             lock.release()
         except Exception:  # noqa: S110 - lock expired: nothing to release
             pass
+
+
+def _label(spec: ChunkerSpec | None) -> str:
+    return spec.label if spec is not None else ""
 
 
 def _verify(

@@ -150,6 +150,11 @@ class Settings(BaseSettings):
     """Chunk window, in words."""
     chunk_overlap_words: int = 40
     """Words shared by consecutive chunks."""
+    chunk_max_tokens: int = Field(default=254, ge=16)
+    """Most tokens a chunk may hold, its title and heading path included, counted with the embedding model's
+    own tokenizer: the model reads 256 (all-MiniLM-L6-v2), two of them its special tokens. A chunk stops at
+    `chunk_size_words` or at this, whichever comes first. A change is rolled out by `ragfleet index rebuild`
+    or the nightly reindex (the live index keeps the chunker it was built with; docs/operations.md)."""
 
     # --- document parsing (ragfleet/parsing, docs/parsing.md) --------------------------------------
     # each document is parsed in a child process of its own, bounded by these

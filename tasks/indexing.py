@@ -8,6 +8,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from redis.exceptions import RedisError
 
 from ragfleet import callbacks, indexing, metrics
+from ragfleet.chunkers import UnknownChunkerError
 from ragfleet.names import Queue, TaskName
 from ragfleet.producer import client_app, enqueue
 from ragfleet.resources import get_resources
@@ -69,6 +70,9 @@ def index_documents(self: RagfleetTask, *, payload: dict[str, Any]) -> dict[str,
         return error_result(job_id, ErrorCode.TIMEOUT, message)
     except StoreUnavailableError as exc:
         return retry_while_store_down(self, res, job_id, "indexing", exc)
+    except UnknownChunkerError as exc:  # the index is newer than this worker: a retry cannot help
+        res.jobs.fail(job_id, ErrorCode.INTERNAL, str(exc))
+        return error_result(job_id, ErrorCode.INTERNAL, str(exc))
     except (RedisError, OSError, RuntimeError) as exc:
         return retry_or_fail(self, res, job_id, "indexing", exc, code=ErrorCode.INTERNAL)
     out = result.model_dump(mode="json")

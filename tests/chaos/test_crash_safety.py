@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from ragfleet.chunking import chunk_text
+from ragfleet.chunkers import configured_chunker
 from ragfleet.events import JobEvents
 from ragfleet.indexing_files import row_hash
 from ragfleet.names import TaskName
@@ -94,12 +94,12 @@ def batch_of_documents(n: int) -> list[dict[str, Any]]:
 
 
 def expected_chunks(settings: Settings, docs: list[dict[str, Any]], tenant: str) -> dict[str, dict[int, str]]:
-    """What the store must hold: the same chunking and row hashes the indexing service computes."""
+    """What the store must hold: the same chunking (an empty index records the configured chunker)
+    and row hashes the indexing service computes."""
     out: dict[str, dict[int, str]] = {}
+    chunker = configured_chunker(settings)
     for d in docs:
-        chunks = chunk_text(
-            d["text"], size=settings.chunk_size_words, overlap=settings.chunk_overlap_words, title=d["title"]
-        )
+        chunks = chunker.text(d["text"], d["title"])
         out[d["id"]] = {c.index: row_hash(c.text, d["metadata"]) for c in chunks}
     return out
 

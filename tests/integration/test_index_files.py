@@ -135,7 +135,7 @@ def test_a_reindex_copies_parsed_files_chunks_as_they_are(res: Resources, tmp_pa
     first = index_documents(res, [text_doc], tenant="default", files=[pdf])
     assert first.documents_indexed == 2, first.errors
     before = [(c.chunk_id, c.text, c.metadata) for c in chunks_of(res, "handbook.pdf")]
-    assert {m["chunker"] for _, _, m in before} == {"blocks-1"}  # the index records the chunker
+    assert {m["chunker"] for _, _, m in before} == {"blocks-2"}  # each chunk names its chunker
     embedded = res.embedder.calls  # type: ignore[attr-defined]
     report = run_reindex(res)
     assert report.status == "switched" and report.documents == 2
