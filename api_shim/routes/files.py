@@ -16,6 +16,7 @@ What must stay true:
 # No `from __future__ import annotations`: FastAPI must resolve the per-app dependency types at runtime.
 
 import json
+import uuid
 from typing import Annotated, Any
 
 import anyio.to_thread
@@ -29,6 +30,7 @@ from api_shim.deps import ApiDeps, accepted
 from api_shim.errors import validation_error
 from api_shim.models import ID_PATTERN, Accepted, error_responses
 from ragfleet.blobs import blob_store
+from ragfleet.callback_spec import CallbackRequest
 from ragfleet.names import Priority, TaskName
 from ragfleet.schemas import FileIn
 
@@ -85,6 +87,17 @@ def _request_body_schema(cap: int) -> dict[str, Any]:
                                 "description": "Without API keys only; with keys the tenant is the key's. "
                                 + per_file,
                             },
+                            "callback_url": {
+                                "type": "string",
+                                "maxLength": 2_048,
+                                "description": "Once per request: POST the job's outcome here when it ends "
+                                "(signed; docs/http.md#callbacks).",
+                            },
+                            "callback_task": {
+                                "type": "string",
+                                "description": 'Once per request: a JSON object {"name", "queue"}, sent '
+                                "by name with the job's final record when it ends.",
+                            },
                         },
                     }
                 }
@@ -95,6 +108,21 @@ def _request_body_schema(cap: int) -> dict[str, Any]:
 
 def _unprocessable(message: str, *loc: str | int) -> HTTPException:
     return HTTPException(422, [{"loc": ["body", *loc], "msg": message, "type": "value_error"}])
+
+
+def _callbacks(url: Any, task: Any) -> CallbackRequest:
+    """The upload's callback fields (form fields, once per request): a 422 if one does not parse; the
+    allow-lists and the tenant's secret are checked by `ApiDeps.callback_fields`, as for JSON bodies."""
+    try:
+        raw_task = json.loads(task) if isinstance(task, str) and task else None
+        return CallbackRequest.model_validate(
+            {"callback_url": url if isinstance(url, str) and url else None, "callback_task": raw_task}
+        )
+    except ValueError as exc:  # a JSON error or pydantic's ValidationError
+        field = "callback_task" if task and not isinstance(exc, ValidationError) else "callback_url"
+        if isinstance(exc, ValidationError):
+            field = str(exc.errors()[0]["loc"][0]) if exc.errors() else field
+        raise _unprocessable(f"{field}: {exc}", field) from exc
 
 
 def files_router(deps: ApiDeps) -> APIRouter:
@@ -171,12 +199,17 @@ def files_router(deps: ApiDeps) -> APIRouter:
             except ValidationError as exc:
                 raise validation_error(["body", "files", i], exc) from exc
             refs.append(ref)
+        job_id = uuid.uuid4().hex
+        extra = deps.callback_fields(
+            job_id, who.tenant, _callbacks(form.get("callback_url"), form.get("callback_task"))
+        )
         for ref, upload in zip(refs, uploads, strict=True):
             await upload.seek(0)
             ref["blob_id"] = await anyio.to_thread.run_sync(blobs.put, upload.file)
         payload = {"documents": [], "files": refs, "tenant": who.tenant, "request_id": rid}
-        return accepted(
-            await deps.submit(TaskName.INDEX_DOCUMENTS, "index", payload, who, rid, Priority.DEFAULT)
+        submitted = await deps.submit(
+            TaskName.INDEX_DOCUMENTS, "index", payload, who, rid, Priority.DEFAULT, job_id=job_id, extra=extra
         )
+        return accepted(submitted)
 
     return router

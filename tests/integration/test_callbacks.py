@@ -418,3 +418,34 @@ def test_api_route_is_documented(refusing_api: tuple[Settings, httpx.Client]) ->
     assert "/v1/jobs/{job_id}/deliveries" in spec["paths"]
     props = spec["components"]["schemas"]
     assert any("callback_url" in m.get("properties", {}) for m in props.values())
+
+
+@pytest.mark.workers
+def test_a_file_upload_names_its_callbacks_as_form_fields(
+    cb_settings: Settings, callbacks_worker: Worker, receiver: Callable[..., Receiver]
+) -> None:
+    """`POST /v1/documents/files` (multipart) takes `callback_url` and `callback_task` once per request,
+    checked like a JSON body's; the indexing job's end calls back (ended here with the transition the
+    indexing pool runs)."""
+    hook = receiver([200])
+    files = {"files": ("note.txt", b"A note about callbacks.", "text/plain")}
+    with api_client(cb_settings) as api:
+        refused = [
+            api.post("/v1/documents/files", files=files, data={"callback_url": "ftp://127.0.0.1/x"}),
+            api.post("/v1/documents/files", files=files, data={"callback_task": "{not json"}),
+            api.post(
+                "/v1/documents/files",
+                files=files,
+                data={"callback_task": json.dumps({"name": "ragfleet.query", "queue": RECEIVER_QUEUE})},
+            ),
+        ]
+        for r, field in zip(refused, ("callback_url", "callback_task", "callback_task"), strict=True):
+            assert r.status_code == 422 and r.json()["detail"][0]["loc"][1] == field, r.text
+        r = api.post("/v1/documents/files", files=files, data={"callback_url": hook.url})
+        assert r.status_code == 202, r.text
+    job_id = r.json()["job_id"]
+    res = Resources(cb_settings)
+    assert res.jobs.finish(job_id, {"indexed": 1, "errors": []})
+    wait_for(lambda: hook.got or None, timeout=15, what="the upload's webhook")
+    event = json.loads(hook.got[0][2])
+    assert (event["job_id"], event["kind"], event["status"]) == (job_id, "index", "done")
