@@ -37,6 +37,8 @@ REQUIRED_ALERTS = (
     "RagfleetQueueHasNoWorkers",
     "RagfleetBreakerOpen",
 )
+
+
 # series the API exports besides the declared ones (ragfleet/metrics/queue_depth.py, dead_letters.py)
 @dataclass(slots=True)
 class Verdict:
