@@ -58,11 +58,14 @@ def queue_deadline(
     settings: Settings,
     job_id: str,
     now: float | None = None,
+    *,
+    fresh: bool = False,
 ) -> None:
     """Queue the job's deadline onto `pipe` (the MULTI that creates its record); NX: a second create
-    (a redelivery, the retrieval stage of an API job) keeps the first deadline."""
+    (a redelivery, the retrieval stage of an API job) keeps the first deadline. `fresh`: replace it
+    (a dead letter's replay sends the message again, with an expiry from now)."""
     at = deadline_of(settings, time.time() if now is None else now)
-    pipe.zadd(key(settings), {job_id: at}, nx=True)
+    pipe.zadd(key(settings), {job_id: at}, nx=not fresh)
 
 
 def take_due(client: redis.Redis, settings: Settings, now: float, batch: int) -> list[str]:
