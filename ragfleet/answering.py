@@ -40,7 +40,8 @@ def retrieve(res: Resources, p: QueryPayload, *, priority: Priority) -> dict[str
     extra = tracing.record_fields()
     if p.callback_url or p.callback_task:
         extra = {**(extra or {}), **record_fields(res.settings, job_id, p.tenant, p)}
-    create = JobCreate("query", tenant=p.tenant, request_id=p.request_id, extra=extra)
+    # its deadline with it: a hand-off lost with a killed generation worker ends `lost`, not hanging
+    create = JobCreate("query", tenant=p.tenant, request_id=p.request_id, extra=extra, deadline=True)
     # the index pointer, the cached query vector, the answer cache and the coalescing join come
     # with the stage's first round trip (see querying.Prefetch)
     pre = querying.Prefetch.for_query(res, p, job_id)

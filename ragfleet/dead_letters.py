@@ -34,6 +34,7 @@ from typing import Any
 import redis
 from pydantic import BaseModel, Field
 
+from ragfleet import deadlines
 from ragfleet.events import JobEvents
 from ragfleet.jobs import JobStore
 from ragfleet.names import TASKS, TaskName
@@ -266,6 +267,9 @@ class DeadLetters:
                         job_id=entry.task_id,
                         priority=TASKS[task].priority,
                     )
+                    if status is not None and task in (TaskName.QUERY, TaskName.GENERATE):
+                        # a query again: a deadline from now (an old one could fail the replay `lost`)
+                        deadlines.queue_deadline(pipe, self._s, entry.job_id, now, fresh=True)
                     # the redelivery cap counts afresh: the old count would park the replay at once
                     pipe.delete(self._s.key("deliveries", entry.task_id))
                     pipe.hset(

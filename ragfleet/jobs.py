@@ -23,6 +23,7 @@ from typing import Any, TypeAlias, cast
 import redis
 import redis.asyncio
 
+from ragfleet import deadlines
 from ragfleet.schemas import (
     TERMINAL,
     ErrorCode,
@@ -97,6 +98,7 @@ class JobCreate:
     tenant: str = "default"
     request_id: str | None = None
     extra: dict[str, str] | None = None  # more fields, set only if absent (`traceparent`, a callback's)
+    deadline: bool = False  # a query: its deadline too (ragfleet.deadlines), in the same MULTI
 
 
 class JobStore:
@@ -240,6 +242,8 @@ class JobStore:
         pipe = self._r.pipeline(transaction=create is not None)
         if create is not None:
             self.queue_create(pipe, job_id, create.kind, create.tenant, create.request_id, create.extra)
+            if create.deadline:
+                deadlines.queue_deadline(pipe, self._s, job_id)
         at = len(pipe)
         self._apply(job_id, update, pipe, incr=f"attempts:{stage}")
         if reads is not None:

@@ -9,10 +9,12 @@ event (which also wakes long polls), and the job's batch, if any, advances.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import redis
 
+from ragfleet import deadlines
 from ragfleet.batch import on_query_finished
 from ragfleet.events import finish_query
 from ragfleet.resources import Resources
@@ -30,6 +32,19 @@ def fail_job(
     res.events.emit(job_id, "error", {"code": code.value, "message": message, "retry_after": retry_after})
     on_query_finished(res.redis, res.settings, job_id, ok=False)
     return True
+
+
+def fail_lost(res: Resources, *, now: float | None = None, batch: int = 100) -> list[str]:
+    """The deadline sweep (`ragfleet.deadlines`): take the queries past their deadline and fail those
+    still open with `lost`; returns the ids it failed. Safe to run from every node at once (each
+    due job is taken by one sweeper only); a terminal or expired job is only dropped."""
+    at = time.time() if now is None else now
+    failed: list[str] = []
+    while True:
+        due = deadlines.take_due(res.redis, res.settings, at, batch)
+        failed += [j for j in due if fail_job(res, j, ErrorCode.LOST, deadlines.LOST_MESSAGE, retry_after=1)]
+        if len(due) < batch:
+            return failed
 
 
 def finish_with_answer(

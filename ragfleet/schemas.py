@@ -31,6 +31,8 @@ class ErrorCode(StrEnum):
     UNAVAILABLE = "unavailable"
     CANCELLED = "cancelled"
     WORKER_LOST = "worker_lost"
+    # a query past its deadline that no worker finished: its message was lost (ragfleet.deadlines)
+    LOST = "lost"
     INTERNAL = "internal"
     # a document file that could not be parsed (ragfleet.parsing, docs/parsing.md)
     EMPTY_DOCUMENT = "empty_document"

@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     query_expires_s: int = 120
     """A query not started within this long after its enqueue is dropped as expired (nobody waits for it any
     more)."""
+    query_deadline_grace_s: float = 240.0
+    """A query still open this long past its message's expiry (`query_expires_s` after its enqueue) ends
+    `failed` with `lost`: no worker can finish it any more (its message was lost with a killed worker;
+    ragfleet.deadlines). Covers a slow retrieval, the hand-off's own expiry and the generation."""
     query_time_limit_s: int = 30
     """Hard time limit of the retrieval task (`ragfleet.query`; soft limit 5 s earlier): a stuck query ends
     with `timeout`."""

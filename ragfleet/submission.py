@@ -20,7 +20,7 @@ from typing import Any
 import redis
 import redis.asyncio
 
-from ragfleet import tracing
+from ragfleet import deadlines, tracing
 from ragfleet.jobs import AnyPipeline, JobStore
 from ragfleet.names import Priority, TaskName
 from ragfleet.producer import enqueue_on
@@ -62,6 +62,8 @@ def queue_new_job(pipe: AnyPipeline, jobs: JobStore, job: NewJob, settings: Sett
         traced = tracing.record_fields()
         extra = {**(job.extra or {}), **traced} if traced else job.extra
         jobs.queue_create(pipe, job.job_id, job.kind, job.tenant, job.request_id, extra)
+        if job.task is TaskName.QUERY:  # a lost message ends the job `lost` (ragfleet.deadlines)
+            deadlines.queue_deadline(pipe, settings, job.job_id)
         enqueue_on(pipe, job.task, job.payload, settings=settings, job_id=job.job_id, priority=job.priority)
     return job.job_id
 

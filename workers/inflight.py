@@ -31,6 +31,11 @@ trip of its own), and keeps a liveness key, `ragfleet.alive.<node>` (both under 
   key for `node_alive_ttl_s` without a Redis error: after an outage (keys expire while Redis is
   down, or come back expired from its append-only file) the other live nodes renew theirs first.
 
+What no sweep here can restore is a message a node took off its queue (BRPOP) and died before
+kombu recorded it as unacknowledged: it is in no key. The keeper thread also runs the deadline
+sweep (`ragfleet.outcomes.fail_lost`, see ragfleet.deadlines) every tick, on every node (each due
+job is taken by one sweeper only), so such a query ends `failed` with `lost` at its deadline.
+
 Both paths requeue through kombu's own `QoS.restore_by_tag` (a WATCHed transaction on the unacked
 hash, so a message is restored at most once even when a restarted node and a sweeper race): kombu
 marks the message `redelivered`, and the redelivery cap in `workers.base` counts it.
@@ -54,6 +59,8 @@ from typing import Any
 
 import redis
 
+from ragfleet.outcomes import fail_lost
+from ragfleet.resources import Resources
 from ragfleet.settings import Settings
 from workers import kombu_patches
 
@@ -199,6 +206,7 @@ class NodeKeeper:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ragfleet-node-keeper", daemon=True)
         self._conn: Any = None
+        self._res = Resources(settings)  # the deadline sweep's job store clients (this thread's own)
 
     def start(self) -> NodeKeeper:
         self._thread.start()
@@ -221,6 +229,18 @@ class NodeKeeper:
             self._conn = self._connect()
         qos = self._conn.default_channel.qos
         return sweep_gone_nodes(r, qos, self.settings, self.node, self._unacked_keys)
+
+    def sweep_deadlines(self) -> int:
+        """Fail the queries past their deadline (ragfleet.deadlines); returns how many. Its own
+        errors are logged apart: they must not stop this node's liveness beats."""
+        try:
+            lost = fail_lost(self._res)
+        except Exception as exc:
+            log.warning("deadline sweep of %s: %s", self.node, exc)
+            return 0
+        if lost:
+            log.warning("failed %d query job(s) past their deadline as lost: %s", len(lost), lost[:10])
+        return len(lost)
 
     def _run(self) -> None:
         s = self.settings
@@ -246,6 +266,7 @@ class NodeKeeper:
                 log.warning("node keeper of %s: %s", self.node, exc)
                 beating_since = None
                 self._drop_connection()
+            self.sweep_deadlines()
             self._stop.wait(min(s.node_alive_refresh_s, s.node_gone_sweep_s or s.node_alive_refresh_s))
         self._drop_connection()
         r.close()

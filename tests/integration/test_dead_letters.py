@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from ragfleet import deadlines
 from ragfleet.dead_letters import DeadLetters, DeadLetterState, ReplayOutcome
 from ragfleet.names import Queue, TaskName
 from ragfleet.outcomes import fail_job
@@ -330,3 +331,13 @@ def test_the_task_base_records_a_parked_message_and_an_internal_failure(
     )
     assert (dlq.get(newest.id) or newest).payload == parked_payload
     assert any(parked_id in p for p in res.redis.lrange(res.settings.key("parked"), 0, -1))
+
+
+def test_a_replayed_query_gets_a_deadline_from_the_replay(res: Resources, dlq: DeadLetters) -> None:
+    """The old deadline (from its first submission) could otherwise fail the replay `lost` while it
+    runs: the replay's MULTI sets a fresh one, its message's expiry from now plus the grace."""
+    job_id = failed_query(res)
+    res.redis.zadd(deadlines.key(res.settings), {job_id: time.time() + 1})  # the first run's, due soon
+    assert dlq.replay(record(dlq, job_id))[0] == ReplayOutcome.REPLAYED
+    fresh = deadlines.deadline_of(res.settings, time.time())
+    assert res.redis.zscore(deadlines.key(res.settings), job_id) == pytest.approx(fresh, abs=2)
