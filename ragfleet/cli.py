@@ -42,7 +42,7 @@ app.add_typer(check_app, name="check")
 app.command("eval")(eval_command)
 app.command("ingest")(ingest)
 app.command("sync")(sync)
-app.command("ps")(status_command)
+app.command("ps")(fleet_side("ps")(status_command))  # supervisord: the worker extra
 app.command("status")(status)
 console = Console()
 err = Console(stderr=True)

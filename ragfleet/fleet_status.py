@@ -21,7 +21,6 @@ from typing import Annotated, Any, cast
 import typer
 from rich.console import Console
 from rich.table import Table
-from supervisor.xmlrpc import SupervisorTransport
 
 SPAWNED = re.compile(r" spawned: '(?P<name>[^']+)' with pid")
 UNEXPECTED = re.compile(r" exited: (?P<name>\S+) \(.*not expected\)")
@@ -39,6 +38,8 @@ class ProcessStatus:
 
 
 def _proxy(socket_path: Path) -> Any:
+    from supervisor.xmlrpc import SupervisorTransport  # the worker extra: `ragfleet ps` runs beside the fleet
+
     transport = SupervisorTransport(None, None, f"unix://{socket_path}")
     return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
 

@@ -25,7 +25,6 @@ from typing import Any
 
 from redis import Redis
 
-from ragfleet import metrics
 from ragfleet.settings import Settings
 
 log = logging.getLogger("ragfleet.store")
@@ -86,6 +85,8 @@ class StoreWatch:
         self.record: dict[str, Any] = {}
 
     def check(self) -> list[ServerState]:
+        from ragfleet import metrics  # workers only: `ragfleet status` (the client) reads, never probes
+
         states = probe(self.settings)
         store = self.settings.store
         for st in states:

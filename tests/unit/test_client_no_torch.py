@@ -97,7 +97,10 @@ def test_the_client_imports_only_what_the_bare_package_installs() -> None:
 
     # the client, and the modules of every client command (ragfleet.cli itself would load the
     # fleet-side `feedback` group, which the full venv can import: its own imports are read below)
-    client_side = ["client", "extras", "ingest_cli", "sync_cli", "eval_cli", "dead_letters_cli", "blobs"]
+    client_side = [
+        *("client", "extras", "ingest_cli", "sync_cli", "eval_cli", "dead_letters_cli", "blobs"),
+        *("fleet_status", "status_cli", "checks_cli"),  # ps, status, check: loaded with ragfleet.cli
+    ]
     probe = (
         f"import json, sys\nimport {', '.join('ragfleet.' + m for m in client_side)}\n"
         "print(json.dumps(sorted(m.__file__ for n, m in sys.modules.items() if n.startswith('ragfleet'))))"
