@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from ragfleet.cli import app
 from ragfleet.fleet_status import fleet_status
+from ragfleet.settings import get_settings
 from tests.conftest import PYTHON
 
 CONF = """
@@ -80,11 +81,15 @@ def test_status_counts_a_killed_process_restart_and_shows_one_that_cannot_start(
     assert (steady.restarts, steady.unexpected_exits) == (0, 0)  # type: ignore[attr-defined]
     assert broken.state == "FATAL" and broken.pid == 0 and broken.uptime_s is None  # type: ignore[attr-defined]
 
+    get_settings.cache_clear()  # the command reads RAGFLEET_FLEET_DIR through the cached Settings
     out = CliRunner().invoke(app, ["ps"], env={"RAGFLEET_FLEET_DIR": str(supervisor)})
+    get_settings.cache_clear()
     assert out.exit_code == 3, out.output  # one process is neither RUNNING nor STOPPED
     assert "killed" in out.output and "FATAL" in out.output
 
 
 def test_status_says_when_no_fleet_runs(tmp_path: Path) -> None:
+    get_settings.cache_clear()
     out = CliRunner().invoke(app, ["ps"], env={"RAGFLEET_FLEET_DIR": str(tmp_path)})
+    get_settings.cache_clear()
     assert out.exit_code == 2
