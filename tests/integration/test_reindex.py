@@ -73,7 +73,9 @@ def test_two_triggers_one_runs_queries_keep_working_and_rollback_restores(
     statuses = sorted(r["status"] for r in results)
     assert statuses == ["skipped", "switched"], results
     report = next(r for r in results if r["status"] == "switched")
-    assert report["chunks_after"] == chunks_before
+    # every chunk of the old collection (kept as the rollback target) is in the new one; counted after
+    # the switch, since the session fleet may still be indexing an earlier test's documents
+    assert report["chunks_after"] == res.store(before.active).count() >= chunks_before
     assert report["chunks_embedded"] == 0, "unchanged corpus and model: nothing is re-embedded"
     assert outcomes and all(s == "done" for s in outcomes), outcomes
     after = res.index_state.read()
