@@ -119,6 +119,7 @@ class Resources:
         if model:
             self.embedder.warm_up()
             self.embedder.encode_one("warm up")
+        _ = self.gateway  # its modules imported now: a retrieval node may answer inline (answering)
         try:
             self.live_store()
         except StoreUnavailableError as exc:

@@ -218,6 +218,12 @@ class Settings(BaseSettings):
     gateway)."""
     answer_sentences: int = 3
     """Sentences the extractive answerer quotes."""
+    inline_extractive: bool = True
+    """With no LLM provider configured (every answer extractive, ~1 ms of CPU), the retrieval node
+    writes the answer at the end of its own stage instead of handing the job to the generation pool:
+    a queue hop costs ~4 ms of latency and a publish + consume of CPU per query. `false` forces the
+    hop. The retrieval pool decides from its own settings: configure the generator fleet-wide (or
+    set this to `false` where only the generation pool carries the LLM settings)."""
     llm_providers: str = ""  # comma-separated provider names, in fallback order; empty = extractive only
     """Comma-separated provider names, in fallback order; empty = extractive only."""
     llm_base_url: str | None = None

@@ -38,6 +38,9 @@ class StageRun:
     # queued after the end's own writes, in the same round trip: the next stage's message
     then: Callable[[redis.client.Pipeline], None] | None = None
     status: JobStatus | None = None  # the job's status from the end on (a hand-off: the next stage's)
+    # the end's writes stay queued on `pipe` (not sent): the next stage, run in this process at once,
+    # gets `pipe` (`stage(pipe=...)`) and sends them with its own end, in one round trip
+    defer: bool = False
 
 
 @contextmanager
@@ -51,6 +54,7 @@ def stage(
     create: JobCreate | None = None,
     reads: Callable[[redis.client.Pipeline], None] | None = None,
     start_with_end: bool = False,
+    pipe: redis.client.Pipeline | None = None,
 ) -> Iterator[StageRun]:
     """Stage bookkeeping in two round trips: one to start it (creating the record first, with
     `create`, and reading what the stage needs first, with `reads`: replies in `run.reads`), one to
@@ -62,7 +66,12 @@ def stage(
     (the extractive answer, ~1 ms): its start (worker, pid, `started_at`, attempt count) is written
     with the finish, and a job that turned terminal meanwhile is left as it is by the finish itself
     (atomic, in Redis), so `run.open` is True and the work is done regardless. Whatever must not run
-    for a cancelled job (a paid LLM call), or must show in the record while it runs, starts as usual."""
+    for a cancelled job (a paid LLM call), or must show in the record while it runs, starts as usual.
+
+    `pipe`: a previous stage's end, deferred (`StageRun.defer`), goes out first in this stage's end;
+    only with `start_with_end` (a start of its own would reach Redis before the previous end)."""
+    if pipe is not None and not start_with_end:
+        raise ValueError("a deferred stage end can only be sent with a stage that starts with its end")
     replies: list[Any] = []
     if start_with_end:
         timing, is_open = res.jobs.local_start(queue), True
@@ -70,7 +79,9 @@ def stage(
         timing, is_open, replies = res.jobs.stage_start(
             job_id, name, queue, status, create=create, reads=reads
         )
-    run = StageRun(pipe=res.redis.pipeline(transaction=False), open=is_open, reads=replies)
+    run = StageRun(
+        pipe=pipe if pipe is not None else res.redis.pipeline(transaction=False), open=is_open, reads=replies
+    )
     t0 = time.perf_counter()
     try:
         yield run
@@ -91,7 +102,8 @@ def stage(
                     res.events.emit_to(run.pipe, job_id, type_, data)
                 if run.then is not None:
                     run.then(run.pipe)
-                run.pipe.execute()
+                if not run.defer:
+                    run.pipe.execute()
         run.seconds = time.perf_counter() - t0
 
 

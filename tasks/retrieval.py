@@ -1,5 +1,6 @@
 """Retrieval pool: a query's retrieval stage (ragfleet.answering.retrieve), which hands it off to
-generation; and batches submitted by task name."""
+generation (or, with no LLM provider configured, answers it here: `answering.answers_inline`); and
+batches submitted by task name."""
 
 from __future__ import annotations
 

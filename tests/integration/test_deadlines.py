@@ -139,8 +139,8 @@ def test_the_retrieval_stage_registers_the_deadline_of_a_job_sent_by_name(res: R
 
     job_id = uuid.uuid4().hex
     payload = QueryPayload.model_validate({"question": "what is lost?", "job_id": job_id})
-    out = retrieve(res, payload, priority=Priority.DEFAULT)  # an empty index: no sources, handed off
-    assert out["status"] == "generating"
+    out = retrieve(res, payload, priority=Priority.DEFAULT)  # an empty index: no sources
+    assert out["status"] == "done"  # no LLM configured: answered at the end of the stage (inline)
     rec = res.jobs.get(job_id)
     assert rec is not None
     score = res.redis.zscore(deadlines.key(res.settings), job_id)

@@ -135,6 +135,9 @@ def ops(base_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> It
             "data_dir": tmp / "data",
             "metrics_dir": tmp / "prom",
             "rate_limit": "100000/minute",
+            # what is observed here is both pools' part of a query: the hop to generation forced
+            # (with no LLM the retrieval node would answer inline, ragfleet.answering.answers_inline)
+            "inline_extractive": False,
         }
     )
     o = Ops(settings, tmp)

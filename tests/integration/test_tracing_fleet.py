@@ -299,7 +299,10 @@ def test_traceparent_is_in_the_messages_of_all_three_enqueue_paths(
     """The API's MULTI, the producer by name and the retrieval stage's hand-off all put the current
     context in the Celery headers (no worker runs here: the messages stay in Redis to be read)."""
     receiver = OtlpReceiver().start()
-    s = isolated(base_settings, "otel-msgs", data_dir=tmp_path / "data", search_mode="fts")
+    # the hop forced: with no LLM the retrieval stage would answer inline and hand nothing off
+    s = isolated(
+        base_settings, "otel-msgs", data_dir=tmp_path / "data", search_mode="fts", inline_extractive=False
+    )
     producer_tp = f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-01"
     own_tp = f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-01"
     try:

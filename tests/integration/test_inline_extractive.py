@@ -1,0 +1,106 @@
+"""With no LLM provider configured, the retrieval node answers a query at the end of its stage: no
+message on the generation queue, and the job ends exactly as with the hop (`inline_extractive=false`):
+same result, same record fields, same events. With a provider configured, the hop is used.
+
+One fleet of real `celery worker` processes on an isolated prefix; its pools are restarted with
+other settings between the three cases (ragfleet.answering.answers_inline).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ragfleet.events import JobEvents
+from ragfleet.metrics.queue_depth import queue_depth_collector
+from ragfleet.names import TaskName
+from ragfleet.producer import enqueue
+from ragfleet.redis_conn import get_redis
+from ragfleet.settings import Settings
+from tests.fleet import Fleet
+from tests.helpers import index, isolated, wait_job
+from tests.integration.fake_llm_server import FakeLLM
+from tests.integration.test_fleet_e2e import DOCS
+
+pytestmark = [pytest.mark.redis, pytest.mark.workers, pytest.mark.model, pytest.mark.slow]
+
+QUESTION = "Which database stores vectors on local disk?"
+
+
+@pytest.fixture
+def setup(base_settings: Settings, tmp_path: Path) -> Iterator[tuple[Settings, Fleet]]:
+    s = isolated(base_settings, "inline", data_dir=tmp_path / "data")
+    fleet = Fleet(s, tmp_path)
+    try:
+        fleet.start("retrieval", "indexing")  # no generation pool
+        assert index(s, DOCS)["status"] == "done"
+        yield s, fleet
+    finally:
+        fleet.stop()
+
+
+def generation_depth(s: Settings) -> int:
+    return queue_depth_collector(s, ["generation"]).depths()["generation"]
+
+
+def record_fields(s: Settings, job_id: str) -> set[str]:
+    return set(get_redis(s).hkeys(s.key("job", job_id)))
+
+
+def event_types(s: Settings, job_id: str) -> list[str]:
+    return [e.type for e in JobEvents(get_redis(s), s).read(job_id)]
+
+
+def ask_uncached(s: Settings) -> dict[str, Any]:
+    job_id = enqueue(TaskName.QUERY, {"question": QUESTION, "use_cache": False}, settings=s)
+    rec = wait_job(s, job_id, timeout=90)
+    assert rec["status"] == "done", rec
+    return rec
+
+
+def test_the_extractive_answer_skips_the_hop_and_equals_the_hopped_one(setup: tuple[Settings, Fleet]) -> None:
+    s, fleet = setup
+    retrieval = fleet.workers["retrieval"]
+
+    inline = ask_uncached(s)  # no generation worker runs: only the retrieval node can have answered
+    assert generation_depth(s) == 0
+    stages = inline["stages"]
+    assert stages["generation"]["worker"] == stages["retrieval"]["worker"] == retrieval.node
+    assert stages["generation"]["queue"] == "retrieval"
+    assert event_types(s, inline["job_id"]) == ["sources", "answer_chunk", "done"]
+
+    retrieval.stop()  # the same question with the hop forced
+    fleet.start("retrieval", "generation", extra_env={"RAGFLEET_INLINE_EXTRACTIVE": "false"})
+    hop = ask_uncached(s)
+    assert hop["stages"]["generation"]["worker"] == fleet.workers["generation"].node
+    assert hop["stages"]["generation"]["queue"] == "generation"
+
+    assert inline["result"] == hop["result"]
+    assert inline["result"]["answer"] and "[1]" in inline["result"]["answer"]
+    assert record_fields(s, inline["job_id"]) == record_fields(s, hop["job_id"])
+    assert event_types(s, inline["job_id"]) == event_types(s, hop["job_id"])
+
+
+def test_with_an_llm_configured_the_query_is_handed_to_the_generation_pool(
+    setup: tuple[Settings, Fleet],
+) -> None:
+    s, fleet = setup
+    llm = FakeLLM(answer="LanceDB stores vectors on local disk [1].").start()
+    env = {"RAGFLEET_GENERATOR": "openai", "RAGFLEET_LLM_BASE_URL": llm.url, "RAGFLEET_LLM_MAX_RETRIES": "0"}
+    try:
+        fleet.workers["retrieval"].stop()
+        fleet.start("retrieval", extra_env=env)  # the generation pool not yet running
+        job_id = enqueue(TaskName.QUERY, {"question": QUESTION, "use_cache": False}, settings=s)
+        wait_job(s, job_id, timeout=90, statuses=("generating",))
+        assert generation_depth(s) == 1  # handed off, waiting for a generation worker
+        fleet.start("generation", extra_env=env)
+        rec = wait_job(s, job_id, timeout=90)
+    finally:
+        llm.stop()
+    assert rec["status"] == "done", rec
+    assert rec["result"]["answer"] == llm.answer
+    assert rec["stages"]["generation"]["worker"] == fleet.workers["generation"].node
+    assert llm.calls == 1
