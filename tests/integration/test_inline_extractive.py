@@ -8,6 +8,7 @@ other settings between the three cases (ragfleet.answering.answers_inline).
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from ragfleet.names import TaskName
 from ragfleet.producer import enqueue
 from ragfleet.redis_conn import get_redis
 from ragfleet.settings import Settings
-from tests.fleet import Fleet
+from tests.fleet import POOLS, Fleet, Worker
 from tests.helpers import index, isolated, wait_job
 from tests.integration.fake_llm_server import FakeLLM
 from tests.integration.test_fleet_e2e import DOCS
@@ -104,3 +105,33 @@ def test_with_an_llm_configured_the_query_is_handed_to_the_generation_pool(
     assert rec["result"]["answer"] == llm.answer
     assert rec["stages"]["generation"]["worker"] == fleet.workers["generation"].node
     assert llm.calls == 1
+
+
+def test_followers_of_an_inline_leader_get_its_answer(setup: tuple[Settings, Fleet], tmp_path: Path) -> None:
+    """Two retrieval nodes whose search takes 2 s: the second identical question joins the first's
+    flight, and the leader's inline generation stage finishes it (no generation pool runs)."""
+    s, fleet = setup
+    fleet.workers["retrieval"].stop()
+    slow = {"RAGFLEET_CHAOS_DELAY_S": "2"}  # tests/faults: before each search
+    nodes = [Worker(f"retrieval-{i}", *POOLS["retrieval"], s, tmp_path, slow) for i in range(2)]
+    try:
+        for w in nodes:
+            w.start()
+        for w in nodes:
+            w.wait_ready()
+        question = f"{QUESTION} ({uuid.uuid4().hex[:6]})"
+        jobs = [enqueue(TaskName.QUERY, {"question": question}, settings=s) for _ in range(2)]
+        records = [wait_job(s, j, timeout=60) for j in jobs]
+    finally:
+        for w in nodes:
+            w.stop()
+    assert [r["status"] for r in records] == ["done", "done"], records
+    leader, follower = sorted(records, key=lambda r: r["result"].get("coalesced_with") is not None)
+    assert follower["result"]["coalesced_with"] == leader["job_id"]
+
+    def answer(rec: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in rec["result"].items() if k != "coalesced_with"}
+
+    assert answer(follower) == answer(leader)
+    assert generation_depth(s) == 0
+    assert event_types(s, follower["job_id"]) == ["sources", "answer_chunk", "done"]
