@@ -1,13 +1,16 @@
 """With no LLM provider configured, the retrieval node answers a query at the end of its stage: no
 message on the generation queue, and the job ends exactly as with the hop (`inline_extractive=false`):
-same result, same record fields, same events. With a provider configured, the hop is used.
+same result, same record fields, same events; a coalesced follower gets the leader's answer; the
+generation step is a span inside the retrieval task's. With a provider configured, the hop is used.
 
-One fleet of real `celery worker` processes on an isolated prefix; its pools are restarted with
-other settings between the three cases (ragfleet.answering.answers_inline).
+A fleet of real `celery worker` processes on an isolated prefix per test; its pools are restarted
+with other settings between the cases (ragfleet.answering.answers_inline).
 """
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,10 +24,12 @@ from ragfleet.names import TaskName
 from ragfleet.producer import enqueue
 from ragfleet.redis_conn import get_redis
 from ragfleet.settings import Settings
+from tests.conftest import REPO, settings_env
 from tests.fleet import POOLS, Fleet, Worker
 from tests.helpers import index, isolated, wait_job
 from tests.integration.fake_llm_server import FakeLLM
 from tests.integration.test_fleet_e2e import DOCS
+from tests.otlp_receiver import OtlpReceiver
 
 pytestmark = [pytest.mark.redis, pytest.mark.workers, pytest.mark.model, pytest.mark.slow]
 
@@ -135,3 +140,49 @@ def test_followers_of_an_inline_leader_get_its_answer(setup: tuple[Settings, Fle
     assert answer(follower) == answer(leader)
     assert generation_depth(s) == 0
     assert event_types(s, follower["job_id"]) == ["sources", "answer_chunk", "done"]
+
+
+_PROBE = r"""
+import sys
+from ragfleet import answering, tracing
+from ragfleet.names import Priority
+from ragfleet.resources import Resources
+from ragfleet.schemas import QueryPayload
+from ragfleet.settings import get_settings
+
+assert tracing.setup("probe")
+with tracing.span("the retrieval task's span"):
+    p = QueryPayload(question="what is inline?", job_id=sys.argv[1])
+    print(answering.retrieve(Resources(get_settings()), p, priority=Priority.DEFAULT)["status"])
+tracing.shutdown()
+"""
+
+
+def test_the_inline_generation_step_is_a_span_inside_the_retrieval_task(
+    base_settings: Settings, tmp_path: Path
+) -> None:
+    """In a traced process (an empty index: no sources, the extractive no-sources answer), the
+    generation step is `inline ragfleet.generate`, a child of the retrieval task's span, carrying the
+    attributes the generation task's span carries."""
+    s = isolated(base_settings, "inline-otel", data_dir=tmp_path / "data")
+    receiver = OtlpReceiver().start()
+    job_id = f"inline-{uuid.uuid4().hex[:8]}"
+    otel = {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": receiver.endpoint}
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", _PROBE, job_id],
+            cwd=REPO,
+            env={**settings_env(s), **otel},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert proc.stdout.strip().splitlines()[-1] == "done"
+        gen = receiver.wait_for("inline ragfleet.generate", **{"ragfleet.job_id": job_id})
+        task = receiver.wait_for("the retrieval task's span")
+    finally:
+        receiver.stop()
+    assert gen.parent_span_id == task.span_id and gen.trace_id == task.trace_id
+    assert gen.attributes["ragfleet.llm.provider"] == "extractive"
+    assert gen.attributes["ragfleet.inline"] is True
