@@ -78,6 +78,16 @@ def markdown(r: dict[str, Any]) -> str:
                 "| --- | --- | --- |",
             ]
             lines += [f"| {k} | {seg_a[k]:.2f} | {seg_b[k]:.2f} |" for k in seg_a]
+    qual = r.get("quality")
+    if qual:
+        a, b = qual["A"], qual["B"]
+        lines += [
+            "",
+            f"Dev nDCG@10 through the API ({qual['questions']} questions, top 100 chunks -> documents): "
+            f"A {a['ndcg_at_10']:.4f}, B {b['ndcg_at_10']:.4f} "
+            f"(B - A {b['ndcg_at_10'] - a['ndcg_at_10']:+.4f}); mean top-10 document overlap "
+            f"{qual['top10_doc_overlap_mean']:.3f} (each fleet on its own chunks).",
+        ]
     cpu = r.get("cpu_ms_per_question", {})
     if cpu:
         top = max(levels["A"], key=int) if levels else "?"
@@ -90,7 +100,7 @@ def markdown(r: dict[str, Any]) -> str:
             "| process group | A ms/question | B ms/question |",
             "| --- | --- | --- |",
         ]
-        for k in sorted(set(cpu["A"]) | set(cpu["B"])):
+        for k in list(dict.fromkeys([*cpu["A"], *cpu["B"]])):
             lines.append(f"| {k} | {_f(cpu['A'].get(k), '.2f')} | {_f(cpu['B'].get(k), '.2f')} |")
     fl = r.get("floors", {})
     if fl:

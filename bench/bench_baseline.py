@@ -29,6 +29,7 @@ import argparse
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -216,7 +217,13 @@ class CpuWindow:
                 groups[f"{pool}: {label}"] = groups.get(f"{pool}: {label}", 0.0) + v
         fleet = sum(v for k, v in groups.items() if ":" not in k and k not in ("redis", "loadgen", "machine"))
         groups["fleet total"] = fleet
-        return {k: v / max(1, self.questions) for k, v in sorted(groups.items())}
+        order = ["fleet total", "api", "retrieval", "generation", "indexing", "redis", "loadgen", "machine"]
+
+        def rank(k: str) -> tuple[int, str]:
+            head = k.split(":")[0]
+            return (order.index(head) if head in order else len(order), k)
+
+        return {k: v / max(1, self.questions) for k, v in sorted(groups.items(), key=lambda kv: rank(kv[0]))}
 
 
 def parse_levels(spec: str) -> dict[int, int]:
@@ -280,6 +287,68 @@ def measure_queries(
     return {"levels": res, "cpu_ms_per_question": {n: w.per_question() for n, w in cpu.items()}}
 
 
+def _rank_all(
+    url: str, queries: dict[str, str], ids: list[str], concurrency: int
+) -> tuple[dict[str, list[str]], list[str]]:
+    """Every question's document ranking through one API, `concurrency` callers at once."""
+    from ragfleet.evaluation import collapse_to_documents
+
+    lock = threading.Lock()
+    todo = iter(ids)
+    ranks: dict[str, list[str]] = {}
+    failed: list[str] = []
+
+    def work() -> None:
+        caller = HttpCaller(url)
+        while True:
+            with lock:
+                qid = next(todo, None)
+            if qid is None:
+                return
+            body = {"question": queries[qid], "top_k": 100, "use_cache": False}
+            try:
+                status, raw = caller.post_json("/v1/queries?wait=60", body)
+                rec = json.loads(raw)
+                if status != 200 or rec.get("status") != "done":
+                    raise RuntimeError(f"{status} {str(rec)[:200]}")
+                sources = (rec.get("result") or {}).get("sources", [])
+                ranks[qid] = collapse_to_documents(str(x["doc_id"]) for x in sources)
+            except (OSError, http.client.HTTPException, ValueError, RuntimeError) as exc:
+                failed.append(f"{qid}: {exc}")
+                caller = HttpCaller(url)
+
+    threads = [threading.Thread(target=work) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return ranks, failed
+
+
+def quality(urls: dict[str, str], data: Path, concurrency: int = 4) -> dict[str, Any]:
+    """Dev nDCG@10 through each fleet's API (top 100 chunks collapsed to documents, cache off, as
+    `ragfleet eval` ranks), and the mean overlap of A's and B's top-10 documents per question.
+    Only meaningful on the whole corpus (with --ingest-limit most relevant documents are absent)."""
+    from ragfleet.evaluation import load_dataset, ndcg_at_k
+
+    ds = load_dataset(data)
+    ids = list(ds.queries)
+    out: dict[str, Any] = {"questions": len(ids)}
+    tops: dict[str, dict[str, list[str]]] = {}
+    for n, url in urls.items():
+        ranks, failed = _rank_all(url, ds.queries, ids, concurrency)
+        tops[n] = {q: r[:10] for q, r in ranks.items()}
+        ndcg = [ndcg_at_k(ranks[q], ds.qrels[q], 10) for q in ids if q in ranks]
+        out[n] = {"ndcg_at_10": sum(ndcg) / max(1, len(ndcg)), "answered": len(ranks), "failed": len(failed)}
+        if failed:
+            out[n]["first_failure"] = failed[0]
+        print(f"quality {n}: nDCG@10 {out[n]['ndcg_at_10']:.4f} ({len(ranks)} answered)", flush=True)
+    both = [q for q in ids if q in tops["A"] and q in tops["B"]]
+    overlaps = [len(set(tops["A"][q]) & set(tops["B"][q])) / max(1, len(tops["A"][q])) for q in both]
+    out["top10_doc_overlap_mean"] = sum(overlaps) / max(1, len(overlaps))
+    return out
+
+
 def memory(fleets: dict[str, BenchFleet]) -> dict[str, list[dict[str, Any]]]:
     out: dict[str, list[dict[str, Any]]] = {}
     for n, f in fleets.items():
@@ -311,6 +380,11 @@ def main() -> None:
     ap.add_argument("--floor-questions", type=int, default=100)
     ap.add_argument("--pools", default="retrieval,generation,indexing")
     ap.add_argument("--run-dir", type=Path, help="data dirs of the two fleets (default under /tmp)")
+    ap.add_argument(
+        "--quality",
+        action=argparse.BooleanOptionalAction,
+        help="dev nDCG@10 through both fleets after the latency turns (default: on with the whole corpus)",
+    )
     ap.add_argument("--keep", action="store_true", help="leave both fleets running at the end")
     ap.add_argument("--name", default="baseline", help="output file bench/out/<name>-<time>.json")
     args = ap.parse_args()
@@ -366,6 +440,8 @@ def main() -> None:
             # start_api records the api pid in the fleet's state file, so close() stops it too
             urls[n] = f.start_api(free_port(), env={"RAGFLEET_RATE_LIMIT": "1000000/minute", **TRACING_OFF})
         result.update(measure_queries(fleets, urls, base_qs, args))
+        if args.quality if args.quality is not None else not args.ingest_limit:
+            result["quality"] = quality(urls, args.data)
         result["memory"] = memory(fleets)
         result["floors"] = {
             "A": probe(fleets["A"], "floors", "--questions", str(qfile)),
@@ -376,6 +452,8 @@ def main() -> None:
         raise
     finally:
         fleets_ctl.close(keep=args.keep)
+        if not args.keep:
+            shutil.rmtree(run_dir, ignore_errors=True)
     meta["seconds"] = time.perf_counter() - t_start
     meta["loadavg_at_end"] = os.getloadavg()
     from bench.baseline_report import markdown
