@@ -83,7 +83,8 @@ def markdown(r: dict[str, Any]) -> str:
         a, b = qual["A"], qual["B"]
         lines += [
             "",
-            f"Dev nDCG@10 through the API ({qual['questions']} questions, top 100 chunks -> documents): "
+            f"Dev nDCG@10 through the API ({qual['questions']} questions, answered A {a['answered']}, "
+            f"B {b['answered']}; top 100 chunks -> documents): "
             f"A {a['ndcg_at_10']:.4f}, B {b['ndcg_at_10']:.4f} "
             f"(B - A {b['ndcg_at_10'] - a['ndcg_at_10']:+.4f}); mean top-10 document overlap "
             f"{qual['top10_doc_overlap_mean']:.3f} (each fleet on its own chunks).",

@@ -307,7 +307,7 @@ def _rank_all(
                 return
             body = {"question": queries[qid], "top_k": 100, "use_cache": False}
             try:
-                status, raw = caller.post_json("/v1/queries?wait=60", body)
+                status, raw = caller.post_json("/v1/queries?wait=30", body)
                 rec = json.loads(raw)
                 if status != 200 or rec.get("status") != "done":
                     raise RuntimeError(f"{status} {str(rec)[:200]}")
