@@ -121,6 +121,7 @@ def markdown(r: dict[str, Any]) -> str:
             "search_fts",
             "redis_ping",
             "redis_get",
+            "celery_noop",
         ):
             cells = [
                 f"{fl[n][k]['p50_ms']:.2f} / {fl[n][k]['p99_ms']:.2f}" if k in fl[n] else "-"

@@ -37,6 +37,7 @@ import sys
 import threading
 import time
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -349,6 +350,48 @@ def quality(urls: dict[str, str], data: Path, concurrency: int = 4) -> dict[str,
     return out
 
 
+def celery_noop(fleet: BenchFleet, n: int = 300) -> dict[str, float]:
+    """A Celery round trip that does nothing (bench_latency's `noop_app`: no ragfleet task, no job
+    record) on the fleet's broker and prefix, through a solo worker of its own: the floor of a hop."""
+    from ragfleet.evaluation import percentile
+
+    env = fleet.settings_env()
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # the app and its worker read their Settings from the environment
+    worker: subprocess.Popen[bytes] | None = None
+    try:
+        from bench.bench_latency import _make_noop_app
+
+        with warnings.catch_warnings():  # the module's own noop app registered the name first
+            warnings.simplefilter("ignore")
+            app = _make_noop_app()
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "bench.bench_latency:noop_app", "worker", "--pool", "solo",
+             "-l", "WARNING", "-n", f"noop-{os.getpid()}@bench", "--without-mingle", "--without-gossip"],
+            cwd=REPO, env={**os.environ, **TRACING_OFF, "PYTHONPATH": str(REPO)}, start_new_session=True,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        task = app.tasks["bench.noop"]
+        task.delay().get(timeout=120)  # the worker is up
+        for _ in range(20):
+            task.delay().get(timeout=30)
+        ms = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            task.delay().get(timeout=30)
+            ms.append((time.perf_counter() - t0) * 1000)
+        return {"p50_ms": percentile(ms, 50), "p99_ms": percentile(ms, 99), "n": len(ms)}
+    finally:
+        if worker is not None:
+            os.killpg(worker.pid, signal.SIGTERM)
+            worker.wait(30)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def memory(fleets: dict[str, BenchFleet]) -> dict[str, list[dict[str, Any]]]:
     out: dict[str, list[dict[str, Any]]] = {}
     for n, f in fleets.items():
@@ -447,6 +490,7 @@ def main() -> None:
             "A": probe(fleets["A"], "floors", "--questions", str(qfile)),
             "B": probe(fleets["B"], "floors", "--questions", str(qfile), "--torch"),
         }
+        result["floors"]["B"]["celery_noop"] = celery_noop(fleets["B"])
     except KeyboardInterrupt:
         print("interrupted: stopping both fleets", file=sys.stderr)
         raise
