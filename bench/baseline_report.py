@@ -30,7 +30,7 @@ def markdown(r: dict[str, Any]) -> str:
     lines = [
         f"Run {m['date_utc']} UTC, {m.get('cpus')} CPUs, load average at start "
         f"{', '.join(f'{x:.1f}' for x in m['loadavg_at_start'])}; A = {a_c} (baseline), B = {b_c}; "
-        f"`python bench/bench_baseline.py {_args(m['args'])}` ({m.get('seconds', 0) / 60:.0f} min).",
+        f"`{m.get('command', 'python bench/bench_baseline.py')}` ({m.get('seconds', 0) / 60:.0f} min).",
         "",
         f"| measure | A {a_c} | B {b_c} | B vs A |",
         "| --- | --- | --- | --- |",
@@ -151,16 +151,6 @@ def markdown(r: dict[str, Any]) -> str:
             total = sum(p.get("pss_kb", 0) for p in mem.get(n, [])) / 1024
             lines.append(f"| {n} | **all processes** | {total:.0f} | | |")
     return "\n".join(lines)
-
-
-def _args(args: dict[str, str]) -> str:
-    defaults = {"--ingest-limit": "None", "--keep": "False", "--run-dir": "None"}
-    out = []
-    for k, v in args.items():
-        flag = "--" + k.replace("_", "-")
-        if flag in ("--ingest-limit", "--per-level", "--rounds") and defaults.get(flag) != v:
-            out.append(f"{flag} {v}")
-    return " ".join(out)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ import argparse
 import http.client
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -448,6 +449,7 @@ def main() -> None:
         "A": {"code": str(base), "commit": git("rev-parse", "HEAD", cwd=base)},
         "B": {"code": str(REPO), "commit": head, "dirty": dirty},
         "args": {k: str(v) for k, v in vars(args).items()},
+        "command": shlex.join(["python", "bench/bench_baseline.py", *sys.argv[1:]]),
         "cpus": os.cpu_count(),
         "loadavg_at_start": os.getloadavg(),
     }
