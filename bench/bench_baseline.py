@@ -366,13 +366,13 @@ def celery_noop(fleet: BenchFleet, n: int = 300) -> dict[str, float]:
         with warnings.catch_warnings():  # the module's own noop app registered the name first
             warnings.simplefilter("ignore")
             app = _make_noop_app()
+            task = app.tasks["bench.noop"]
         worker = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "bench.bench_latency:noop_app", "worker", "--pool", "solo",
              "-l", "WARNING", "-n", f"noop-{os.getpid()}@bench", "--without-mingle", "--without-gossip"],
             cwd=REPO, env={**os.environ, **TRACING_OFF, "PYTHONPATH": str(REPO)}, start_new_session=True,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        task = app.tasks["bench.noop"]
         task.delay().get(timeout=120)  # the worker is up
         for _ in range(20):
             task.delay().get(timeout=30)
