@@ -24,12 +24,56 @@ from ragfleet.stores.base import ChunkRecord, chunk_id_for
 from ragfleet.stores.lancedb_store import LanceDBStore
 from tests.helpers import HashingEmbedder, isolated
 
-WORDS = (
-    "cell protein gene expression tumor immune response mouse patients therapy vitamin blood "
-    "pressure risk cancer receptor signaling pathway neurons brain infection virus vaccine dose "
-    "trial randomized cohort mortality insulin glucose obesity diet exercise bone fracture running "
-    "ran runs studies studied study increased increasing decrease levels higher lower effects"
-).split()
+WORDS = [
+    "cell",
+    "protein",
+    "gene",
+    "expression",
+    "tumor",
+    "immune",
+    "response",
+    "mouse",
+    "patients",
+    "therapy",
+    "vitamin",
+    "blood",
+    "pressure",
+    "risk",
+    "cancer",
+    "receptor",
+    "signaling",
+    "pathway",
+    "neurons",
+    "brain",
+    "infection",
+    "virus",
+    "vaccine",
+    "dose",
+    "trial",
+    "randomized",
+    "cohort",
+    "mortality",
+    "insulin",
+    "glucose",
+    "obesity",
+    "diet",
+    "exercise",
+    "bone",
+    "fracture",
+    "running",
+    "ran",
+    "runs",
+    "studies",
+    "studied",
+    "study",
+    "increased",
+    "increasing",
+    "decrease",
+    "levels",
+    "higher",
+    "lower",
+    "effects",
+]
 QUERIES = [
     "tumor immune response in mouse",
     "vitamin D and bone fracture risk",
@@ -90,8 +134,8 @@ def test_snapshot_search_equals_store_search(store: LanceDBStore, tmp_path: Path
     for q in QUERIES:
         vec = emb.encode_one(q).tolist()
         for mode in ("vector", "fts", "hybrid"):
-            want = store.search("a", vector=vec, text=q, mode=mode, top_k=10)  # type: ignore[arg-type]
-            got = snap.search("a", vector=vec, text=q, mode=mode, top_k=10)  # type: ignore[arg-type]
+            want = store.search("a", vector=vec, text=q, mode=mode, top_k=10)
+            got = snap.search("a", vector=vec, text=q, mode=mode, top_k=10)
             scale = 2.2 if mode == "fts" else 1.0  # LanceDB's BM25 carries a constant (k1 + 1)
             _same_ranking([(h.chunk_id, h.score) for h in got], [(h.chunk_id, h.score / scale) for h in want])
             by_id = {h.chunk_id: h for h in want}
@@ -141,7 +185,7 @@ def _resources(base_settings: Settings, tmp_path: Path) -> Resources:
 
 def test_an_index_update_is_seen_although_a_snapshot_exists(base_settings: Settings, tmp_path: Path) -> None:
     res = _resources(base_settings, tmp_path)
-    store, pointer = res.live_store()
+    store, _ = res.live_store()
     store.replace_documents("default", _docs("default", 20, 3))
     res.index_state.bump()
     assert res.snapshots is not None
@@ -201,3 +245,60 @@ def test_a_build_that_dies_half_way_leaves_no_snapshot(base_settings: Settings, 
     assert not list((root / pointer.active).glob(".tmp-*"))  # the next builder cleared them
     r = querying.retrieve(res, QueryPayload(question="tumor immune response", use_cache=False))
     assert r.sources and res.snapshot_for(r.index_version) is not None
+
+
+_READER = """
+import json, sys
+from ragfleet import querying
+from ragfleet.resources import Resources
+from ragfleet.schemas import QueryPayload
+from ragfleet.settings import Settings
+from tests.helpers import HashingEmbedder
+
+res = Resources(Settings())
+res.__dict__["embedder"] = HashingEmbedder()
+for line in sys.stdin:
+    r = querying.retrieve(res, QueryPayload(question=line.strip(), use_cache=False))
+    used = res.snapshot_for(r.index_version) is not None
+    print(json.dumps({"top": r.sources[0].doc_id, "version": r.index_version, "snapshot": used}), flush=True)
+"""
+
+
+def test_another_process_sees_the_update_and_shares_the_snapshot(
+    base_settings: Settings, tmp_path: Path
+) -> None:
+    """A second retrieval process maps the snapshot this one built; after a write and its bump, its
+    next query sees the new document (from the store) although that snapshot is still on disk."""
+    import json
+
+    from tests.conftest import settings_env
+
+    res = _resources(base_settings, tmp_path)
+    store, _ = res.live_store()
+    store.replace_documents("default", _docs("default", 20, 5))
+    res.index_state.bump()
+    assert res.snapshots is not None and res.snapshots.build_now() is not None
+    env = settings_env(res.settings.model_copy(update={"search_snapshot_delay_s": 60.0}))
+    reader = subprocess.Popen(
+        [sys.executable, "-c", _READER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+    )
+    assert reader.stdin is not None and reader.stdout is not None
+
+    def ask(question: str) -> dict[str, object]:
+        assert reader.stdin is not None and reader.stdout is not None
+        reader.stdin.write(question + "\n")
+        reader.stdin.flush()
+        got: dict[str, object] = json.loads(reader.stdout.readline())
+        return got
+
+    try:
+        first = ask("zebrafish fin regeneration")
+        assert first["snapshot"] is True and first["top"] != "new-doc"
+        new = _record("default", "new-doc", 0, "zebrafish fin regeneration after injury", HashingEmbedder())
+        store.replace_documents("default", {"new-doc": [new]})
+        version = res.index_state.bump()
+        after = ask("zebrafish fin regeneration")
+        assert after == {"top": "new-doc", "version": version, "snapshot": False}
+    finally:
+        reader.stdin.close()
+        reader.wait(timeout=30)
