@@ -302,3 +302,23 @@ def test_another_process_sees_the_update_and_shares_the_snapshot(
     finally:
         reader.stdin.close()
         reader.wait(timeout=30)
+
+
+def test_the_background_builder_catches_up_once_the_version_settles(
+    base_settings: Settings, tmp_path: Path
+) -> None:
+    """No build call: the query that found no snapshot asks for one; the store answers meanwhile."""
+    from tests.helpers import wait_for
+
+    res = _resources(base_settings, tmp_path)
+    res.settings = res.settings.model_copy(update={"search_snapshot_delay_s": 0.2})
+    store, _ = res.live_store()
+    store.replace_documents("default", _docs("default", 20, 6))
+    version = res.index_state.bump()
+    ask = QueryPayload(question="vaccine trial dose", use_cache=False)
+    first = querying.retrieve(res, ask)
+    assert first.index_version == version and first.sources
+    snap = wait_for(lambda: res.snapshot_for(version), timeout=60, what="a snapshot at the settled version")
+    assert snap.label.version == version
+    again = querying.retrieve(res, ask)
+    assert [s.chunk_id for s in again.sources] == [s.chunk_id for s in first.sources]
