@@ -91,6 +91,7 @@ class Resources:
         if not self.settings.search_snapshot or self.settings.store != "lancedb":
             return None
         from ragfleet.snapshot import SnapshotManager
+        from ragfleet.stores.lancedb_store import ANN_MIN_ROWS
 
         return SnapshotManager(
             self.settings.data_dir / "snapshots",
@@ -98,6 +99,7 @@ class Resources:
             read_pointer=self.index_state.read,
             dim=self.embedding_dim,
             delay_s=self.settings.search_snapshot_delay_s,
+            max_rows=ANN_MIN_ROWS,
         )
 
     def snapshot_for(self, index_version: int) -> Snapshot | None:

@@ -15,7 +15,9 @@ host builds while the others find the finished directory and map it. Old snapsho
 and crashed builders' temporary directories are removed by the next builder. Processes that
 still map an old directory keep their pages (Linux unlinks lazily).
 
-Only the LanceDB store is mirrored: the snapshot's BM25 reproduces LanceDB's native FTS
+Above `max_rows` chunks (LanceDB's ANN threshold, 100k) no snapshot is built: the store's IVF-PQ
+index beats an exact scan there, and the snapshot has no ANN index yet. Only the LanceDB store is
+mirrored: the snapshot's BM25 reproduces LanceDB's native FTS
 (ragfleet/snapshot/text.py); PostgreSQL's and Weaviate's full-text ranking differ, so those
 stores always answer themselves. Queries with metadata filters also go to the store.
 """
@@ -52,12 +54,15 @@ class SnapshotManager:
         read_pointer: Callable[[], IndexPointer],
         dim: int,
         delay_s: float = 2.0,
+        max_rows: int = 100_000,
     ) -> None:
         self.root = Path(root)
         self._open_store = open_store
         self._read_pointer = read_pointer
         self.dim = dim
         self.delay_s = delay_s
+        self.max_rows = max_rows
+        self._too_large: Label | None = None  # the last label found over max_rows: not built
         self._current: Snapshot | None = None
         self._lock = threading.Lock()
         self._wanted = threading.Event()
@@ -71,7 +76,7 @@ class SnapshotManager:
         if cur is not None and cur.label == label:
             return cur
         snap = self._open(label)
-        if snap is None:
+        if snap is None and label != self._too_large:
             self.request()
         return snap
 
@@ -126,7 +131,7 @@ class SnapshotManager:
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
-    def _build_locked(self) -> Path:
+    def _build_locked(self) -> Path | None:
         pointer = self._read_pointer()  # before the scan: the snapshot is never older than its label
         label = label_of(pointer)
         final = self.root / label.collection / label.dirname
@@ -136,6 +141,10 @@ class SnapshotManager:
                 if pointer.wal_lsn and isinstance(store, WalPositioned):
                     store.read_after(pointer.wal_lsn)
                 store.refresh()
+                if store.count() > self.max_rows:
+                    self._too_large = label
+                    log.info("no snapshot of %s: over %d chunks, the store answers", label, self.max_rows)
+                    return None
                 self._sweep(keep=None)  # crashed builders' leftovers (we hold the lock)
                 t0 = time.perf_counter()
                 final = write_snapshot(self.root, label, store.iter_chunks(), self.dim)

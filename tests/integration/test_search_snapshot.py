@@ -322,3 +322,23 @@ def test_the_background_builder_catches_up_once_the_version_settles(
     assert snap.label.version == version
     again = querying.retrieve(res, ask)
     assert [s.chunk_id for s in again.sources] == [s.chunk_id for s in first.sources]
+
+
+def test_no_snapshot_past_the_row_limit(base_settings: Settings, tmp_path: Path) -> None:
+    """Past `max_rows` (LanceDB's ANN threshold) the store's ANN index answers: nothing is built."""
+    from ragfleet.snapshot import SnapshotManager
+
+    res = _resources(base_settings, tmp_path)
+    store, _ = res.live_store()
+    store.replace_documents("default", _docs("default", 20, 7))
+    res.index_state.bump()
+    pointer = res.index_state.read()
+    mgr = SnapshotManager(
+        res.settings.data_dir / "snapshots",
+        open_store=lambda c: LanceDBStore(res.settings.data_dir / "lancedb", c, dim=384),
+        read_pointer=res.index_state.read,
+        dim=384,
+        max_rows=store.count() - 1,
+    )
+    assert mgr.build_now() is None and mgr.builds == 0
+    assert mgr.for_pointer(pointer) is None
