@@ -114,23 +114,82 @@ def shared_pss(path: Path, qvecs: np.ndarray, texts: list[str]) -> tuple[list[in
     return out, baseline
 
 
+def unit(x: np.ndarray) -> np.ndarray:
+    out: np.ndarray = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    return out
+
+
+def random_vector_store(root: Path, corpus: Path, settings: Settings) -> Any:
+    """The corpus chunked with the configured chunker into a LanceDB store at `root`, random vectors."""
+    from ragfleet.chunkers import configured_chunker
+    from ragfleet.corpus import read_documents
+    from ragfleet.stores.base import ChunkRecord, chunk_id_for
+    from ragfleet.stores.lancedb_store import LanceDBStore
+
+    store = LanceDBStore(root, "chunks", dim=384)
+    if (root / "READY").exists():
+        return store
+    store.drop()
+    store.ensure()
+    chunker = configured_chunker(settings)
+    rng = np.random.default_rng(0)
+    batch: dict[str, list[ChunkRecord]] = {}
+    for doc in read_documents(corpus):
+        chunks = list(chunker.text(doc["text"], doc.get("title")))
+        vecs = unit(rng.standard_normal((len(chunks), 384)))
+        batch[doc["id"]] = [
+            ChunkRecord(
+                chunk_id=chunk_id_for(TENANT, doc["id"], c.index),
+                doc_id=doc["id"],
+                tenant=TENANT,
+                chunk_index=c.index,
+                text=c.text,
+                title=doc.get("title"),
+                start=c.start,
+                end=c.end,
+                content_hash=f"{doc['id']}#{c.index}",
+                embedding_model="random",
+                vector=v.tolist(),
+            )
+            for c, v in zip(chunks, vecs, strict=True)
+        ]
+        if len(batch) >= 1000:
+            store.replace_documents(TENANT, batch)
+            batch = {}
+    store.replace_documents(TENANT, batch)
+    store.optimize()
+    (root / "READY").write_text("ready\n")
+    return store
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=Path("/work/shared/data/scifact"))
     ap.add_argument("--lancedb", type=Path)
     ap.add_argument("--limit", type=int)
+    ap.add_argument(
+        "--random-vectors",
+        type=Path,
+        metavar="ROOT",
+        help="build the store at ROOT with random unit vectors (no model: checks the full-text leg "
+        "and the mechanics; nDCG then means nothing)",
+    )
     args = ap.parse_args()
     settings = Settings()
     data = load_dataset(args.data, limit=args.limit)
-    if args.lancedb:
-        from ragfleet.stores.lancedb_store import LanceDBStore
-
-        store: Any = LanceDBStore(args.lancedb, "chunks", dim=384)
-    else:
-        store = build_store(load_dataset(args.data), settings)
     qids = list(data.queries)
     texts = [data.queries[q] for q in qids]
-    qvecs = embed_cached(texts, settings, "queries")
+    if args.random_vectors:
+        store: Any = random_vector_store(args.random_vectors, data.corpus_path, settings)
+        qvecs = unit(np.random.default_rng(1).standard_normal((len(texts), 384)))
+    else:
+        if args.lancedb:
+            from ragfleet.stores.lancedb_store import LanceDBStore
+
+            store = LanceDBStore(args.lancedb, "chunks", dim=384)
+        else:
+            store = build_store(load_dataset(args.data), settings)
+        qvecs = embed_cached(texts, settings, "queries")
     with tempfile.TemporaryDirectory(prefix="snap-") as tmp:
         path, build_ms = timed(
             lambda: write_snapshot(Path(tmp), Label("chunks", 0, 0), store.iter_chunks(), 384)

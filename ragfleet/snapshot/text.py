@@ -8,7 +8,8 @@ copies its analysis chain and its BM25:
   the same algorithm), stop words dropped *after* stemming (measured against LanceDB 0.40:
   "themselves" survives as "themselv", "having" goes as "have"), then ASCII-folded;
 - BM25 with k1 = 1.2, b = 0.75 and idf = ln(1 + (N - n + 0.5) / (n + 0.5)), over every row of the
-  index (a tenant prefilter does not change the statistics), each query term counted once.
+  index (a tenant prefilter does not change the statistics); a term repeated in the query counts
+  as often as it occurs (LanceDB sums it per occurrence: "stress ... stress" weighs twice).
 Scores may differ from LanceDB's by a constant factor ((k1 + 1)); the hybrid fusion min-max
 normalises each leg, so only the order matters. bench/bench_search.py measures the agreement.
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections import Counter
 from collections.abc import Iterable
 from functools import cache
 from typing import Any
@@ -179,7 +181,7 @@ def build_postings(
     """(vocabulary, term pointers, doc ids, term weights, idf) for `texts` (row i = doc i).
 
     Weight of term t in doc d: tf / (tf + k1 * (1 - b + b * len(d) / avgdl)); a query's score for d
-    is the sum over its distinct terms of idf(t) * weight(t, d)."""
+    is the sum over its terms (repeats included) of idf(t) * weight(t, d)."""
     vocab: dict[str, int] = {}
     term_ids: list[npt.NDArray[np.int64]] = []
     lengths: list[int] = []
@@ -215,11 +217,12 @@ def bm25_scores(
     idf: npt.NDArray[np.float32],
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
     """(doc rows, scores) of every row matching at least one query term (unordered)."""
-    ids = sorted({vocab[t] for t in tokenize(query) if t in vocab})
-    if not ids:
+    counts = Counter(vocab[t] for t in tokenize(query) if t in vocab)
+    if not counts:
         return np.zeros(0, np.int64), np.zeros(0, np.float64)
+    ids = sorted(counts)
     rows = np.concatenate([docs[ptr[t] : ptr[t + 1]] for t in ids])
-    contrib = np.concatenate([weights[ptr[t] : ptr[t + 1]] * idf[t] for t in ids])
+    contrib = np.concatenate([weights[ptr[t] : ptr[t + 1]] * (idf[t] * counts[t]) for t in ids])
     uniq, inverse = np.unique(rows, return_inverse=True)
     scores = np.bincount(inverse, weights=contrib, minlength=len(uniq)).astype(np.float64)
     return uniq.astype(np.int64), scores
