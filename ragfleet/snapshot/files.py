@@ -143,6 +143,7 @@ class Snapshot:
 
         self.vectors = load("vectors")
         self.norms = load("norms")
+        self.safe_norms = np.maximum(self.norms, 1e-12)  # (n,) float32, private: 4 bytes a row
         self.codes = load("tenant_codes")
         self.ints = {c: load(c) for c in INT_COLUMNS}
         self.strings = {c: (load(f"{c}.off"), load(f"{c}.bin")) for c in STRING_COLUMNS}
@@ -186,9 +187,11 @@ class Snapshot:
         """Exact cosine top-n, best first: row -> score (1 - cosine distance, as LanceDB)."""
         q = np.asarray(vector, dtype=np.float32)
         qn = float(np.linalg.norm(q)) or 1.0
-        scores = (self.vectors @ q) / (np.maximum(self.norms, 1e-12) * qn)
+        scores = self.vectors @ q  # a fresh array: normalised in place
+        scores /= self.safe_norms
+        scores /= qn
         if mask is not None:
-            scores = np.where(mask, scores, -np.inf)
+            scores[~mask] = -np.inf
         return _top(scores, n)
 
     def sparse(self, text: str, n: int, mask: npt.NDArray[np.bool_] | None) -> dict[int, float]:
