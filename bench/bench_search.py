@@ -119,8 +119,21 @@ def unit(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def random_vector_store(root: Path, corpus: Path, settings: Settings) -> Any:
-    """The corpus chunked with the configured chunker into a LanceDB store at `root`, random vectors."""
+def _first_docs(corpus: Path, n: int, skip: set[str]) -> list[str]:
+    from ragfleet.corpus import read_documents
+
+    out: list[str] = []
+    for doc in read_documents(corpus):
+        if len(out) >= n:
+            break
+        if doc["id"] not in skip:
+            out.append(doc["id"])
+    return out
+
+
+def random_vector_store(root: Path, corpus: Path, settings: Settings, keep: set[str] | None = None) -> Any:
+    """The corpus chunked with the configured chunker into a LanceDB store at `root`: random vectors,
+    or with `keep` only those documents, with the model's vectors (cached under /tmp)."""
     from ragfleet.chunkers import configured_chunker
     from ragfleet.corpus import read_documents
     from ragfleet.stores.base import ChunkRecord, chunk_id_for
@@ -134,9 +147,18 @@ def random_vector_store(root: Path, corpus: Path, settings: Settings) -> Any:
     chunker = configured_chunker(settings)
     rng = np.random.default_rng(0)
     batch: dict[str, list[ChunkRecord]] = {}
-    for doc in read_documents(corpus):
+    docs = [d for d in read_documents(corpus) if keep is None or d["id"] in keep]
+    real: np.ndarray | None = None
+    if keep is not None:
+        all_texts = [c.text for d in docs for c in chunker.text(d["text"], d.get("title"))]
+        real = embed_cached(all_texts, settings, "chunks-subset")
+    at = 0
+    for doc in docs:
         chunks = list(chunker.text(doc["text"], doc.get("title")))
-        vecs = unit(rng.standard_normal((len(chunks), 384)))
+        if real is None:
+            vecs = unit(rng.standard_normal((len(chunks), 384)))
+        else:
+            vecs, at = real[at : at + len(chunks)], at + len(chunks)
         batch[doc["id"]] = [
             ChunkRecord(
                 chunk_id=chunk_id_for(TENANT, doc["id"], c.index),
@@ -174,14 +196,28 @@ def main() -> None:
         help="build the store at ROOT with random unit vectors (no model: checks the full-text leg "
         "and the mechanics; nDCG then means nothing)",
     )
+    ap.add_argument(
+        "--subset",
+        type=int,
+        metavar="N",
+        help="with --random-vectors ROOT: real model vectors, corpus cut to the dev questions' relevant "
+        "documents plus N others (when encoding the whole corpus takes too long on a busy machine)",
+    )
     args = ap.parse_args()
     settings = Settings()
     data = load_dataset(args.data, limit=args.limit)
     qids = list(data.queries)
     texts = [data.queries[q] for q in qids]
     if args.random_vectors:
-        store: Any = random_vector_store(args.random_vectors, data.corpus_path, settings)
-        qvecs = unit(np.random.default_rng(1).standard_normal((len(texts), 384)))
+        keep = None
+        if args.subset is not None:
+            relevant = set().union(*data.qrels.values())
+            keep = relevant | set(_first_docs(data.corpus_path, args.subset, relevant))
+        store: Any = random_vector_store(args.random_vectors, data.corpus_path, settings, keep)
+        if keep is None:
+            qvecs = unit(np.random.default_rng(1).standard_normal((len(texts), 384)))
+        else:
+            qvecs = embed_cached(texts, settings, "queries")
     else:
         if args.lancedb:
             from ragfleet.stores.lancedb_store import LanceDBStore
