@@ -199,16 +199,30 @@ def search(
         vector, _ = embed_question(res, p.question, pipe, prefetched)
         timings["embed_ms"] = (time.perf_counter() - t1) * 1000
     t2 = time.perf_counter()
-    hits = store.search(
-        p.tenant,
-        vector=vector,
-        text=p.question,
-        mode=mode,
-        top_k=min(p.top_k, s.max_top_k),
-        filters=p.filters,
-        dense_weight=s.hybrid_dense_weight,
-        candidates=s.hybrid_candidates,
-    )
+    # the snapshot answers only when built at exactly the pointer this query read (else: the store)
+    snap = None if p.filters else res.snapshot_for(index_version)
+    top_k = min(p.top_k, s.max_top_k)
+    if snap is not None:
+        hits = snap.search(
+            p.tenant,
+            vector=vector,
+            text=p.question,
+            mode=mode,
+            top_k=top_k,
+            dense_weight=s.hybrid_dense_weight,
+            candidates=s.hybrid_candidates,
+        )
+    else:
+        hits = store.search(
+            p.tenant,
+            vector=vector,
+            text=p.question,
+            mode=mode,
+            top_k=top_k,
+            filters=p.filters,
+            dense_weight=s.hybrid_dense_weight,
+            candidates=s.hybrid_candidates,
+        )
     timings["search_ms"] = (time.perf_counter() - t2) * 1000
     sources = [
         Source(

@@ -29,6 +29,7 @@ log = logging.getLogger("ragfleet.store")
 if TYPE_CHECKING:
     from ragfleet.embedding import Embedder
     from ragfleet.generation.gateway import LLMGateway
+    from ragfleet.snapshot import Snapshot, SnapshotManager
 
 
 class Resources:
@@ -37,6 +38,7 @@ class Resources:
         self._stores: dict[str, VectorStore] = {}
         self._seen_version: dict[str, tuple[int, int]] = {}  # collection -> (version, generation)
         self.last_version: int | None = None  # the index version of the last `live_store`
+        self.last_pointer: IndexPointer | None = None  # the pointer of the last `live_store`
         self._lock = threading.Lock()
 
     @cached_property
@@ -83,6 +85,32 @@ class Resources:
 
         return LLMGateway(self.settings, self.redis_bytes)
 
+    @cached_property
+    def snapshots(self) -> SnapshotManager | None:
+        """The search snapshot layer above the store; None where it is off or cannot mirror the store."""
+        if not self.settings.search_snapshot or self.settings.store != "lancedb":
+            return None
+        from ragfleet.snapshot import SnapshotManager
+        from ragfleet.stores.lancedb_store import ANN_MIN_ROWS
+
+        return SnapshotManager(
+            self.settings.data_dir / "snapshots",
+            open_store=lambda c: build_store(self.settings, collection=c, dim=self.embedding_dim),
+            read_pointer=self.index_state.read,
+            dim=self.embedding_dim,
+            delay_s=self.settings.search_snapshot_delay_s,
+            max_rows=ANN_MIN_ROWS,
+        )
+
+    def snapshot_for(self, index_version: int) -> Snapshot | None:
+        """The snapshot built at exactly the pointer of this process's last `live_store`, when that
+        pointer is the one at `index_version`; None: search the store."""
+        pointer = self.last_pointer
+        mgr = self.snapshots
+        if mgr is None or pointer is None or pointer.version != index_version:
+            return None
+        return mgr.for_pointer(pointer)
+
     def store(self, collection: str) -> VectorStore:
         with self._lock:
             st = self._stores.get(collection)
@@ -110,6 +138,7 @@ class Resources:
         if pointer.wal_lsn and isinstance(st, WalPositioned):
             st.read_after(pointer.wal_lsn)  # read-after-write: no replica behind this version
         self.last_version = pointer.version
+        self.last_pointer = pointer
         return st, pointer
 
     def warm_up(self, *, model: bool = True) -> None:

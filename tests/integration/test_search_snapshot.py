@@ -1,0 +1,344 @@
+"""The search snapshot (ragfleet/snapshot/) against a real LanceDB collection and a real Redis:
+it answers as the store does, only for the index pointer it was built at, per tenant, and a build
+that dies half way leaves nothing that a query would use.
+
+Vectors come from tests.helpers.HashingEmbedder (no torch); the store, the files, the BM25 and the
+retrieval path (`querying.retrieve` on an in-process `Resources`) are the real ones.
+"""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ragfleet import querying
+from ragfleet.resources import Resources
+from ragfleet.schemas import QueryPayload
+from ragfleet.settings import Settings
+from ragfleet.snapshot import Label, Snapshot, write_snapshot
+from ragfleet.stores.base import ChunkRecord, chunk_id_for
+from ragfleet.stores.lancedb_store import LanceDBStore
+from tests.helpers import HashingEmbedder, isolated
+
+WORDS = [
+    "cell",
+    "protein",
+    "gene",
+    "expression",
+    "tumor",
+    "immune",
+    "response",
+    "mouse",
+    "patients",
+    "therapy",
+    "vitamin",
+    "blood",
+    "pressure",
+    "risk",
+    "cancer",
+    "receptor",
+    "signaling",
+    "pathway",
+    "neurons",
+    "brain",
+    "infection",
+    "virus",
+    "vaccine",
+    "dose",
+    "trial",
+    "randomized",
+    "cohort",
+    "mortality",
+    "insulin",
+    "glucose",
+    "obesity",
+    "diet",
+    "exercise",
+    "bone",
+    "fracture",
+    "running",
+    "ran",
+    "runs",
+    "studies",
+    "studied",
+    "study",
+    "increased",
+    "increasing",
+    "decrease",
+    "levels",
+    "higher",
+    "lower",
+    "effects",
+]
+QUERIES = [
+    "tumor immune response in mouse",
+    "vitamin D and bone fracture risk",
+    "insulin glucose levels with obesity",
+    "randomized trial of vaccine dose",
+    "running studies increased the effects",
+    "brain neurons signaling",
+]
+
+
+def _docs(tenant: str, n: int, seed: int) -> dict[str, list[ChunkRecord]]:
+    rng = random.Random(seed)
+    emb = HashingEmbedder()
+    out: dict[str, list[ChunkRecord]] = {}
+    for d in range(n):
+        doc_id = f"{tenant}-doc{d}"
+        rows = []
+        for i in range(rng.randint(1, 3)):
+            text = " ".join(rng.choice(WORDS) for _ in range(rng.randint(8, 40))) + "."
+            rows.append(_record(tenant, doc_id, i, text, emb, title=None if d % 3 else f"Title {d}"))
+        out[doc_id] = rows
+    return out
+
+
+def _record(
+    tenant: str, doc_id: str, i: int, text: str, emb: HashingEmbedder, title: str | None = None
+) -> ChunkRecord:
+    return ChunkRecord(
+        chunk_id=chunk_id_for(tenant, doc_id, i),
+        doc_id=doc_id,
+        tenant=tenant,
+        chunk_index=i,
+        text=text,
+        title=title,
+        start=i * 100,
+        end=i * 100 + len(text),
+        content_hash=f"h-{doc_id}-{i}",
+        embedding_model="hashing",
+        vector=emb.encode_one(text).tolist(),
+        metadata={"source": doc_id, "n": i} if i % 2 else {},
+    )
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> LanceDBStore:
+    st = LanceDBStore(tmp_path / "lancedb", "chunks", dim=384)
+    st.ensure()
+    st.replace_documents("a", _docs("a", 60, 1))
+    st.replace_documents("b", _docs("b", 30, 2))
+    st.optimize()  # every row in the FTS index (rows added after it are searched flat)
+    return st
+
+
+def test_snapshot_search_equals_store_search(store: LanceDBStore, tmp_path: Path) -> None:
+    path = write_snapshot(tmp_path / "snap", Label("chunks", 1, 0), store.iter_chunks(), 384)
+    snap = Snapshot(path)
+    emb = HashingEmbedder()
+    for q in QUERIES:
+        vec = emb.encode_one(q).tolist()
+        for mode in ("vector", "fts", "hybrid"):
+            want = store.search("a", vector=vec, text=q, mode=mode, top_k=10)
+            got = snap.search("a", vector=vec, text=q, mode=mode, top_k=10)
+            scale = 2.2 if mode == "fts" else 1.0  # LanceDB's BM25 carries a constant (k1 + 1)
+            _same_ranking([(h.chunk_id, h.score) for h in got], [(h.chunk_id, h.score / scale) for h in want])
+            by_id = {h.chunk_id: h for h in want}
+            for g in got:
+                w = by_id.get(g.chunk_id)
+                if w is not None:
+                    assert (g.doc_id, g.chunk_index, g.text, g.title, g.start, g.end, g.metadata) == (
+                        w.doc_id,
+                        w.chunk_index,
+                        w.text,
+                        w.title,
+                        w.start,
+                        w.end,
+                        w.metadata,
+                    )
+
+
+def _same_ranking(got: list[tuple[str, float]], want: list[tuple[str, float]]) -> None:
+    """Same scores rank by rank, and the same ids wherever the score is not tied (the order among
+    equal scores is either engine's choice, also at the top-k cut)."""
+    assert len(got) == len(want)
+    for (_, gs), (_, ws) in zip(got, want, strict=True):
+        assert gs == pytest.approx(ws, rel=1e-3, abs=1e-4)
+    for i, (cid, score) in enumerate(want):
+        ties = [c for c, s in want if abs(s - score) <= 1e-4 * max(1.0, abs(score))]
+        if len(ties) == 1 and (i + 1 < len(want) or len(want) < 10):
+            assert got[i][0] == cid, (i, got, want)
+
+
+def test_tenant_isolation_on_the_snapshot(store: LanceDBStore, tmp_path: Path) -> None:
+    snap = Snapshot(write_snapshot(tmp_path / "snap", Label("chunks", 1, 0), store.iter_chunks(), 384))
+    emb = HashingEmbedder()
+    for q in QUERIES:
+        vec = emb.encode_one(q).tolist()
+        for tenant in ("a", "b"):
+            hits = snap.search(tenant, vector=vec, text=q, mode="hybrid", top_k=100)
+            assert hits and all(h.chunk_id.startswith(f"{tenant}/") for h in hits)
+        assert snap.search("c", vector=vec, text=q, mode="hybrid", top_k=10) == []
+
+
+def _resources(base_settings: Settings, tmp_path: Path) -> Resources:
+    settings = isolated(base_settings, "snap", data_dir=tmp_path / "data", embedding_model="hashing")
+    res = Resources(settings)
+    res.__dict__["embedder"] = HashingEmbedder()
+    return res
+
+
+def test_an_index_update_is_seen_although_a_snapshot_exists(base_settings: Settings, tmp_path: Path) -> None:
+    res = _resources(base_settings, tmp_path)
+    store, _ = res.live_store()
+    store.replace_documents("default", _docs("default", 20, 3))
+    res.index_state.bump()
+    assert res.snapshots is not None
+    built = res.snapshots.build_now()
+    assert built is not None
+    ask = QueryPayload(question="zebrafish regeneration", use_cache=False)
+    r = querying.retrieve(res, ask)
+    assert res.snapshot_for(r.index_version) is not None  # the snapshot answered this version
+    assert not any(s.doc_id == "new-doc" for s in r.sources)
+
+    # a write and its version bump, as the indexing pool does them
+    emb = HashingEmbedder()
+    new = _record("default", "new-doc", 0, "zebrafish fin regeneration after injury", emb)
+    store.replace_documents("default", {"new-doc": [new]})
+    res.index_state.bump()
+    r = querying.retrieve(res, ask)
+    assert (built / "meta.json").exists()  # the old snapshot is still there ...
+    assert res.snapshot_for(r.index_version) is None  # ... and does not answer the new version
+    assert r.sources[0].doc_id == "new-doc"
+
+    # once rebuilt at the new pointer, the snapshot answers it, with the new document
+    assert res.snapshots.build_now() is not None
+    assert not built.exists()  # the old snapshot was removed
+    r = querying.retrieve(res, ask)
+    assert res.snapshot_for(r.index_version) is not None
+    assert r.sources[0].doc_id == "new-doc"
+
+
+def test_a_build_that_dies_half_way_leaves_no_snapshot(base_settings: Settings, tmp_path: Path) -> None:
+    res = _resources(base_settings, tmp_path)
+    store, _ = res.live_store()
+    store.replace_documents("default", _docs("default", 20, 4))
+    res.index_state.bump()
+    pointer = res.index_state.read()
+    root = res.settings.data_dir / "snapshots"
+    # a real process killed in the middle of writing the snapshot of this pointer
+    script = (
+        "import os, sys\n"
+        "from pathlib import Path\n"
+        "from ragfleet.snapshot import Label, write_snapshot\n"
+        "from ragfleet.stores.lancedb_store import LanceDBStore\n"
+        "st = LanceDBStore(Path(sys.argv[1]), sys.argv[2], dim=384)\n"
+        "def batches():\n"
+        "    yield from st.iter_chunks(batch_size=5)\n"
+        "    os._exit(9)\n"
+        "write_snapshot(Path(sys.argv[3]), Label(sys.argv[2], int(sys.argv[4]), 0), batches(), 384)\n"
+    )
+    args = [str(res.settings.data_dir / "lancedb"), pointer.active, str(root), str(pointer.version)]
+    done = subprocess.run([sys.executable, "-c", script, *args], check=False)
+    assert done.returncode == 9
+    assert list((root / pointer.active).glob(".tmp-*"))  # its half-written files
+    assert not (root / pointer.active / Label(pointer.active, pointer.version, 0).dirname).exists()
+    r = querying.retrieve(res, QueryPayload(question="tumor immune response", use_cache=False))
+    assert r.sources and res.snapshot_for(r.index_version) is None  # the store answered
+
+    assert res.snapshots is not None and res.snapshots.build_now() is not None
+    assert not list((root / pointer.active).glob(".tmp-*"))  # the next builder cleared them
+    r = querying.retrieve(res, QueryPayload(question="tumor immune response", use_cache=False))
+    assert r.sources and res.snapshot_for(r.index_version) is not None
+
+
+_READER = """
+import json, sys
+from ragfleet import querying
+from ragfleet.resources import Resources
+from ragfleet.schemas import QueryPayload
+from ragfleet.settings import Settings
+from tests.helpers import HashingEmbedder
+
+res = Resources(Settings())
+res.__dict__["embedder"] = HashingEmbedder()
+for line in sys.stdin:
+    r = querying.retrieve(res, QueryPayload(question=line.strip(), use_cache=False))
+    used = res.snapshot_for(r.index_version) is not None
+    print(json.dumps({"top": r.sources[0].doc_id, "version": r.index_version, "snapshot": used}), flush=True)
+"""
+
+
+def test_another_process_sees_the_update_and_shares_the_snapshot(
+    base_settings: Settings, tmp_path: Path
+) -> None:
+    """A second retrieval process maps the snapshot this one built; after a write and its bump, its
+    next query sees the new document (from the store) although that snapshot is still on disk."""
+    import json
+
+    from tests.conftest import settings_env
+
+    res = _resources(base_settings, tmp_path)
+    store, _ = res.live_store()
+    store.replace_documents("default", _docs("default", 20, 5))
+    res.index_state.bump()
+    assert res.snapshots is not None and res.snapshots.build_now() is not None
+    env = settings_env(res.settings.model_copy(update={"search_snapshot_delay_s": 60.0}))
+    reader = subprocess.Popen(
+        [sys.executable, "-c", _READER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+    )
+    assert reader.stdin is not None and reader.stdout is not None
+
+    def ask(question: str) -> dict[str, object]:
+        assert reader.stdin is not None and reader.stdout is not None
+        reader.stdin.write(question + "\n")
+        reader.stdin.flush()
+        got: dict[str, object] = json.loads(reader.stdout.readline())
+        return got
+
+    try:
+        first = ask("zebrafish fin regeneration")
+        assert first["snapshot"] is True and first["top"] != "new-doc"
+        new = _record("default", "new-doc", 0, "zebrafish fin regeneration after injury", HashingEmbedder())
+        store.replace_documents("default", {"new-doc": [new]})
+        version = res.index_state.bump()
+        after = ask("zebrafish fin regeneration")
+        assert after == {"top": "new-doc", "version": version, "snapshot": False}
+    finally:
+        reader.stdin.close()
+        reader.wait(timeout=30)
+
+
+def test_the_background_builder_catches_up_once_the_version_settles(
+    base_settings: Settings, tmp_path: Path
+) -> None:
+    """No build call: the query that found no snapshot asks for one; the store answers meanwhile."""
+    from tests.helpers import wait_for
+
+    res = _resources(base_settings, tmp_path)
+    res.settings = res.settings.model_copy(update={"search_snapshot_delay_s": 0.2})
+    store, _ = res.live_store()
+    store.replace_documents("default", _docs("default", 20, 6))
+    version = res.index_state.bump()
+    ask = QueryPayload(question="vaccine trial dose", use_cache=False)
+    first = querying.retrieve(res, ask)
+    assert first.index_version == version and first.sources
+    snap = wait_for(lambda: res.snapshot_for(version), timeout=60, what="a snapshot at the settled version")
+    assert snap.label.version == version
+    again = querying.retrieve(res, ask)
+    assert [s.chunk_id for s in again.sources] == [s.chunk_id for s in first.sources]
+
+
+def test_no_snapshot_past_the_row_limit(base_settings: Settings, tmp_path: Path) -> None:
+    """Past `max_rows` (LanceDB's ANN threshold) the store's ANN index answers: nothing is built."""
+    from ragfleet.snapshot import SnapshotManager
+
+    res = _resources(base_settings, tmp_path)
+    store, _ = res.live_store()
+    store.replace_documents("default", _docs("default", 20, 7))
+    res.index_state.bump()
+    pointer = res.index_state.read()
+    mgr = SnapshotManager(
+        res.settings.data_dir / "snapshots",
+        open_store=lambda c: LanceDBStore(res.settings.data_dir / "lancedb", c, dim=384),
+        read_pointer=res.index_state.read,
+        dim=384,
+        max_rows=store.count() - 1,
+    )
+    assert mgr.build_now() is None and mgr.builds == 0
+    assert mgr.for_pointer(pointer) is None
