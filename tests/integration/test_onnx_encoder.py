@@ -126,3 +126,18 @@ def test_live_retrieval_node_has_no_torch_mapped(fleet: Fleet, base_settings: Se
         if pid == node.proc.pid:
             assert "onnxruntime" in maps  # it encoded the query with ONNX Runtime, not with nothing
     assert os.path.exists(f"/proc/{node.proc.pid}")
+
+
+@pytest.mark.redis
+@pytest.mark.workers
+def test_indexing_pool_encodes_on_onnx_at_lower_priority(fleet: Fleet, base_settings: Settings) -> None:
+    """Bulk ingest: the indexing pool's processes run below the retrieval nodes' priority, on ONNX."""
+    children = fleet.workers["indexing"].children()
+    assert children
+    retrieval = fleet.workers["retrieval"].proc
+    assert retrieval is not None
+    base = os.getpriority(os.PRIO_PROCESS, retrieval.pid)
+    for pid in children:
+        assert os.getpriority(os.PRIO_PROCESS, pid) == min(19, base + base_settings.indexing_nice)
+        maps = Path(f"/proc/{pid}/maps").read_text()
+        assert "onnxruntime" in maps and "libtorch" not in maps
