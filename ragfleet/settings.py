@@ -149,7 +149,8 @@ class Settings(BaseSettings):
     """What runs the encoder: `onnx` (ONNX Runtime on the same weights, exported to ONNX at first start and
     checked against torch's vectors at export; the serving process never imports torch, ~2x faster a query)
     or `torch` (sentence-transformers). Both give the same vectors (cosine >= 0.9999), so `embedding_model`,
-    the embedding cache and the index stay valid across a switch."""
+    the embedding cache and the index stay valid across a switch. `onnx` needs a local model directory (the
+    bundled model, or a sentence-transformers path with `tokenizer.json` and mean pooling)."""
     onnx_threads: int = Field(default=1, ge=1)
     """ONNX Runtime intra-op threads per process (queries, updates, reindex); the indexing pool uses
     `indexing_threads`."""
