@@ -19,7 +19,7 @@ from ragfleet.embedding import Embedder
 from ragfleet.onnx_encoder import cache_path, runtime_version, weights_digest
 from ragfleet.settings import Settings
 from ragfleet.tokens import BUNDLED_MODEL, model_dir, token_counter
-from tests.conftest import PYTHON, REPO, settings_env
+from tests.conftest import PYTHON, REPO, heavy_modules_loaded_by, settings_env
 from tests.fleet import Fleet
 from tests.helpers import ask
 
@@ -77,6 +77,20 @@ def test_onnx_and_torch_encoders_agree(onnx_settings: Settings) -> None:
     assert ((alone * torch_.encode(SENTENCES)).sum(axis=1)).min() >= 0.9999
     np.testing.assert_allclose(np.linalg.norm(alone, axis=1), 1.0, rtol=1e-5)
     assert onnx.encode([]).shape == (0, 384)
+
+
+def test_onnx_encoder_imports_no_torch(base_settings: Settings) -> None:
+    """The import-level check, fast; the live node's maps below are the real one."""
+    script = (
+        "from pathlib import Path\n"
+        "from ragfleet.embedding import Embedder\n"
+        "from ragfleet.settings import Settings\n"
+        f"e = Embedder(Settings(embedding_runtime='onnx', onnx_dir=Path({str(base_settings.onnx_root)!r})))\n"
+        "assert e.encode_one('a query').shape == (384,)\n"
+        "import workers.app, ragfleet.querying, ragfleet.chunking\n"
+    )
+    loaded = {m.split(".")[0] for m in heavy_modules_loaded_by(script)}
+    assert not loaded & {"torch", "sentence_transformers"}, loaded
 
 
 def test_export_is_cached_by_weights_and_runtime(onnx_settings: Settings, tmp_path: Path) -> None:
