@@ -35,14 +35,11 @@ def _tune_for_bulk(res: Resources) -> None:
     """Before the model loads: its thread count is fixed when the session is built."""
     if not bulk_indexing(node.current.queues):
         return
-    res.embedding_threads = res.settings.indexing_threads
+    if res.settings.embedding_runtime == "onnx":  # torch keeps `torch_threads` (set on the pool's line)
+        res.embedding_threads = res.settings.indexing_threads
     if res.settings.indexing_nice:
-        os.nice(res.settings.indexing_nice)
-    log.info(
-        "bulk indexing process: %d encoder threads, nice %d",
-        res.settings.indexing_threads,
-        os.nice(0),
-    )
+        os.nice(res.settings.indexing_nice)  # once: this runs once per process, before the warm-up
+    log.info("bulk indexing process: encoder threads %s, nice %d", res.embedding_threads, os.nice(0))
 
 
 def _warm() -> None:
