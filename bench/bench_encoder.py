@@ -11,7 +11,10 @@ Each measurement runs in a fresh subprocess (its own thread pools, nothing loade
    what the encoder adds to a retrieval process (the store comes on top), torch vs ONNX.
 CPU time (process_time) is printed beside wall time: on a busy machine wall time measures the
 neighbours too, CPU time the encoder (on 1 thread, about a quiet machine's wall time).
-`--pid` also prints the PSS/RSS of running processes (e.g. live retrieval nodes). Numbers on a busy
+`--pid` also prints the PSS/RSS of running processes (e.g. live retrieval nodes); `--node` starts a
+real solo retrieval node (and a generation pool) per runtime on an empty store (Redis at
+RAGFLEET_REDIS_URL, own key prefix), asks one question, and prints the node's PSS/RSS and whether
+libtorch / onnxruntime are mapped. Numbers on a busy
 machine are indicative only: compare rows of one run.
 """
 
@@ -89,6 +92,50 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def live_nodes(onnx_dir: str | None) -> None:
+    import tempfile
+    import uuid
+
+    import redis
+
+    from ragfleet.settings import Settings
+    from tests.fleet import Fleet
+    from tests.helpers import ask
+
+    url = os.environ.get("RAGFLEET_REDIS_URL", "redis://127.0.0.1:6379/0")
+    print("| runtime | answered | node RSS MB | node PSS MB | libtorch mapped | onnxruntime mapped |")
+    print("|---|---|---|---|---|---|")
+    for runtime in ("onnx", "torch"):
+        tmp = Path(tempfile.mkdtemp(prefix="bench-encoder-"))
+        prefix = f"rfbench-enc-{uuid.uuid4().hex[:6]}"
+        settings = Settings(
+            redis_url=url,
+            key_prefix=prefix,
+            broker_key_prefix=f"{prefix}:q:",
+            data_dir=tmp / "data",
+            embedding_runtime=runtime,
+            onnx_dir=Path(onnx_dir) if onnx_dir else Settings().onnx_root.resolve(),  # not the tmp dir
+        )
+        fleet = Fleet(settings, tmp)
+        try:
+            fleet.start("retrieval", "generation")
+            rec = ask(settings, "What does a retrieval node hold in memory?", use_cache=False)
+            proc = fleet.workers["retrieval"].proc
+            assert proc is not None
+            maps = Path(f"/proc/{proc.pid}/maps").read_text()
+            mem = smaps_rollup(proc.pid)
+            print(
+                f"| {runtime} | {rec['status']} | {mem['rss_mb']:.0f} | {mem['pss_mb']:.0f} | "
+                f"{'libtorch' in maps} | {'onnxruntime' in maps} |",
+                flush=True,
+            )
+        finally:
+            fleet.stop()
+            client = redis.Redis.from_url(url)
+            for key in client.scan_iter(f"{prefix}*", count=1000):
+                client.delete(key)
+
+
 def run(spec: dict[str, Any]) -> dict[str, Any]:
     proc = subprocess.run(
         [sys.executable, __file__, "--child"],
@@ -114,9 +161,13 @@ def main() -> None:
     ap.add_argument("--variants", default="fp32", help="ONNX variants: fp32 and/or int8")
     ap.add_argument("--onnx-dir", default=None, help="ONNX cache (default: Settings.onnx_root)")
     ap.add_argument("--pid", type=int, nargs="*", default=[], help="also print these processes' PSS")
+    ap.add_argument("--node", action="store_true", help="only: a live retrieval node's PSS per runtime")
     args = ap.parse_args()
     if args.child:
         print(json.dumps(_child(json.loads(sys.stdin.read()))))
+        return
+    if args.node:
+        live_nodes(args.onnx_dir)
         return
 
     queries = [json.loads(ln)["text"] for ln in (args.data / "queries.jsonl").open()][: args.queries]
