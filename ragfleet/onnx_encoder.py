@@ -11,10 +11,10 @@ numpy and the Rust `tokenizers`. Tokenisation is the model's own `tokenizer.json
 model's `max_seq_length` (256) like sentence-transformers; mean pooling over the attention mask and
 L2 normalisation are done here in numpy.
 
-The exported file is cached under `Settings.onnx_root`, keyed by the sha256 of the weight files and
-the onnxruntime version (a new runtime re-checks the export against torch). Two nodes starting at
-once take a file lock; the exporter writes a temporary file and renames it into place, so a reader
-never sees a partial file.
+The exported file is cached under `Settings.onnx_root`, keyed by the sha256 of the weight files, the
+onnxruntime version (a new runtime re-checks the export against torch) and the exporter's revision.
+Two nodes starting at once take a file lock; the exporter writes a temporary file and renames it into
+place, so a reader never sees a partial file.
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ log = logging.getLogger("ragfleet.embedding")
 Variant = Literal["fp32", "int8"]
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 EXPORT_TIMEOUT_S = 900.0
+# part of the cache key: a change to how ragfleet/onnx_export.py builds the graph is another file
+EXPORT_REVISION = 2
 
 
 def weight_files(model_dir: Path) -> list[Path]:
@@ -67,7 +69,7 @@ def runtime_version() -> str:
 def cache_path(root: Path, digest: str, ort_version: str, variant: Variant) -> Path:
     """The cached encoder for these weights, this runtime and this variant: any change of the three
     is another file, never a stale one."""
-    name = f"encoder-{digest[:16]}-ort{ort_version}-{variant}.onnx"
+    name = f"encoder-{digest[:16]}-ort{ort_version}-{variant}-x{EXPORT_REVISION}.onnx"
     return root / name
 
 

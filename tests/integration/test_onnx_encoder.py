@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from ragfleet.embedding import Embedder
-from ragfleet.onnx_encoder import cache_path, runtime_version, weights_digest
+from ragfleet.onnx_encoder import EXPORT_REVISION, cache_path, runtime_version, weights_digest
 from ragfleet.settings import Settings
 from ragfleet.tokens import BUNDLED_MODEL, model_dir, token_counter
 from tests.conftest import PYTHON, REPO, heavy_modules_loaded_by, settings_env
@@ -123,6 +123,7 @@ def test_export_is_cached_by_weights_and_runtime(onnx_settings: Settings, tmp_pa
     assert cache_path(root, digest, "0.0.1", "fp32") != path
     assert cache_path(root, "0" * 64, runtime_version(), "fp32") != path
     assert cache_path(root, digest, runtime_version(), "int8") != path
+    assert path.name.endswith(f"-x{EXPORT_REVISION}.onnx")  # a new exporter is a new file
 
 
 @pytest.mark.redis
