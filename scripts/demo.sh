@@ -15,6 +15,9 @@ export RAGFLEET_METRICS_DIR="${RAGFLEET_METRICS_DIR:-$(pwd)/var/prom}"
 mkdir -p var "$RAGFLEET_DATA_DIR"
 # shellcheck source=scripts/fleet_env.sh
 . scripts/fleet_env.sh
+# the ONNX encoder (exported and checked against torch once per weights and runtime; instant when cached):
+# here rather than in the first worker's warm-up
+python -m ragfleet.onnx_export >/dev/null
 if pid=$(fleet_pid); then
   echo "fleet already running (supervisord pid $pid)"
 else

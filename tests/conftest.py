@@ -128,6 +128,9 @@ def base_settings(
         key_prefix=session_prefix,
         broker_key_prefix=f"{session_prefix}:q:",
         data_dir=data,
+        # the exported ONNX encoder, shared with the checkout's own (scripts/bootstrap.sh fills it): keyed
+        # by the weights' hash and the runtime version, so never stale; a fresh dir would re-export (~30 s)
+        onnx_dir=REPO / "var" / "data" / "onnx",
         feedback_db_url=f"sqlite:///{data / 'feedback.db'}",
         # what the callback examples of docs/http.md and docs/celery.md use (a loopback receiver)
         callback_secrets=SecretStr("default:whsec_docs_example"),

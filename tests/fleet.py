@@ -42,6 +42,18 @@ POOLS = {
 }
 
 
+def ensure_encoder(settings: Settings) -> None:
+    """Export the ONNX encoder here, once per checkout, rather than in a worker's warm-up: a first
+    export takes ~25 s (more on a busy machine), which a worker's ready timeout need not absorb."""
+    if settings.embedding_runtime == "onnx":
+        from ragfleet.embedding import onnx_variant
+        from ragfleet.onnx_encoder import ensure_exported
+        from ragfleet.tokens import model_dir
+
+        model = settings.embedding_model
+        ensure_exported(settings.onnx_root, model_dir(model), onnx_variant(model))
+
+
 class Worker:
     def __init__(
         self,
@@ -67,6 +79,7 @@ class Worker:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Worker:
+        ensure_encoder(self.settings)
         cmd = [
             PYTHON,
             "-m",
@@ -180,6 +193,7 @@ class SupervisedRetrieval:
 
     def start(self) -> SupervisedRetrieval:
         conf = REPO / "infra" / "supervisor" / "retrieval.conf"
+        ensure_encoder(self.settings)
         self.fh = self.log.open("ab")
         self.proc = subprocess.Popen(
             [PYTHON, "-m", "supervisor.supervisord", "-c", str(conf)],
