@@ -23,6 +23,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np
 
-from ragfleet.chunkers import configured_chunker
+from ragfleet.chunkers import build_chunker, configured_chunker
 from ragfleet.corpus import read_documents
 from ragfleet.evaluation import DEFAULT_DATA_DIR, Dataset, load_dataset, score
 from ragfleet.settings import Settings
@@ -52,6 +53,7 @@ def _digest(parts: list[str]) -> str:
 
 
 REUSE: Path | None = None  # --reuse-npy: vectors of exactly these texts, computed elsewhere
+CHUNKER: str | None = None  # --chunker: a recorded chunker version instead of the configured one
 
 
 def embed_cached(texts: list[str], settings: Settings, tag: str) -> np.ndarray:
@@ -75,11 +77,36 @@ def embed_cached(texts: list[str], settings: Settings, tag: str) -> np.ndarray:
         print(f"--reuse-npy {REUSE} does not match these texts; encoding", file=sys.stderr)
     from ragfleet.embedding import Embedder
 
+    keys = [_digest([settings.embedding_model, t]) for t in texts]
+    known = _known_vectors(set(keys))
+    todo = list(dict.fromkeys(t for t, k in zip(texts, keys, strict=True) if k not in known))
     t0 = time.perf_counter()
-    vecs = Embedder(settings).encode(texts)
-    print(f"encoded {len(texts)} {tag} texts in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    if todo:
+        fresh = Embedder(settings).encode(todo)
+        for t, v in zip(todo, fresh, strict=True):
+            known[_digest([settings.embedding_model, t])] = v
+    print(
+        f"encoded {len(todo)} of {len(texts)} {tag} texts in {time.perf_counter() - t0:.1f} s "
+        "(the rest reused from earlier runs' caches)",
+        file=sys.stderr,
+    )
+    vecs = np.stack([known[k] for k in keys])
     np.save(path, vecs)
+    path.with_suffix(".keys.json").write_text(json.dumps(keys))
     return vecs
+
+
+def _known_vectors(wanted: set[str]) -> dict[str, np.ndarray]:
+    """Vectors of these texts (keyed by text and model) found in earlier caches: a chunker change
+    re-embeds only the chunks it changed."""
+    out: dict[str, np.ndarray] = {}
+    for keys_path in CACHE.glob("*.keys.json"):
+        keys = json.loads(keys_path.read_text())
+        rows = [i for i, k in enumerate(keys) if k in wanted and k not in out]
+        if rows:
+            arr = np.load(keys_path.with_name(keys_path.name.removesuffix(".keys.json") + ".npy"))
+            out.update({keys[i]: arr[i] for i in rows})
+    return out
 
 
 def build_store(data: Dataset, settings: Settings) -> Any:
@@ -90,7 +117,9 @@ def build_store(data: Dataset, settings: Settings) -> Any:
 
     size, overlap = settings.chunk_size_words, settings.chunk_overlap_words
     chunker = configured_chunker(settings)
-    shape = f"{size}-{overlap}-{settings.chunk_max_tokens}t"
+    if CHUNKER is not None:
+        chunker = build_chunker(replace(chunker.spec, version=CHUNKER), settings.embedding_model)
+    shape = f"{chunker.spec.version}-{size}-{overlap}-{settings.chunk_max_tokens}t"
     root = CACHE / f"lance-{shape}"
     store = LanceDBStore(root, "chunks", dim=384)
     if (root / "READY").exists():
@@ -270,9 +299,11 @@ def main() -> None:
         "--lancedb", type=Path, help="use this LanceDB root (table 'chunks') instead of building one"
     )
     ap.add_argument("--reuse-npy", type=Path, help="precomputed chunk vectors of the same texts (checked)")
+    ap.add_argument("--chunker", help="chunk with this chunker version (tokens-2) instead of the current one")
     args = ap.parse_args()
-    global REUSE
+    global REUSE, CHUNKER
     REUSE = args.reuse_npy
+    CHUNKER = args.chunker
     if args.fleet:
         from ragfleet.eval_cli import eval_command
 
