@@ -131,6 +131,7 @@ def build_store(data: Dataset, settings: Settings) -> Any:
     texts: list[str] = []
     for doc in docs:
         rows = []
+        meta = chunker.document_metadata(len(doc["text"].rstrip()))  # as ragfleet.indexing records it
         for c in chunker.text(doc["text"], doc.get("title")):
             rows.append(
                 ChunkRecord(
@@ -142,9 +143,10 @@ def build_store(data: Dataset, settings: Settings) -> Any:
                     title=doc.get("title"),
                     start=c.start,
                     end=c.end,
-                    content_hash=row_hash(c.text, {}),
+                    content_hash=row_hash(c.text, meta),
                     embedding_model=settings.embedding_model,
                     vector=[],
+                    metadata=dict(meta),
                 )
             )
             texts.append(c.text)

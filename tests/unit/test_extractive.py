@@ -197,9 +197,7 @@ def test_positions_are_relative_to_the_document_when_the_chunk_records_its_lengt
     second = "Results were found. The conclusion follows."
     doc = f"{first} {second}"
     head = Source(n=1, doc_id="d", chunk_id="d#0", text=first, score=1.0, start=0, end=len(first))
-    tail = Source(
-        n=2, doc_id="d", chunk_id="d#1", text=second, score=0.9, start=len(first) + 1, end=len(doc)
-    )
+    tail = Source(n=2, doc_id="d", chunk_id="d#1", text=second, score=0.9, start=len(first) + 1, end=len(doc))
     old = [s.position for s in candidate_sentences([head, tail])]
     assert old == [0.0, 0.5, 1.0, 0.0, 1.0]
     recorded = [s.model_copy(update={"metadata": {DOC_CHARS: len(doc)}}) for s in (head, tail)]
