@@ -237,7 +237,7 @@ def run_inprocess(data: Dataset, store: Any, settings: Settings) -> dict[str, An
     from ragfleet.resources import Resources
 
     class _Res(Resources):
-        def live_store(self) -> Any:
+        def live_store(self, pointer: Any = None) -> Any:
             from ragfleet.index_state import IndexPointer
 
             return store, IndexPointer(version=0, active="chunks", previous=None)
