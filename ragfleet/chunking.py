@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ragfleet.sentences import sentence_spans
+
 if TYPE_CHECKING:
     from ragfleet.parsing.model import Page
     from ragfleet.tokens import TokenCounter
@@ -58,9 +60,20 @@ def _check(size: int, overlap: int) -> None:
 
 
 def chunk_text(
-    text: str, *, size: int, overlap: int, title: str | None = None, budget: TokenBudget | None = None
+    text: str,
+    *,
+    size: int,
+    overlap: int,
+    title: str | None = None,
+    budget: TokenBudget | None = None,
+    sentences: bool = False,
 ) -> list[Chunk]:
     """Word windows of at most `size` words, `overlap` words shared between neighbours.
+
+    With `sentences` (chunker `tokens-3`), a window holds whole sentences (ragfleet/sentences.py)
+    and its overlap is the whole sentences that fit in `overlap` words; only a sentence over the
+    bounds by itself is cut in word windows. A window cut mid-sentence split an answer's evidence
+    in two fragments, neither of which the extractive answerer quotes whole.
 
     The title, when given, is prefixed to every chunk's text (not to its offsets): a chunk from the
     middle of a document loses its topic otherwise, and the title is the cheapest context there is.
@@ -74,7 +87,9 @@ def chunk_text(
     if not words:
         return []
     prefix = fit_prefix(f"{title.strip()}\n" if title and title.strip() else "", budget)
-    if budget is None:
+    if sentences:
+        spans = _sentence_windows(text, words, size, overlap, budget, prefix)
+    elif budget is None:
         spans = [(a, b) for _, _, a, b in _windows(words, size, overlap, None)]
     else:
         spans = _token_windows(text, words, size, overlap, budget, prefix)
@@ -137,6 +152,72 @@ def _token_windows(
             spans += _cut(text, a, b, offsets, budget, prefix)
         else:
             spans.append((a, b))
+    return spans
+
+
+def _sentence_windows(
+    text: str,
+    words: list[tuple[int, int]],
+    size: int,
+    overlap: int,
+    budget: TokenBudget | None,
+    prefix: str,
+) -> list[tuple[int, int]]:
+    """Windows of whole sentences, packed greedily up to `size` words and the budget (prefix
+    included); the next window starts on the last sentences of this one whose words come nearest
+    its share of `overlap` words (the share shrinks with a window cut short by tokens, as in
+    `_windows`; none when the last sentence alone is over twice the share), always at least one
+    sentence further on. A sentence over the bounds by itself is cut in word windows (`_token_windows`) and
+    shares no overlap with its neighbours."""
+    sents = sentence_spans(text)
+    starts = [a for a, _ in sents]
+    n_words = [0] * len(sents)
+    for a, _ in words:
+        n_words[max(bisect.bisect_right(starts, a) - 1, 0)] += 1
+    n_tokens = [0] * len(sents)
+    limit = 0
+    if budget is not None:
+        for a, _ in budget.counter.offsets(text):
+            n_tokens[max(bisect.bisect_right(starts, a) - 1, 0)] += 1
+        limit = budget.max_tokens - budget.counter.count(prefix)
+
+    def fits(i: int, j: int) -> bool:
+        if sum(n_words[i:j]) > size or (budget is not None and sum(n_tokens[i:j]) > limit):
+            return False
+        return budget is None or budget.counter.count(prefix + text[sents[i][0] : sents[j - 1][1]]) <= (
+            budget.max_tokens
+        )
+
+    spans: list[tuple[int, int]] = []
+    n, i, last_end = len(sents), 0, 0
+    while i < n:
+        if not fits(i, i + 1):  # one sentence over the bounds: word windows of it alone
+            a, b = sents[i]
+            inner = [(x - a, y - a) for x, y in words if a <= x < b]
+            piece = text[a:b]
+            if budget is None:
+                cut = [(x, y) for _, _, x, y in _windows(inner, size, overlap, None)]
+            else:
+                cut = _token_windows(piece, inner, size, overlap, budget, prefix)
+            spans += [(a + x, a + y) for x, y in cut]
+            i = last_end = i + 1
+            continue
+        j = i + 1
+        while j < n and fits(i, j + 1):
+            j += 1
+        if spans and j <= last_end:  # the overlap alone was all that fitted: move on without it
+            i = last_end
+            continue
+        spans.append((sents[i][0], sents[j - 1][1]))
+        last_end = j
+        if j >= n:
+            break
+        # the overlap: the trailing whole sentences whose words come nearest this window's share
+        share = overlap * sum(n_words[i:j]) / size
+        k = j
+        while k - 1 > i and sum(n_words[k - 1 : j]) + sum(n_words[k:j]) <= 2 * share:
+            k -= 1
+        i = k
     return spans
 
 
@@ -204,11 +285,13 @@ def chunk_blocks(
     overlap: int,
     title: str | None = None,
     budget: TokenBudget | None = None,
+    sentences: bool = False,
 ) -> list[BlockChunk]:
     """Chunks along a parsed file's structure: the blocks of one page and one heading path, joined in
     order up to `size` words and the `budget`'s tokens (the heading path and title prefixed and
     counted), never across a page or a section, so every chunk has one citation. A block is never cut
-    unless it alone is over the bounds (then it is split in windows like `chunk_text`); a table row
+    unless it alone is over the bounds (then it is split in windows like `chunk_text`, of whole
+    sentences with `sentences`); a table row
     carries its header inside its own text (`ragfleet.parsing`), so a row is never separated from it.
     Heading blocks are not repeated in the body: the heading path prefix holds them. Offsets are into
     the blocks' texts joined by a blank line, the document text a reader of the file would see;
@@ -243,7 +326,11 @@ def chunk_blocks(
                 group, used, used_tokens = [], 0, 0
                 inner = None if budget is None else TokenBudget(budget.counter, tokens_left)
                 pieces = chunk_text(
-                    block.text, size=words_left, overlap=min(overlap, words_left - 1), budget=inner
+                    block.text,
+                    size=words_left,
+                    overlap=min(overlap, words_left - 1),
+                    budget=inner,
+                    sentences=sentences,
                 )
                 for piece in pieces:
                     whole = [(piece.text, start + piece.start, start + piece.end)]

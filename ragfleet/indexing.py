@@ -125,6 +125,9 @@ def index_documents(
                         )
                     )
                     continue
+                # the text's extent as its chunks cover it (trailing space is in no chunk, and a
+                # reindex rebuilds the text from them): an unchanged reindex keeps every row
+                metadata = {**doc.metadata, **chunker.document_metadata(len(doc.text.rstrip()))}
                 records = [
                     pending_record(
                         tenant=ten,
@@ -134,7 +137,7 @@ def index_documents(
                         title=doc.title,
                         start=c.start,
                         end=c.end,
-                        metadata=doc.metadata,
+                        metadata=metadata,
                         model=model,
                     )
                     for c in chunks

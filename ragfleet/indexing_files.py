@@ -183,12 +183,14 @@ def file_records(
         )
         return None
     records = []
+    length = max(c.end for c in chunks)  # offsets are into the file's blocks joined
     for c in chunks:
         metadata: dict[str, MetadataValue] = {
             **f.metadata,
             "source": parsed.source,
             "page": c.page,
             "chunker": chunker.file_label,
+            **chunker.document_metadata(length),
         }
         if c.page_label:
             metadata["page_label"] = c.page_label

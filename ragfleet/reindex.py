@@ -17,7 +17,7 @@ from typing import Any
 
 from redis.lock import Lock
 
-from ragfleet.chunkers import FILE_LABELS, ChunkerSpec, configured_chunker
+from ragfleet.chunkers import DOC_CHARS, FILE_LABELS, ChunkerSpec, configured_chunker
 from ragfleet.indexing import copy_chunked_documents, index_documents
 from ragfleet.resources import Resources
 from ragfleet.stores import build_store
@@ -74,7 +74,8 @@ def _documents_of(
             "id": doc_id,
             "text": text,
             "title": first.title,
-            "metadata": first.metadata,
+            # the document's own metadata: what the old chunker recorded is not (the new one records its own)
+            "metadata": {k: v for k, v in first.metadata.items() if k != DOC_CHARS},
         }
     return docs
 

@@ -172,7 +172,8 @@ class Settings(BaseSettings):
     chunk_size_words: int = 200
     """Chunk window, in words."""
     chunk_overlap_words: int = 40
-    """Words shared by consecutive chunks."""
+    """Words shared by consecutive chunks. Chunks end between sentences (chunker `tokens-3`), so the overlap
+    is the whole sentences whose words come nearest this (in proportion for a chunk cut short by tokens)."""
     chunk_max_tokens: int = Field(default=254, ge=16)
     """Most tokens a chunk may hold, its title and heading path included, counted with the embedding model's
     own tokenizer: the model reads 256 (all-MiniLM-L6-v2), two of them its special tokens. A chunk stops at

@@ -21,14 +21,12 @@ from functools import lru_cache
 
 import Stemmer
 
+from ragfleet.chunkers import DOC_CHARS
 from ragfleet.schemas import Quote, Source
+from ragfleet.sentences import split_sentences as split_sentences  # re-exported for callers
 
 NO_SOURCES_ANSWER = "No sources were found for this question, so it cannot be answered from the index."
 
-# A boundary is whitespace after . ! ? that is followed by an upper-case letter, a digit or "(";
-# the SciFact rationale sentences are reproduced by this rule 98 % of the time. CJK full stops need
-# no whitespace; a blank line always ends a sentence (headings, list items).
-_BOUNDARY = re.compile(r"(?P<latin>(?<=[.!?])\s+)|(?<=[\u3002\uff01\uff1f])\s*|\n\s*\n")
 _TOKEN = re.compile(r"\w+", re.UNICODE)
 
 # Function words carry no evidence; kept short so that domain words ("no", "not") stay (negation
@@ -54,7 +52,7 @@ class ScoringParams:
     w_bm25: float = 1.0  # BM25 is divided by the best candidate's, so weights are relative to 1
     w_coverage: float = 0.4  # idf-weighted share of the question's terms found in the sentence
     w_rank: float = 0.6  # prior for sentences of better-ranked sources: w / (1 + rank)
-    w_position: float = 0.4  # relative position in the passage, 0 (first) .. 1 (last): findings come late
+    w_position: float = 0.4  # relative position in the document, 0 (first) .. 1 (last): findings come late
     w_fragment: float = 0.2  # penalty for pieces that do not look like whole sentences
     min_tokens: int = 3
 
@@ -67,7 +65,7 @@ class Sentence:
     text: str
     source: int  # Source.n
     rank: int  # 0-based retrieval rank of the source
-    position: float  # 0..1 within the passage
+    position: float  # 0..1 within the document (when its length is known) or the passage
     terms: tuple[str, ...]
 
 
@@ -82,30 +80,6 @@ def analyze(text: str) -> list[str]:
     return list(_stemmer().stemWords(words)) if words else []
 
 
-def _is_boundary(text: str, end: int) -> bool:
-    if end >= len(text):
-        return True
-    # the SciFact rule is "followed by [A-Z0-9(]"; "not lower case" is the same on ASCII prose and
-    # also right for accented capitals and for scripts without case
-    return not text[end].islower()
-
-
-def split_sentences(text: str) -> list[str]:
-    """Verbatim sentences of `text` (each an exact substring), in order."""
-    out: list[str] = []
-    start = 0
-    for m in _BOUNDARY.finditer(text):
-        if m.lastgroup != "latin" or m.group(0).count("\n") >= 2 or _is_boundary(text, m.end()):
-            piece = text[start : m.start()].strip()
-            if piece:
-                out.append(piece)
-            start = m.end()
-    tail = text[start:].strip()
-    if tail:
-        out.append(tail)
-    return out
-
-
 def passage_body(source: Source) -> str:
     """The source text without the "title\\n" line that chunking prefixes: a quote of the title
     would cite nothing the document says."""
@@ -117,20 +91,37 @@ def passage_body(source: Source) -> str:
     return text
 
 
+def _document_length(source: Source) -> int:
+    """The length of the source's document when its chunker recorded it (`doc_chars`, chunker
+    `tokens-3`), else 0 (an index built before: positions stay relative to the chunk)."""
+    n = source.metadata.get(DOC_CHARS)
+    if isinstance(n, int) and not isinstance(n, bool) and 0 <= source.start < source.end <= n:
+        return n
+    return 0
+
+
 def candidate_sentences(sources: Sequence[Source]) -> list[Sentence]:
     """Sentences of all sources in retrieval order; a sentence repeated by overlapping chunks is
-    kept once, under the best-ranked source."""
+    kept once, under the best-ranked source.
+
+    A sentence's position is relative to its document where the chunk says how long that is: the
+    chunk's span mapped onto the document, so a one-chunk document keeps its positions and the
+    last sentence of a document's first chunk is not taken for the document's last."""
     seen: set[str] = set()
     out: list[Sentence] = []
     for rank, src in enumerate(sources):
         sents = split_sentences(passage_body(src))
         last = max(1, len(sents) - 1)
+        length = _document_length(src)
         for i, s in enumerate(sents):
             key = " ".join(s.split())
             if key in seen:
                 continue
             seen.add(key)
-            out.append(Sentence(s, src.n, rank, i / last, tuple(analyze(s))))
+            position = i / last
+            if length:
+                position = (src.start + position * (src.end - src.start)) / length
+            out.append(Sentence(s, src.n, rank, position, tuple(analyze(s))))
     return out
 
 

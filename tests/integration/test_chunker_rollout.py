@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from ragfleet.chunkers import ChunkerSpec, UnknownChunkerError, build_chunker
+from ragfleet.chunkers import DOC_CHARS, ChunkerSpec, UnknownChunkerError, build_chunker
 from ragfleet.indexing import index_documents
 from ragfleet.reindex import run_reindex
 from ragfleet.resources import Resources
@@ -93,7 +93,7 @@ def test_a_chunker_change_reaches_the_index_by_reindex_only(res: Resources) -> N
     assert again.documents_unchanged == 4 and again.chunks_written == 0  # re-ingest stays idempotent
 
     status = index_status(s)  # what the operator sees: a chunker change waiting for its reindex
-    assert status["chunker"].startswith("words-1") and status["configured_chunker"].startswith("tokens-2")
+    assert status["chunker"].startswith("words-1") and status["configured_chunker"].startswith("tokens-3")
     assert status["reindex_pending"] is True
 
     # the reindex re-chunks everything with the configured chunker and records it with the switch
@@ -101,8 +101,12 @@ def test_a_chunker_change_reaches_the_index_by_reindex_only(res: Resources) -> N
     new = report.new_collection
     assert state.read().active == new
     assert state.chunker_of(new) == ChunkerSpec.configured(s)
-    assert report.chunker.startswith("tokens-2") and report.previous_chunker.startswith("words-1")
+    assert report.chunker.startswith("tokens-3") and report.previous_chunker.startswith("words-1")
     assert max(token_counts(res, new)) <= 254
+    # tokens-3 records each chunk's document length (the answerer's document-relative position)
+    lengths = {d: len(doc(int(d.split("-")[1]))["text"].rstrip()) for d in doc_chars(res, old)}
+    assert set(doc_chars(res, old).values()) == {None}  # the old index's rows are as they were
+    assert doc_chars(res, new) == lengths
     assert report.chunks_after > report.chunks_before  # the long windows became several chunks
     assert report.chunks_embedded > 0  # new shapes, new vectors
 
@@ -115,6 +119,13 @@ def test_a_chunker_change_reaches_the_index_by_reindex_only(res: Resources) -> N
     assert state.read().active == old
     index_documents(res, [doc(12)], tenant="t")
     assert max(token_counts(res, old, "paper-12")) > 254
+    assert doc_chars(res, old)["paper-12"] is None  # written with the old index's chunker: its rows
+
+
+def doc_chars(res: Resources, collection: str) -> dict[str, Any]:
+    store = res.store(collection)
+    store.refresh()
+    return {c.doc_id: c.metadata.get(DOC_CHARS) for b in store.iter_chunks() for c in b}
 
 
 def test_an_empty_index_records_the_configured_chunker_on_its_first_write(res: Resources) -> None:

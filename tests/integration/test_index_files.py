@@ -77,7 +77,8 @@ def test_files_are_indexed_with_page_and_section_and_bad_ones_are_named(
     assert parental.metadata["section"] == "Staff handbook > Leave > Parental"
     assert parental.metadata["team"] == "hr"  # the caller's metadata is kept beside source/page/section
     assert any("City: Lisbon" in c.text for c in staff)  # a table row keeps its header
-    assert [c.metadata for c in chunks_of(res, "note")] == [{}]  # text documents: unchanged shape
+    # text documents: no page or section; the chunker records the document's length (tokens-3)
+    assert [c.metadata for c in chunks_of(res, "note")] == [{"doc_chars": len(text_doc["text"])}]
 
     reports = {r.source: r for r in result.parse_reports}
     assert set(reports) == {"handbook.pdf", "staff.docx"}
@@ -135,7 +136,7 @@ def test_a_reindex_copies_parsed_files_chunks_as_they_are(res: Resources, tmp_pa
     first = index_documents(res, [text_doc], tenant="default", files=[pdf])
     assert first.documents_indexed == 2, first.errors
     before = [(c.chunk_id, c.text, c.metadata) for c in chunks_of(res, "handbook.pdf")]
-    assert {m["chunker"] for _, _, m in before} == {"blocks-2"}  # each chunk names its chunker
+    assert {m["chunker"] for _, _, m in before} == {"blocks-3"}  # each chunk names its chunker
     embedded = res.embedder.calls  # type: ignore[attr-defined]
     report = run_reindex(res)
     assert report.status == "switched" and report.documents == 2

@@ -7,10 +7,12 @@ import time
 
 import pytest
 
+from ragfleet.chunkers import DOC_CHARS
 from ragfleet.chunking import chunk_text
 from ragfleet.generation.extractive import (
     NO_SOURCES_ANSWER,
     answer_from_passages,
+    candidate_sentences,
     passage_body,
     split_sentences,
 )
@@ -186,3 +188,29 @@ def test_degenerate_questions_still_answer_from_sources(question: str) -> None:
     _answer, quotes = answer_from_passages(question, [VACCINE, UNRELATED])
 
     assert quotes and all(q.text in passage_body(VACCINE if q.source == 1 else UNRELATED) for q in quotes)
+
+
+def test_positions_are_relative_to_the_document_when_the_chunk_records_its_length() -> None:
+    """Chunker `tokens-3` records `doc_chars`: the last sentence of a document's first chunk is not
+    its last. Without it (an older index) positions stay relative to the chunk."""
+    first = "Background one. Background two. Methods were used."
+    second = "Results were found. The conclusion follows."
+    doc = f"{first} {second}"
+    head = Source(n=1, doc_id="d", chunk_id="d#0", text=first, score=1.0, start=0, end=len(first))
+    tail = Source(n=2, doc_id="d", chunk_id="d#1", text=second, score=0.9, start=len(first) + 1, end=len(doc))
+    old = [s.position for s in candidate_sentences([head, tail])]
+    assert old == [0.0, 0.5, 1.0, 0.0, 1.0]
+    recorded = [s.model_copy(update={"metadata": {DOC_CHARS: len(doc)}}) for s in (head, tail)]
+    new = [s.position for s in candidate_sentences(recorded)]
+    assert new == sorted(new) and new[-1] == 1.0 and new[0] == 0.0
+    assert new[2] == pytest.approx(len(first) / len(doc))  # the first chunk's last sentence: mid-document
+    # a one-chunk document keeps its positions; a length that cannot be right is ignored
+    whole = Source(n=1, doc_id="e", chunk_id="e#0", text=doc, score=1.0, start=0, end=len(doc))
+    alone = whole.model_copy(update={"metadata": {DOC_CHARS: len(doc)}})
+    assert [s.position for s in candidate_sentences([alone])] == [
+        s.position for s in candidate_sentences([whole])
+    ]
+    wrong = whole.model_copy(update={"metadata": {DOC_CHARS: 3}})
+    assert [s.position for s in candidate_sentences([wrong])] == [
+        s.position for s in candidate_sentences([whole])
+    ]

@@ -9,6 +9,7 @@ import re
 import pytest
 
 from ragfleet.chunkers import (
+    DOC_CHARS,
     ChunkerSpec,
     UnknownChunkerError,
     build_chunker,
@@ -113,7 +114,7 @@ def test_blocks_fit_the_budget_with_title_and_heading_path_and_keep_their_page()
 def test_the_configured_chunker_counts_with_the_model_and_refuses_what_it_cannot_honour() -> None:
     s = Settings()
     chunker = configured_chunker(s)
-    assert chunker.spec == ChunkerSpec("tokens-2", 200, 40, 254) and chunker.file_label == "blocks-2"
+    assert chunker.spec == ChunkerSpec("tokens-3", 200, 40, 254) and chunker.file_label == "blocks-3"
     assert chunker.budget is not None and chunker.budget.counter.max_content_tokens == 254
     assert max(COUNTER.counts([c.text for c in chunker.text(PROSE * 30, "T")])) <= 254
     with pytest.raises(ValueError, match="over what"):
@@ -149,7 +150,9 @@ def test_a_reindex_reshapes_a_parsed_files_chunks_for_the_new_chunker() -> None:
     big = record(1, "Report\nResults\n" + body, 31, 31 + len(body))
     chunker = configured_chunker(Settings())
     out = chunker.restored([small, big])
-    assert out[0] == (small.text, 0, 29, {**small.metadata, "chunker": "blocks-2"})
+    # blocks-3 also records the document's extent (its last chunk's end)
+    meta = {**small.metadata, "chunker": "blocks-3", DOC_CHARS: 31 + len(body)}
+    assert out[0] == (small.text, 0, 29, meta)
     assert len(out) > 2
     assert max(COUNTER.counts([t for t, _, _, _ in out])) <= 254
     assert all(t.startswith("Report\nResults\n") and m["page"] == 3 for t, _, _, m in out)
