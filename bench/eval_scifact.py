@@ -234,9 +234,8 @@ def sweep(data: Dataset, store: Any, settings: Settings) -> list[dict[str, Any]]
     return rows
 
 
-def run_inprocess(data: Dataset, store: Any, settings: Settings) -> dict[str, Any]:
-    """The retrieval pool's own code path (`querying.retrieve`) against the /tmp store."""
-    from ragfleet.evaluation import evaluate_inprocess
+def inprocess_resources(store: Any, settings: Settings) -> Any:
+    """The retrieval pool's Resources, serving the /tmp store and never touching Redis."""
     from ragfleet.resources import Resources
 
     class _Res(Resources):
@@ -247,18 +246,36 @@ def run_inprocess(data: Dataset, store: Any, settings: Settings) -> dict[str, An
 
     res = _Res(settings)
     res.__dict__["embedding_cache"] = _NoCache()
+    return res
+
+
+def evidence_sources(res: Any, data: Dataset, settings: Settings) -> dict[str, list[Any]]:
+    """Each evidence query's top-`default_top_k` sources, as the fleet retrieves them for an answer."""
+    from ragfleet.querying import retrieve
+    from ragfleet.schemas import QueryPayload
+
+    out: dict[str, list[Any]] = {}
+    for qid in sorted({r.query_id for r in data.evidence}):
+        q = data.queries[qid]
+        out[qid] = retrieve(
+            res, QueryPayload(question=q, top_k=settings.default_top_k, use_cache=False)
+        ).sources
+    return out
+
+
+def run_inprocess(data: Dataset, store: Any, settings: Settings) -> dict[str, Any]:
+    """The retrieval pool's own code path (`querying.retrieve`) against the /tmp store."""
+    from ragfleet.evaluation import evaluate_inprocess
+
+    res = inprocess_resources(store, settings)
     report = evaluate_inprocess(res, data, top_k=settings.max_top_k)
     # grounding as the fleet computes it: a top-5 retrieval, then the default (extractive) answerer
     from ragfleet.evaluation import grounding_hits
     from ragfleet.generation.extractive import answer_from_passages
-    from ragfleet.querying import retrieve
-    from ragfleet.schemas import QueryPayload
 
     quotes: dict[str, list[str]] = {}
-    for qid in {r.query_id for r in data.evidence}:
-        q = data.queries[qid]
-        r = retrieve(res, QueryPayload(question=q, top_k=settings.default_top_k, use_cache=False))
-        _, qs = answer_from_passages(q, r.sources, n_sentences=settings.answer_sentences)
+    for qid, sources in evidence_sources(res, data, settings).items():
+        _, qs = answer_from_passages(data.queries[qid], sources, n_sentences=settings.answer_sentences)
         quotes[qid] = [x.text for x in qs]
     hits = [grounding_hits(quotes[r.query_id], r.sentences) for r in data.evidence]
     report.evidence_rows = len(hits)
