@@ -100,7 +100,9 @@ def expected_chunks(settings: Settings, docs: list[dict[str, Any]], tenant: str)
     chunker = configured_chunker(settings)
     for d in docs:
         chunks = chunker.text(d["text"], d["title"])
-        out[d["id"]] = {c.index: row_hash(c.text, d["metadata"]) for c in chunks}
+        # the document's metadata and what the chunker records on each of its chunks (`doc_chars`)
+        meta = {**d["metadata"], **chunker.document_metadata(len(d["text"].rstrip()))}
+        out[d["id"]] = {c.index: row_hash(c.text, meta) for c in chunks}
     return out
 
 
