@@ -180,6 +180,7 @@ def main() -> None:
     ap.add_argument("--words", type=int, default=80, help="mean words a chunk (uniform 0.5x-1.5x)")
     ap.add_argument("--ann-min-rows", type=int, default=100_000)
     ap.add_argument("--candidates", type=int, default=100, help="snapshot_ann_candidates")
+    ap.add_argument("--sweep", default="", help="also try these snapshot_ann_candidates, e.g. 100,200,400")
     ap.add_argument("--dir", type=Path, default=None, help="keep the snapshot here (default: a temp dir)")
     args = ap.parse_args()
     t_all = time.perf_counter()
@@ -218,6 +219,14 @@ def main() -> None:
         lat_ve, ids_ve = timed(snap.search, qs[:n_exact], "vector")
         _, ids_he = timed(snap.search, qs[:n_exact], "hybrid")
         snap.ann = ann
+        if ann is not None and args.sweep:
+            res["sweep"] = []
+            for c in (int(x) for x in args.sweep.split(",")):
+                ann.candidates, ann.index.expansion_search = c, max(128, c)
+                lat_c, ids_c = timed(snap.search, qs, "vector")
+                res["sweep"].append({"candidates": c, "p50": pct(lat_c, 0.5), "p99": pct(lat_c, 0.99),
+                                     "recall_at_10": overlap(ids_c[:n_exact], ids_ve)})  # fmt: skip
+            ann.candidates, ann.index.expansion_search = args.candidates, max(128, args.candidates)
         res["hybrid_ms"] = {"p50": pct(lat_h, 0.5), "p99": pct(lat_h, 0.99)}
         res["vector_ms"] = {"p50": pct(lat_v, 0.5), "p99": pct(lat_v, 0.99), "ann": snap.ann is not None}
         res["fts_ms"] = {"p50": pct(lat_f, 0.5), "p99": pct(lat_f, 0.99)}
