@@ -179,7 +179,7 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=300)
     ap.add_argument("--words", type=int, default=80, help="mean words a chunk (uniform 0.5x-1.5x)")
     ap.add_argument("--ann-min-rows", type=int, default=100_000)
-    ap.add_argument("--candidates", type=int, default=100, help="snapshot_ann_candidates")
+    ap.add_argument("--candidates", type=int, default=400, help="snapshot_ann_candidates (its default)")
     ap.add_argument("--sweep", default="", help="also try these snapshot_ann_candidates, e.g. 100,200,400")
     ap.add_argument("--dir", type=Path, default=None, help="keep the snapshot here (default: a temp dir)")
     args = ap.parse_args()

@@ -53,7 +53,7 @@ def build_ann(vectors: npt.NDArray[np.float32], path: Path, *, threads: int = 0)
 class AnnIndex:
     """The saved graph, mapped read-only (pages shared between processes)."""
 
-    def __init__(self, path: Path, *, candidates: int = 100) -> None:
+    def __init__(self, path: Path, *, candidates: int = 400) -> None:
         from usearch.index import Index
 
         index = Index.restore(str(path), view=True)

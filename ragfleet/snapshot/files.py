@@ -160,7 +160,7 @@ def _fsync_dir(path: Path) -> None:
 class Snapshot:
     """One snapshot directory, memory-mapped read-only."""
 
-    def __init__(self, path: Path, *, ann_candidates: int = 100) -> None:
+    def __init__(self, path: Path, *, ann_candidates: int = 400) -> None:
         meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
         if meta.get("format") != FORMAT:
             raise ValueError(f"snapshot {path}: format {meta.get('format')!r}, expected {FORMAT}")

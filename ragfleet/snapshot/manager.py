@@ -56,7 +56,7 @@ class SnapshotManager:
         dim: int,
         delay_s: float = 2.0,
         ann_min_rows: int = 100_000,
-        ann_candidates: int = 100,
+        ann_candidates: int = 400,
     ) -> None:
         self.root = Path(root)
         self._open_store = open_store
