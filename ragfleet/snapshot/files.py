@@ -35,7 +35,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ragfleet.schemas import SearchMode
-from ragfleet.snapshot.ann import ANN_FILE, AnnIndex, build_ann
+from ragfleet.snapshot.ann import ANN_FILE, MIN_SHARE, AnnIndex, build_ann
 from ragfleet.snapshot.text import bm25_scores, build_postings
 from ragfleet.stores.base import ChunkRecord, SearchHit
 from ragfleet.stores.fusion import fuse_minmax
@@ -224,8 +224,8 @@ class Snapshot:
         qn = float(np.linalg.norm(q)) or 1.0
         if self.ann is not None and not exact:
             got = self.ann.dense(self.vectors, self.safe_norms, q, n, mask)
-            if got is None and mask is not None:  # a small tenant: scan its rows only
-                rows = np.flatnonzero(mask)
+            rows = np.flatnonzero(mask) if got is None and mask is not None else None
+            if rows is not None and len(rows) <= MIN_SHARE * self.rows:  # a small tenant: its rows only
                 got = rows, (self.vectors[rows] @ q) / self.safe_norms[rows]
             if got is not None:
                 rows, sub = got
