@@ -94,7 +94,6 @@ class Resources:
         if not self.settings.search_snapshot or self.settings.store != "lancedb":
             return None
         from ragfleet.snapshot import SnapshotManager
-        from ragfleet.stores.lancedb_store import ANN_MIN_ROWS
 
         return SnapshotManager(
             self.settings.data_dir / "snapshots",
@@ -102,7 +101,8 @@ class Resources:
             read_pointer=self.index_state.read,
             dim=self.embedding_dim,
             delay_s=self.settings.search_snapshot_delay_s,
-            max_rows=ANN_MIN_ROWS,
+            ann_min_rows=self.settings.snapshot_ann_min_rows,
+            ann_candidates=self.settings.snapshot_ann_candidates,
         )
 
     def snapshot_for(self, index_version: int) -> Snapshot | None:

@@ -225,13 +225,23 @@ class Settings(BaseSettings):
     hybrid_candidates: int = 50
     """Candidates each leg of a hybrid search returns before fusion."""
     search_snapshot: bool = True
-    """Answer searches from a read-only, memory-mapped snapshot of the live collection (exact cosine +
-    in-memory BM25, ~20x less work than the store's search) when it was built at exactly the index
-    pointer the query read; otherwise the store answers and a rebuild is scheduled (ragfleet/snapshot/).
-    LanceDB store only; queries with metadata filters always go to the store."""
+    """Answer searches from a read-only, memory-mapped snapshot of the live collection (exact cosine,
+    or an HNSW graph from `snapshot_ann_min_rows` chunks, + in-memory BM25, ~20x less work than the
+    store's search) when it was built at exactly the index pointer the query read; otherwise the store
+    answers and a rebuild is scheduled (ragfleet/snapshot/). LanceDB store only; queries with metadata
+    filters always go to the store."""
     search_snapshot_delay_s: float = Field(default=2.0, ge=0.0)
     """A snapshot is rebuilt once the index version has stood still this long (during an ingest the
     store answers)."""
+    snapshot_ann_min_rows: int = Field(default=100_000, ge=1)
+    """From this many chunks on, a snapshot's dense leg searches an HNSW graph (usearch, int8, saved
+    with the snapshot and memory-mapped by every retrieval process) instead of scanning every vector:
+    an exact scan costs ~100 ms at 1M chunks. Its build takes minutes at 1M (the store answers
+    meanwhile); bench/bench_scale_snapshot.py measures latency and recall@10."""
+    snapshot_ann_candidates: int = Field(default=400, ge=1)
+    """Candidates the snapshot's HNSW graph returns for the dense leg (at least the leg's own count),
+    re-scored exactly on the float32 vectors: more raises recall@10 at some latency (200k synthetic
+    chunks: 100 -> 0.94 at P50 1.7 ms, 400 -> 0.996 at 3.7 ms; 1M at 100: 0.885)."""
     # ANN (LanceDB IVF-PQ, built past 100k chunks): partitions probed per query, and how many times
     # top_k candidates are re-ranked on exact vectors (0 = off). bench/bench_scale.py --sweep shows
     # the latency/recall trade-off they set.

@@ -14,6 +14,8 @@ so two processes share one copy of the pages):
 - chunk_index/start/end int32 and the string columns (chunk_id, doc_id, text, title, metadata) as
   one UTF-8 byte blob plus int64 offsets each: only the final top-k rows are ever decoded;
 - the BM25 postings (ragfleet/snapshot/text.py) and vocab.json;
+- from `ann_min_rows` rows on, ann.usearch: an HNSW graph over the vectors (ragfleet/snapshot/ann.py),
+  also mapped, whose candidates are re-scored exactly (an exact scan is O(rows): ~100 ms at 1M);
 - meta.json, written last: a directory without it is never opened. A builder writes into a
   temporary directory and renames it into place, so a crash leaves no half snapshot under a label.
 """
@@ -23,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +35,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ragfleet.schemas import SearchMode
+from ragfleet.snapshot.ann import ANN_FILE, MIN_SHARE, AnnIndex, build_ann
 from ragfleet.snapshot.text import bm25_scores, build_postings
 from ragfleet.stores.base import ChunkRecord, SearchHit
 from ragfleet.stores.fusion import fuse_minmax
@@ -54,9 +58,21 @@ class Label:
         return f"v{self.version}-g{self.generation}"
 
 
-def write_snapshot(root: Path, label: Label, batches: Iterable[list[ChunkRecord]], dim: int) -> Path:
+def write_snapshot(
+    root: Path,
+    label: Label,
+    batches: Iterable[list[ChunkRecord]],
+    dim: int,
+    *,
+    ann_min_rows: int | None = None,
+    ann_threads: int = 0,
+) -> Path:
     """Write the rows of `batches` as the snapshot `label` under `root`; returns its directory.
-    Atomic: the files go to a temporary sibling, renamed into place once complete."""
+    Atomic: the files go to a temporary sibling, renamed into place once complete. With at least
+    `ann_min_rows` rows an ANN graph is built too (`ann_threads` 0: every core). meta.json records
+    each part's build seconds."""
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
     final = root / label.collection / label.dirname
     tmp = root / label.collection / f".tmp-{label.dirname}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -85,6 +101,9 @@ def write_snapshot(root: Path, label: Label, batches: Iterable[list[ChunkRecord]
             title_null.append(r.title is None)
             texts.append(r.text)
     vecs = np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32)
+    del vectors
+    timings["read"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
     np.save(tmp / "vectors.npy", vecs)
     np.save(tmp / "norms.npy", np.linalg.norm(vecs, axis=1).astype(np.float32))
     np.save(tmp / "tenant_codes.npy", np.asarray(codes, dtype=np.int32))
@@ -97,13 +116,22 @@ def write_snapshot(root: Path, label: Label, batches: Iterable[list[ChunkRecord]
         np.save(tmp / f"{col}.off.npy", offsets)
         np.save(tmp / f"{col}.bin.npy", np.frombuffer(b"".join(strings[col]), dtype=np.uint8))
     np.save(tmp / "title_null.npy", np.asarray(title_null, dtype=np.bool_))
+    timings["columns"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
     words, ptr, docs, weights, idf = build_postings(texts)
+    del texts
     np.save(tmp / "post_ptr.npy", ptr)
     np.save(tmp / "post_doc.npy", docs)
     np.save(tmp / "post_w.npy", weights)
     np.save(tmp / "idf.npy", idf)
     (tmp / "vocab.json").write_text(json.dumps(words), encoding="utf-8")
     (tmp / "tenants.json").write_text(json.dumps(sorted(tenants, key=tenants.__getitem__)), encoding="utf-8")
+    timings["bm25"] = time.perf_counter() - t0
+    ann = ann_min_rows is not None and len(codes) >= ann_min_rows
+    if ann:
+        t0 = time.perf_counter()
+        build_ann(vecs, tmp / ANN_FILE, threads=ann_threads)
+        timings["ann"] = time.perf_counter() - t0
     info = {
         "format": FORMAT,
         "collection": label.collection,
@@ -111,6 +139,8 @@ def write_snapshot(root: Path, label: Label, batches: Iterable[list[ChunkRecord]
         "generation": label.generation,
         "rows": len(codes),
         "dim": dim,
+        "ann": ann,
+        "build_s": {k: round(v, 2) for k, v in timings.items()},
     }
     (tmp / "meta.json").write_text(json.dumps(info), encoding="utf-8")
     _fsync_dir(tmp)
@@ -130,13 +160,14 @@ def _fsync_dir(path: Path) -> None:
 class Snapshot:
     """One snapshot directory, memory-mapped read-only."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, ann_candidates: int = 400) -> None:
         meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
         if meta.get("format") != FORMAT:
             raise ValueError(f"snapshot {path}: format {meta.get('format')!r}, expected {FORMAT}")
         self.path = path
         self.label = Label(str(meta["collection"]), int(meta["version"]), int(meta["generation"]))
         self.rows = int(meta["rows"])
+        self.meta: dict[str, Any] = meta
 
         def load(name: str) -> Any:
             return np.load(path / f"{name}.npy", mmap_mode="r")
@@ -154,6 +185,7 @@ class Snapshot:
         self.tenants = {
             t: i for i, t in enumerate(json.loads((path / "tenants.json").read_text(encoding="utf-8")))
         }
+        self.ann = AnnIndex(path / ANN_FILE, candidates=ann_candidates) if meta.get("ann") else None
 
     def _string(self, col: str, row: int) -> str:
         off, blob = self.strings[col]
@@ -183,10 +215,22 @@ class Snapshot:
         mask: npt.NDArray[np.bool_] = np.asarray(self.codes) == code
         return mask
 
-    def dense(self, vector: list[float], n: int, mask: npt.NDArray[np.bool_] | None) -> dict[int, float]:
-        """Exact cosine top-n, best first: row -> score (1 - cosine distance, as LanceDB)."""
+    def dense(
+        self, vector: list[float], n: int, mask: npt.NDArray[np.bool_] | None, *, exact: bool = False
+    ) -> dict[int, float]:
+        """Cosine top-n, best first: row -> score (1 - cosine distance, as LanceDB). With an ANN
+        graph (and not `exact`) over its candidates only; every score is the exact one."""
         q = np.asarray(vector, dtype=np.float32)
         qn = float(np.linalg.norm(q)) or 1.0
+        if self.ann is not None and not exact:
+            got = self.ann.dense(self.vectors, self.safe_norms, q, n, mask)
+            rows = np.flatnonzero(mask) if got is None and mask is not None else None
+            if rows is not None and len(rows) <= MIN_SHARE * self.rows:  # a small tenant: its rows only
+                got = rows, (self.vectors[rows] @ q) / self.safe_norms[rows]
+            if got is not None:
+                rows, sub = got
+                sub /= qn
+                return {int(rows[i]): s for i, s in _top(sub, n).items()}
         scores = self.vectors @ q  # a fresh array: normalised in place
         scores /= self.safe_norms
         scores /= qn

@@ -15,11 +15,12 @@ host builds while the others find the finished directory and map it. Old snapsho
 and crashed builders' temporary directories are removed by the next builder. Processes that
 still map an old directory keep their pages (Linux unlinks lazily).
 
-Above `max_rows` chunks (LanceDB's ANN threshold, 100k) no snapshot is built: the store's IVF-PQ
-index beats an exact scan there, and the snapshot has no ANN index yet. Only the LanceDB store is
-mirrored: the snapshot's BM25 reproduces LanceDB's native FTS
-(ragfleet/snapshot/text.py); PostgreSQL's and Weaviate's full-text ranking differ, so those
-stores always answer themselves. Queries with metadata filters also go to the store.
+From `ann_min_rows` chunks on (`snapshot_ann_min_rows`, by default LanceDB's own ANN threshold,
+100k) the snapshot carries an HNSW graph for its dense leg (ragfleet/snapshot/ann.py): an exact scan
+there is slower than the store's IVF-PQ. At 1M chunks the build takes minutes; the store answers
+meanwhile, as during any rebuild. Only the LanceDB store is mirrored: the snapshot's BM25
+reproduces LanceDB's native FTS (ragfleet/snapshot/text.py); PostgreSQL's and Weaviate's full-text
+ranking differ, so those stores always answer themselves. Queries with metadata filters also go to the store.
 """
 
 from __future__ import annotations
@@ -54,15 +55,16 @@ class SnapshotManager:
         read_pointer: Callable[[], IndexPointer],
         dim: int,
         delay_s: float = 2.0,
-        max_rows: int = 100_000,
+        ann_min_rows: int = 100_000,
+        ann_candidates: int = 400,
     ) -> None:
         self.root = Path(root)
         self._open_store = open_store
         self._read_pointer = read_pointer
         self.dim = dim
         self.delay_s = delay_s
-        self.max_rows = max_rows
-        self._too_large: Label | None = None  # the last label found over max_rows: not built
+        self.ann_min_rows = ann_min_rows
+        self.ann_candidates = ann_candidates
         self._current: Snapshot | None = None
         self._lock = threading.Lock()
         self._wanted = threading.Event()
@@ -76,7 +78,7 @@ class SnapshotManager:
         if cur is not None and cur.label == label:
             return cur
         snap = self._open(label)
-        if snap is None and label != self._too_large:
+        if snap is None:
             self.request()
         return snap
 
@@ -85,7 +87,7 @@ class SnapshotManager:
         if not (path / "meta.json").exists():
             return None
         try:
-            snap = Snapshot(path)
+            snap = Snapshot(path, ann_candidates=self.ann_candidates)
         except (OSError, ValueError) as exc:  # removed under us by a newer build, or corrupt
             log.warning("snapshot %s unusable: %s", path, exc)
             return None
@@ -141,13 +143,11 @@ class SnapshotManager:
                 if pointer.wal_lsn and isinstance(store, WalPositioned):
                     store.read_after(pointer.wal_lsn)
                 store.refresh()
-                if store.count() > self.max_rows:
-                    self._too_large = label
-                    log.info("no snapshot of %s: over %d chunks, the store answers", label, self.max_rows)
-                    return None
                 self._sweep(keep=None)  # crashed builders' leftovers (we hold the lock)
                 t0 = time.perf_counter()
-                final = write_snapshot(self.root, label, store.iter_chunks(), self.dim)
+                final = write_snapshot(
+                    self.root, label, store.iter_chunks(), self.dim, ann_min_rows=self.ann_min_rows
+                )
                 self.builds += 1
                 log.info("snapshot %s built in %.2f s", final, time.perf_counter() - t0)
             finally:
