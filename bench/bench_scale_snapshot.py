@@ -190,7 +190,7 @@ def main() -> None:
         corpus = Corpus(args.rows, args.words)
         t0 = time.perf_counter()
         path = write_snapshot(
-            root, Label("chunks", 1, 0), corpus.records(), DIM, ann_min_rows=args.ann_min_rows
+            root, Label("chunks", 1, 0, "bench"), corpus.records(), DIM, ann_min_rows=args.ann_min_rows
         )
         res["build_total_s"] = round(time.perf_counter() - t0, 1)
         snap = Snapshot(path, ann_candidates=args.candidates)

@@ -228,7 +228,7 @@ def main() -> None:
         qvecs = embed_cached(texts, settings, "queries")
     with tempfile.TemporaryDirectory(prefix="snap-") as tmp:
         path, build_ms = timed(
-            lambda: write_snapshot(Path(tmp), Label("chunks", 0, 0), store.iter_chunks(), 384)
+            lambda: write_snapshot(Path(tmp), Label("chunks", 0, 0, "bench"), store.iter_chunks(), 384)
         )
         size = sum(f.stat().st_size for f in path.iterdir())
         snap, open_ms = timed(lambda: Snapshot(path))

@@ -17,6 +17,7 @@ reindexed collection live, so an index never holds two chunkers' shapes.
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,10 @@ class IndexPointer:
     previous: str | None
     generation: int = 0  # how the store is laid out (compaction): readers reopen when it moves
     wal_lsn: int = 0  # the primary's WAL position covering this version's writes; 0: none known
+    # a random token made once per pointer (`IndexState.ensure_epoch`): versions restart when the pointer's
+    # keys are lost (a Redis without persistence, another key prefix over the same data dir), so what is
+    # derived from the index on disk (the search snapshots) is labelled with it as well as the version
+    epoch: str = ""
 
 
 # Raise the WAL position to at least ARGV[1] (never lower it: two writers may bump in either order)
@@ -55,23 +60,31 @@ class IndexState:
         self._previous = settings.key("index", "previous")
         self._generation = settings.key("index", "generation")
         self._wal_lsn = settings.key("index", "wal_lsn")
+        self._epoch = settings.key("index", "epoch")
 
     def read(self) -> IndexPointer:
         return self.parse(self._r.mget(*self.keys()))
 
-    def keys(self) -> tuple[str, str, str, str, str]:
+    def keys(self) -> tuple[str, str, str, str, str, str]:
         """What to MGET, in order, for `parse`: a stage reads the pointer in its first round trip."""
-        return self.version_key, self._active, self._previous, self._generation, self._wal_lsn
+        return self.version_key, self._active, self._previous, self._generation, self._wal_lsn, self._epoch
 
     def parse(self, values: list[Any]) -> IndexPointer:
-        version, active, previous, generation, wal_lsn = values
+        version, active, previous, generation, wal_lsn, epoch = values
         return IndexPointer(
             version=int(version or 0),
             active=str(active) if active else self._s.collection,
             previous=str(previous) if previous else None,
             generation=int(generation or 0),
             wal_lsn=int(wal_lsn or 0),
+            epoch=epoch.decode() if isinstance(epoch, bytes) else str(epoch or ""),
         )
+
+    def ensure_epoch(self) -> str:
+        """The pointer's epoch, made now if it has none (SET NX: concurrent callers agree on one)."""
+        self._r.set(self._epoch, uuid.uuid4().hex[:12], nx=True)
+        value = self._r.get(self._epoch)
+        return value.decode() if isinstance(value, bytes) else str(value or "")
 
     def bump_generation(self) -> int:
         """After a compaction: the same content, new files. Readers reopen their handle; the

@@ -98,12 +98,17 @@ class Resources:
         return SnapshotManager(
             self.settings.data_dir / "snapshots",
             open_store=lambda c: build_store(self.settings, collection=c, dim=self.embedding_dim),
-            read_pointer=self.index_state.read,
+            read_pointer=self._pointer_with_epoch,
             dim=self.embedding_dim,
             delay_s=self.settings.search_snapshot_delay_s,
             ann_min_rows=self.settings.snapshot_ann_min_rows,
             ann_candidates=self.settings.snapshot_ann_candidates,
         )
+
+    def _pointer_with_epoch(self) -> IndexPointer:
+        """The pointer, its epoch made first if missing (what a snapshot is labelled with)."""
+        self.index_state.ensure_epoch()
+        return self.index_state.read()
 
     def snapshot_for(self, index_version: int) -> Snapshot | None:
         """The snapshot built at exactly the pointer of this process's last `live_store`, when that

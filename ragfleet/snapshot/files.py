@@ -52,10 +52,11 @@ class Label:
     collection: str
     version: int
     generation: int
+    epoch: str  # the pointer's (IndexPointer.epoch): versions alone repeat after its keys are lost
 
     @property
     def dirname(self) -> str:
-        return f"v{self.version}-g{self.generation}"
+        return f"{self.epoch}-v{self.version}-g{self.generation}"
 
 
 def write_snapshot(
@@ -137,6 +138,7 @@ def write_snapshot(
         "collection": label.collection,
         "version": label.version,
         "generation": label.generation,
+        "epoch": label.epoch,
         "rows": len(codes),
         "dim": dim,
         "ann": ann,
@@ -165,7 +167,9 @@ class Snapshot:
         if meta.get("format") != FORMAT:
             raise ValueError(f"snapshot {path}: format {meta.get('format')!r}, expected {FORMAT}")
         self.path = path
-        self.label = Label(str(meta["collection"]), int(meta["version"]), int(meta["generation"]))
+        self.label = Label(
+            str(meta["collection"]), int(meta["version"]), int(meta["generation"]), str(meta.get("epoch", ""))
+        )
         self.rows = int(meta["rows"])
         self.meta: dict[str, Any] = meta
 

@@ -41,7 +41,7 @@ log = logging.getLogger("ragfleet.snapshot")
 
 
 def label_of(pointer: IndexPointer) -> Label:
-    return Label(pointer.active, pointer.version, pointer.generation)
+    return Label(pointer.active, pointer.version, pointer.generation, pointer.epoch)
 
 
 class SnapshotManager:
@@ -74,6 +74,9 @@ class SnapshotManager:
     def for_pointer(self, pointer: IndexPointer) -> Snapshot | None:
         """The snapshot labelled exactly `pointer`, if one is built; else None (and one is asked for)."""
         label = label_of(pointer)
+        if not label.epoch:  # a pointer without its epoch yet: the builder makes one (read_pointer)
+            self.request()
+            return None
         cur = self._current
         if cur is not None and cur.label == label:
             return cur
@@ -136,6 +139,8 @@ class SnapshotManager:
     def _build_locked(self) -> Path | None:
         pointer = self._read_pointer()  # before the scan: the snapshot is never older than its label
         label = label_of(pointer)
+        if not label.epoch:
+            raise RuntimeError("the index pointer has no epoch: read_pointer must ensure one")
         final = self.root / label.collection / label.dirname
         if not (final / "meta.json").exists():
             store = self._open_store(label.collection)

@@ -128,7 +128,7 @@ def store(tmp_path: Path) -> LanceDBStore:
 
 
 def test_snapshot_search_equals_store_search(store: LanceDBStore, tmp_path: Path) -> None:
-    path = write_snapshot(tmp_path / "snap", Label("chunks", 1, 0), store.iter_chunks(), 384)
+    path = write_snapshot(tmp_path / "snap", Label("chunks", 1, 0, "e1"), store.iter_chunks(), 384)
     snap = Snapshot(path)
     emb = HashingEmbedder()
     for q in QUERIES:
@@ -166,7 +166,7 @@ def _same_ranking(got: list[tuple[str, float]], want: list[tuple[str, float]]) -
 
 
 def test_tenant_isolation_on_the_snapshot(store: LanceDBStore, tmp_path: Path) -> None:
-    snap = Snapshot(write_snapshot(tmp_path / "snap", Label("chunks", 1, 0), store.iter_chunks(), 384))
+    snap = Snapshot(write_snapshot(tmp_path / "snap", Label("chunks", 1, 0, "e1"), store.iter_chunks(), 384))
     emb = HashingEmbedder()
     for q in QUERIES:
         vec = emb.encode_one(q).tolist()
@@ -214,11 +214,41 @@ def test_an_index_update_is_seen_although_a_snapshot_exists(base_settings: Setti
     assert r.sources[0].doc_id == "new-doc"
 
 
+def test_another_pointer_at_the_same_version_never_reads_this_ones_snapshot(
+    base_settings: Settings, tmp_path: Path
+) -> None:
+    """Versions repeat: a second key prefix over the same data dir (what CI's tests do), or a Redis
+    that lost the pointer's keys, counts from 1 again. A snapshot built under one pointer must not
+    answer the other's equal version: the label carries the pointer's epoch."""
+    first = _resources(base_settings, tmp_path)
+    store, _ = first.live_store()
+    store.replace_documents("default", _docs("default", 20, 3))
+    first.index_state.bump()
+    assert first.snapshots is not None and first.snapshots.build_now() is not None
+
+    second = _resources(base_settings, tmp_path)  # same data dir, a pointer of its own
+    assert second.index_state.read().version == 0
+    emb = HashingEmbedder()
+    new = _record("default", "new-doc", 0, "zebrafish fin regeneration after injury", emb)
+    st2, _ = second.live_store()
+    st2.replace_documents("default", {"new-doc": [new]})
+    second.index_state.bump()
+    assert second.index_state.read().version == first.index_state.read().version  # the same number
+    ask = QueryPayload(question="zebrafish regeneration", use_cache=False)
+    r = querying.retrieve(second, ask)
+    assert second.snapshot_for(r.index_version) is None  # not the first pointer's snapshot
+    assert r.sources[0].doc_id == "new-doc"
+    assert second.snapshots is not None and second.snapshots.build_now() is not None
+    r = querying.retrieve(second, ask)
+    assert second.snapshot_for(r.index_version) is not None and r.sources[0].doc_id == "new-doc"
+
+
 def test_a_build_that_dies_half_way_leaves_no_snapshot(base_settings: Settings, tmp_path: Path) -> None:
     res = _resources(base_settings, tmp_path)
     store, _ = res.live_store()
     store.replace_documents("default", _docs("default", 20, 4))
     res.index_state.bump()
+    res.index_state.ensure_epoch()
     pointer = res.index_state.read()
     root = res.settings.data_dir / "snapshots"
     # a real process killed in the middle of writing the snapshot of this pointer
@@ -231,13 +261,22 @@ def test_a_build_that_dies_half_way_leaves_no_snapshot(base_settings: Settings, 
         "def batches():\n"
         "    yield from st.iter_chunks(batch_size=5)\n"
         "    os._exit(9)\n"
-        "write_snapshot(Path(sys.argv[3]), Label(sys.argv[2], int(sys.argv[4]), 0), batches(), 384)\n"
+        "label = Label(sys.argv[2], int(sys.argv[4]), 0, sys.argv[5])\n"
+        "write_snapshot(Path(sys.argv[3]), label, batches(), 384)\n"
     )
-    args = [str(res.settings.data_dir / "lancedb"), pointer.active, str(root), str(pointer.version)]
+    args = [
+        str(res.settings.data_dir / "lancedb"),
+        pointer.active,
+        str(root),
+        str(pointer.version),
+        pointer.epoch,
+    ]
     done = subprocess.run([sys.executable, "-c", script, *args], check=False)
     assert done.returncode == 9
     assert list((root / pointer.active).glob(".tmp-*"))  # its half-written files
-    assert not (root / pointer.active / Label(pointer.active, pointer.version, 0).dirname).exists()
+    assert not (
+        root / pointer.active / Label(pointer.active, pointer.version, 0, pointer.epoch).dirname
+    ).exists()
     r = querying.retrieve(res, QueryPayload(question="tumor immune response", use_cache=False))
     assert r.sources and res.snapshot_for(r.index_version) is None  # the store answered
 
@@ -318,7 +357,12 @@ def test_the_background_builder_catches_up_once_the_version_settles(
     ask = QueryPayload(question="vaccine trial dose", use_cache=False)
     first = querying.retrieve(res, ask)
     assert first.index_version == version and first.sources
-    snap = wait_for(lambda: res.snapshot_for(version), timeout=60, what="a snapshot at the settled version")
+
+    def built() -> object:  # each look is a query: it reads the pointer afresh, as the next query would
+        querying.retrieve(res, ask)
+        return res.snapshot_for(version)
+
+    snap = wait_for(built, timeout=60, what="a snapshot at the settled version")
     assert snap.label.version == version
     again = querying.retrieve(res, ask)
     assert [s.chunk_id for s in again.sources] == [s.chunk_id for s in first.sources]
