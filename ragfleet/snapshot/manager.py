@@ -34,6 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ragfleet.index_state import IndexPointer
+from ragfleet.memory import trim
 from ragfleet.snapshot.files import Label, Snapshot, write_snapshot
 from ragfleet.stores.base import VectorStore, WalPositioned
 
@@ -155,6 +156,7 @@ class SnapshotManager:
                 )
                 self.builds += 1
                 log.info("snapshot %s built in %.2f s", final, time.perf_counter() - t0)
+                trim()  # the build's transient arrays: back to the OS, not kept by this query process
             finally:
                 store.close()
         self._sweep(keep=final)

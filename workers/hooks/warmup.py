@@ -18,6 +18,7 @@ from typing import Any
 
 from celery import Celery, signals
 
+from ragfleet.memory import limit_malloc_arenas
 from ragfleet.names import Queue
 from ragfleet.redis_conn import reset_clients
 from ragfleet.resources import Resources, get_resources, reset_resources
@@ -45,6 +46,8 @@ def _tune_for_bulk(res: Resources) -> None:
 def _warm() -> None:
     res = get_resources()
     _tune_for_bulk(res)
+    if Queue.RETRIEVAL.value in node.current.queues:  # before its search threads start allocating
+        limit_malloc_arenas(res.settings.retrieval_malloc_arena_max)
     res.warm_up(model=bool(node.current.queues & MODEL_QUEUES))
     # tests and `ragfleet up` wait for this marker: the pool can serve without a cold start
     res.redis.set(res.settings.key("warm", node.current.name), "1", ex=3_600)
