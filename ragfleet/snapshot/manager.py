@@ -9,8 +9,9 @@ so a snapshot holds at least every write of its label (a write committed but not
 be in it too, as in a refreshed store handle).
 
 Building never blocks a query: one background thread per process waits until the pointer has
-stood still for `search_snapshot_delay_s` (during a bulk ingest the version moves every second:
-the store answers until it settles), then builds under an exclusive file lock, so one process per
+stood still for `search_snapshot_delay_s`, and for at least twice the last build's time (during a
+bulk ingest the version moves every few seconds: the store answers until it settles), then builds
+under an exclusive file lock, so one process per
 host builds while the others find the finished directory and map it. Old snapshot directories
 and crashed builders' temporary directories are removed by the next builder. Processes that
 still map an old directory keep their pages (Linux unlinks lazily).
@@ -71,6 +72,7 @@ class SnapshotManager:
         self._wanted = threading.Event()
         self._thread: threading.Thread | None = None
         self.builds = 0  # snapshots this process wrote (for tests and benchmarks)
+        self._last_build_s = 0.0
 
     def for_pointer(self, pointer: IndexPointer) -> Snapshot | None:
         """The snapshot labelled exactly `pointer`, if one is built; else None (and one is asked for)."""
@@ -114,7 +116,10 @@ class SnapshotManager:
             self._wanted.clear()
             try:
                 before = self._read_pointer()
-                time.sleep(self.delay_s)
+                # quiet for at least twice what the last build took: during a bulk ingest (a version
+                # every few seconds) a build would be stale before it ends, and it takes CPU the
+                # niced indexing pool needs; the store answers meanwhile
+                time.sleep(max(self.delay_s, 2.0 * self._last_build_s))
                 if self._read_pointer() != before:
                     self._wanted.set()  # still moving: the store answers meanwhile
                     continue
@@ -155,7 +160,8 @@ class SnapshotManager:
                     self.root, label, store.iter_chunks(), self.dim, ann_min_rows=self.ann_min_rows
                 )
                 self.builds += 1
-                log.info("snapshot %s built in %.2f s", final, time.perf_counter() - t0)
+                self._last_build_s = time.perf_counter() - t0
+                log.info("snapshot %s built in %.2f s", final, self._last_build_s)
                 trim()  # the build's transient arrays: back to the OS, not kept by this query process
             finally:
                 store.close()
