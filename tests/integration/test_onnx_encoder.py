@@ -18,7 +18,7 @@ import pytest
 from ragfleet.embedding import Embedder
 from ragfleet.onnx_encoder import EXPORT_REVISION, cache_path, runtime_version, weights_digest
 from ragfleet.settings import Settings
-from ragfleet.tokens import BUNDLED_MODEL, model_dir, token_counter
+from ragfleet.tokens import BUNDLED_INT8_PC, BUNDLED_MODEL, model_dir, token_counter
 from tests.conftest import PYTHON, REPO, heavy_modules_loaded_by, settings_env
 from tests.fleet import Fleet
 from tests.helpers import ask
@@ -79,6 +79,38 @@ def test_onnx_and_torch_encoders_agree(onnx_settings: Settings) -> None:
     assert onnx.encode([]).shape == (0, 384)
 
 
+def test_fp32_graph_is_fused(onnx_settings: Settings) -> None:
+    """The exporter's graph has each layer's attention as one op (ONNX Runtime's BERT fusion): a
+    regression to the bare trace would still pass the cosine check, not this one."""
+    import onnx
+
+    emb = Embedder(onnx_settings)
+    emb.warm_up()
+    assert emb.onnx_file is not None
+    ops = [n.op_type for n in onnx.load(str(emb.onnx_file), load_external_data=False).graph.node]
+    layers = json.loads((model_dir(BUNDLED_MODEL) / "config.json").read_text())["num_hidden_layers"]
+    assert ops.count("Attention") == layers
+    assert ops.count("SkipLayerNormalization") == 2 * layers
+
+
+def test_int8pc_encoder_stays_near_fp32(onnx_settings: Settings) -> None:
+    """The per-channel int8 model id: its own cached file, vectors within cosine ~0.99 of fp32's on
+    real sentences (the per-matrix int8 drifts to ~0.93), and refused on torch (it exists only as ONNX)."""
+    fp32 = Embedder(onnx_settings)
+    int8_settings = onnx_settings.model_copy(update={"embedding_model": BUNDLED_INT8_PC})
+    int8 = Embedder(int8_settings)
+    text = [s for s in SENTENCES if s.strip()]
+    a, b = fp32.encode(text), int8.encode(text)
+    cos = (a * b).sum(axis=1)
+    assert cos.mean() >= 0.98 and cos.min() >= 0.95, dict(zip(text, cos.round(4).tolist(), strict=True))
+    assert fp32.onnx_file is not None and int8.onnx_file is not None
+    assert int8.onnx_file != fp32.onnx_file and "-int8pc-" in int8.onnx_file.name
+    assert int8.onnx_file.stat().st_size < fp32.onnx_file.stat().st_size / 3  # int8 weights
+    torch_int8 = int8_settings.model_copy(update={"embedding_runtime": "torch"})
+    with pytest.raises(ValueError, match="embedding_runtime=onnx"):
+        Embedder(torch_int8)
+
+
 def test_onnx_encoder_imports_no_torch(base_settings: Settings) -> None:
     """The import-level check, fast; the live node's maps below are the real one."""
     script = (
@@ -123,6 +155,7 @@ def test_export_is_cached_by_weights_and_runtime(onnx_settings: Settings, tmp_pa
     assert cache_path(root, digest, "0.0.1", "fp32") != path
     assert cache_path(root, "0" * 64, runtime_version(), "fp32") != path
     assert cache_path(root, digest, runtime_version(), "int8") != path
+    assert cache_path(root, digest, runtime_version(), "int8pc") != path
     assert path.name.endswith(f"-x{EXPORT_REVISION}.onnx")  # a new exporter is a new file
 
 
