@@ -29,6 +29,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.bench_baseline import free_port
 from bench.bench_latency import HttpCaller, ask
 from bench.run_fleet import BenchFleet
 
@@ -87,7 +88,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=Path("/work/shared/data/scifact"))
     ap.add_argument("--docs", type=int, default=1000, help="new documents to ingest")
     ap.add_argument("--idle-questions", type=int, default=150, help="questions in each idle phase")
-    ap.add_argument("--port", type=int, default=8791)
+    ap.add_argument("--port", type=int, help="the API's port (default: a free one)")
     args = ap.parse_args()
 
     fleet = BenchFleet.load(args.state)
@@ -96,7 +97,8 @@ def main() -> None:
     from ragfleet.client import FleetClient
     from ragfleet.evaluation import load_dataset, percentile
 
-    url = fleet.start_api(args.port, env={"RAGFLEET_RATE_LIMIT": "1000000/minute"})
+    # a port of its own each run: an API left by an earlier run on a fixed port would answer instead
+    url = fleet.start_api(args.port or free_port(), env={"RAGFLEET_RATE_LIMIT": "1000000/minute"})
     nonce = uuid.uuid4().hex[:6]
     base = list(load_dataset(args.data).queries.values())
     questions = [f"{base[i % len(base)]} [{nonce}-{i}]" for i in range(100_000)]
