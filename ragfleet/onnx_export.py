@@ -102,6 +102,18 @@ def _fuse(src: Path, out: Path, model_dir: Path) -> None:
     model.save_model_to_file(str(out))
 
 
+def _quantize(src: Path, out: Path, *, per_channel: bool) -> None:
+    """Dynamic int8 quantisation of the weights: one scale per output channel, or per matrix."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    # the fused graph's ops are in Microsoft's domain, where shape inference gives no types
+    extra = {"DefaultTensorType": onnx.TensorProto.FLOAT} if per_channel else {}
+    quantize_dynamic(
+        str(src), str(out), weight_type=QuantType.QInt8, per_channel=per_channel, extra_options=extra
+    )
+
+
 def _check_pooling(model_dir: Path) -> None:
     config = model_dir / "1_Pooling" / "config.json"
     if config.is_file() and not json.loads(config.read_text()).get("pooling_mode_mean_tokens"):
@@ -132,24 +144,13 @@ def export(model_dir: Path, out: Path, variant: Variant) -> float:
     traced, fused = tmp.with_name(tmp.name + ".traced"), tmp.with_name(tmp.name + ".fused")
     try:
         _export_fp32(model_dir, traced)
-        if variant == "int8":
-            from onnxruntime.quantization import QuantType, quantize_dynamic
-
-            quantize_dynamic(str(traced), str(tmp), weight_type=QuantType.QInt8)
+        if variant == "fp32":
+            _fuse(traced, tmp, model_dir)
+        elif variant == "int8":
+            _quantize(traced, tmp, per_channel=False)
         else:
-            _fuse(traced, fused if variant == "int8pc" else tmp, model_dir)
-        if variant == "int8pc":
-            import onnx
-            from onnxruntime.quantization import QuantType, quantize_dynamic
-
-            quantize_dynamic(
-                str(fused),
-                str(tmp),
-                weight_type=QuantType.QInt8,
-                per_channel=True,
-                # the fused ops are in Microsoft's domain, where shape inference gives no types
-                extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-            )
+            _fuse(traced, fused, model_dir)
+            _quantize(fused, tmp, per_channel=True)
         worst = check(tmp, model_dir, variant)
         if worst < MIN_COSINE[variant]:
             raise SystemExit(
