@@ -1,7 +1,9 @@
 """Graceful drain: after SIGTERM a node takes nothing new, lets what it holds finish for
 `Settings.drain_grace_s`, then hands back to its queue whatever still runs and exits.
 
-SIGTERM is Celery's warm shutdown: the consumer stops taking messages at once and the worker waits
+SIGTERM is Celery's warm shutdown: the consumer stops taking messages at its event loop's next turn
+(the signal handler only sets a flag; a message that the Redis transport's blocking pop, already in
+flight, returns in that turn still runs, within the grace like anything held) and the worker waits
 for its running tasks, with no bound. An indexing batch may run for 15 minutes, longer than any
 orchestrator waits (Kubernetes then SIGKILLs the pod, and the batch waits for the node-gone sweep
 or the visibility timeout). So the `worker_shutting_down` signal (sent in the main process by

@@ -45,6 +45,10 @@ pytestmark = [pytest.mark.chaos, pytest.mark.redis, pytest.mark.workers, pytest.
 
 GRACE_S = 3.0
 QUERY_DELAY_S = "0.2"  # each query holds its retrieval node a while: some are in flight at SIGTERM
+# per chunk embedded: the batch's 206 chunks take 8 s more than the encoder needs, on any machine. The
+# real encoder alone got fast enough (ONNX) to finish the batch within the grace now and then, and
+# the node then exited without a hand-back
+EMBED_DELAY_S = "0.04"
 POOLS = ("retrieval", "generation", "indexing", "feedback", "maintenance")
 
 
@@ -103,10 +107,10 @@ def test_a_rolling_restart_of_every_pool_under_load_ends_every_job_done_once(
     )
     seed_documents(s, CORPUS)
     fleet: ChaosFleet = chaos_fleet_factory(s)
-    env = {"RAGFLEET_CHAOS_DELAY_S": QUERY_DELAY_S}
+    env = {"RAGFLEET_CHAOS_DELAY_S": QUERY_DELAY_S, "RAGFLEET_CHAOS_EMBED_DELAY_S": EMBED_DELAY_S}
     old = dict(zip(POOLS, fleet.start(*POOLS, extra_env=env), strict=True))
     jobs = jobs_for(s)
-    docs = batch_of_documents(200)  # tens of seconds of embedding: far longer than the grace
+    docs = batch_of_documents(200)  # with EMBED_DELAY_S, far longer than the grace
     exits: dict[str, float] = {}
 
     with Load(s) as load:
@@ -127,7 +131,11 @@ def test_a_rolling_restart_of_every_pool_under_load_ends_every_job_done_once(
             signalled_at = _sigterm(old[pool])
             stopped_at = time.time()
             exits[pool] = _exited_after(old[pool], signalled_at, GRACE_S + 20)
-            if pool == "retrieval":  # took nothing new after SIGTERM (a 0.3 s margin for the signal)
+            if pool == "retrieval":
+                # took nothing new after SIGTERM but what its blocking pop already in flight brings:
+                # Celery's handler only sets a flag, which its event loop reads once per turn, and the
+                # solo node's poll resumes after the signal, so the one message that pop returns (kombu
+                # reads one per turn) still runs, within the grace, like anything the node held
                 late = [
                     j
                     for j in load.queries
@@ -136,7 +144,7 @@ def test_a_rolling_restart_of_every_pool_under_load_ends_every_job_done_once(
                     and rec.stages["retrieval"].worker == old[pool].node
                     and rec.stages["retrieval"].started_at > stopped_at + 0.3
                 ]
-                assert not late, late
+                assert len(late) <= 1, late
             time.sleep(1.0)  # load keeps flowing between two pools
 
     everything = [*load.queries, *(j for j, _ in load.updates), batch]

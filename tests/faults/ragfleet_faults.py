@@ -12,6 +12,10 @@
 Each fires where the query task used to call its in-task fault hook: in the retrieval stage, after
 the cache and coalescing checks, just before the search (`ragfleet.querying.search` is wrapped
 when that module is first imported).
+
+- `RAGFLEET_CHAOS_EMBED_DELAY_S`: indexing sleeps this long per chunk it is about to embed (before
+  `ragfleet.indexing._fill_vectors`), as a slower encoder would: a batch that must still run when
+  its node is stopped stays long however fast the real encoder gets.
 """
 
 from __future__ import annotations
@@ -27,8 +31,6 @@ from collections.abc import Callable, Sequence
 from functools import wraps
 from types import ModuleType
 from typing import Any
-
-TARGET = "ragfleet.querying"
 
 
 class ChaosError(Exception):
@@ -51,7 +53,7 @@ def inject_fault(question: str) -> None:
         time.sleep(delay)
 
 
-def _wrap(module: ModuleType) -> None:
+def _wrap_querying(module: ModuleType) -> None:
     search: Callable[..., Any] = module.search
 
     @wraps(search)
@@ -62,14 +64,36 @@ def _wrap(module: ModuleType) -> None:
     module.search = search_with_faults
 
 
+def _wrap_indexing(module: ModuleType) -> None:
+    fill: Callable[..., Any] = module._fill_vectors
+    per_chunk = float(os.environ.get("RAGFLEET_CHAOS_EMBED_DELAY_S") or 0)
+
+    @wraps(fill)
+    def slow_fill(res: Any, pending: dict[str, list[Any]], *args: Any, **kwargs: Any) -> Any:
+        time.sleep(per_chunk * sum(len(rows) for rows in pending.values()))
+        return fill(res, pending, *args, **kwargs)
+
+    module._fill_vectors = slow_fill
+
+
+TARGETS: dict[str, Callable[[ModuleType], None]] = {
+    "ragfleet.querying": _wrap_querying,
+    "ragfleet.indexing": _wrap_indexing,
+}
+
+
 class _Finder(importlib.abc.MetaPathFinder):
-    """Finds nothing itself: wraps the real loader of `ragfleet.querying` so that `_wrap` runs once
+    """Finds nothing itself: wraps the real loader of its target module so that `wrap` runs once
     the module has executed."""
+
+    def __init__(self, target: str, wrap: Callable[[ModuleType], None]) -> None:
+        self.target = target
+        self.wrap = wrap
 
     def find_spec(
         self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
     ) -> importlib.machinery.ModuleSpec | None:
-        if fullname != TARGET:
+        if fullname != self.target:
             return None
         sys.meta_path.remove(self)
         spec = importlib.util.find_spec(fullname)
@@ -80,14 +104,15 @@ class _Finder(importlib.abc.MetaPathFinder):
 
         def exec_and_wrap(module: ModuleType) -> None:
             exec_module(module)
-            _wrap(module)
+            self.wrap(module)
 
         loader.exec_module = exec_and_wrap  # type: ignore[method-assign]
         return spec
 
 
 def install() -> None:
-    if TARGET in sys.modules:
-        _wrap(sys.modules[TARGET])
-    else:
-        sys.meta_path.insert(0, _Finder())
+    for name, wrap in TARGETS.items():
+        if name in sys.modules:
+            wrap(sys.modules[name])
+        else:
+            sys.meta_path.insert(0, _Finder(name, wrap))

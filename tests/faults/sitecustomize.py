@@ -9,7 +9,9 @@ import os
 
 _MARKERS = ("RAGFLEET_CHAOS_KILL_MARKER", "RAGFLEET_CHAOS_ERROR_MARKER", "RAGFLEET_CHAOS_HANG_MARKER")
 
-if any(os.environ.get(name) for name in _MARKERS) or float(os.environ.get("RAGFLEET_CHAOS_DELAY_S") or 0) > 0:
+_DELAYS = ("RAGFLEET_CHAOS_DELAY_S", "RAGFLEET_CHAOS_EMBED_DELAY_S")
+
+if any(os.environ.get(name) for name in _MARKERS) or any(float(os.environ.get(d) or 0) > 0 for d in _DELAYS):
     import ragfleet_faults
 
     ragfleet_faults.install()
