@@ -262,8 +262,9 @@ def pool_of_node(node: str) -> str:
 @index_app.command("status")
 @fleet_side("index status")
 def index_status() -> None:
-    """Active collection, previous one, version, chunk counts, and the live index's chunker beside the
-    configured one (when they differ, writes keep the live one until `ragfleet index rebuild`)."""
+    """Active collection, previous one, version, chunk counts, and the live index's chunker and
+    embedding model beside the configured ones (when they differ, writes and questions keep the live
+    ones until `ragfleet index rebuild`)."""
     from ragfleet.chunkers import ChunkerSpec
     from ragfleet.resources import get_resources
 
@@ -275,7 +276,12 @@ def index_status() -> None:
     configured = ChunkerSpec.configured(res.settings)
     out["chunker"] = live.label if live else None  # None: recorded on the next write
     out["configured_chunker"] = configured.label
-    out["reindex_pending"] = live is not None and live != configured
+    model = res.model_of(ptr)  # recorded now if it was not (an index written before models were)
+    out["model"] = model
+    out["configured_model"] = res.settings.embedding_model
+    out["reindex_pending"] = (
+        live is not None and live != configured
+    ) or model != res.settings.embedding_model
     console.print_json(json.dumps(out))
 
 

@@ -48,12 +48,12 @@ class Embedder:
     """Lazy wrapper: construction is cheap, `warm_up()` loads the model (idempotent). `threads`: the
     encoder's intra-op threads (default: `torch_threads` for torch, `onnx_threads` for ONNX)."""
 
-    def __init__(self, settings: Settings, *, threads: int | None = None) -> None:
+    def __init__(self, settings: Settings, *, threads: int | None = None, model: str | None = None) -> None:
         self._settings = settings
         self._model: Any = None
         self._onnx: Any = None
         self._lock = threading.Lock()
-        self.model_id = settings.embedding_model
+        self.model_id = model or settings.embedding_model  # another than the configured: a pinned index
         self.runtime = settings.embedding_runtime
         if onnx_variant(self.model_id) != "fp32" and self.runtime != "onnx":
             raise ValueError(f"embedding model {self.model_id!r} runs only with embedding_runtime=onnx")

@@ -10,9 +10,11 @@ so that a reader that sees version v knows how far a replica must have replayed 
 (ragfleet/stores/postgres_store.py). LanceDB has none: the position stays 0.
 
 A reindex builds a new collection (`<base>_v<n>`) and switches `active` atomically (MULTI), keeping
-the previous one for rollback. Each collection's chunker is recorded beside the pointer
-(`<prefix>:index:chunker:<collection>`, ragfleet/chunkers.py), set by the same MULTI that makes a
-reindexed collection live, so an index never holds two chunkers' shapes.
+the previous one for rollback. Each collection's chunker and embedding model are recorded beside the
+pointer (`<prefix>:index:chunker:<collection>`, ragfleet/chunkers.py; `<prefix>:index:model:<collection>`,
+ragfleet/index_model.py), set by the same MULTI that makes a reindexed collection live, so an index
+never holds two chunkers' shapes or two models' vectors, and questions are embedded by the model that
+embedded the index they search.
 """
 
 from __future__ import annotations
@@ -117,14 +119,36 @@ class IndexState:
     def _chunker_key(self, collection: str) -> str:
         return self._s.key("index", "chunker", collection)
 
+    def model_of(self, collection: str) -> str | None:
+        """The embedding model `collection`'s vectors were made by; None: not recorded
+        (ragfleet/index_model.py)."""
+        raw = self._r.get(self._model_key(collection))
+        return None if raw is None else (raw.decode() if isinstance(raw, bytes) else str(raw))
+
+    def record_model(self, collection: str, model: str) -> str:
+        """Record `model` unless one is recorded already (another process was first); returns the
+        recorded one."""
+        key = self._model_key(collection)
+        self._r.set(key, model, nx=True)
+        return self.model_of(collection) or model
+
+    def _model_key(self, collection: str) -> str:
+        return self._s.key("index", "model", collection)
+
     def switch(
-        self, new_active: str, wal_lsn: int | None = None, chunker: ChunkerSpec | None = None
+        self,
+        new_active: str,
+        wal_lsn: int | None = None,
+        chunker: ChunkerSpec | None = None,
+        model: str | None = None,
     ) -> IndexPointer:
         """Atomically make `new_active` live and remember the old one for rollback. `wal_lsn`: as
         in `bump` (the new collection's table and rows must be on a replica before it is read).
-        `chunker`: what the new collection was built with, recorded in the same step."""
+        `chunker`, `model`: what the new collection was built with, recorded in the same step."""
         current = self.read()
         pipe = self._r.pipeline(transaction=True)
+        if model is not None:
+            pipe.set(self._model_key(new_active), model)
         if chunker is not None:
             pipe.set(self._chunker_key(new_active), chunker.to_json())
         pipe.set(self._active, new_active)

@@ -69,18 +69,22 @@ def index_documents(
     progress: ProgressFn | None = None,
     bump_version: bool = True,
     chunker: Chunker | None = None,
+    model: str | None = None,
 ) -> IndexResult:
     """Index text documents (chunked in windows) and document files (parsed, one bounded child process
     each, and chunked along their structure). An uploaded blob is deleted once its document is stored
     (or found unchanged), and kept `blob_failed_ttl_s` when it failed. Into the live index, documents
     are chunked with the live index's recorded chunker (ragfleet/chunkers.py: a chunker change is
-    rolled out by a reindex); into another `store`, with `chunker` or the configured one."""
+    rolled out by a reindex); into another `store`, with `chunker` or the configured one. The same
+    for the embedding `model` (ragfleet/index_model.py)."""
     s = res.settings
     if store is None:
         target, pointer = res.live_store()
         chunker = chunker or live_chunker(res, pointer.active, target)
+        model = model or res.model_of(pointer)
     else:
         target, chunker = store, chunker or configured_chunker(s)
+        model = model or s.embedding_model
     files = files or []
     result = IndexResult(documents_received=len(raw_docs) + len(files))
     by_tenant: dict[str, dict[str, DocumentIn | FileIn]] = dict(
@@ -92,7 +96,6 @@ def index_documents(
     total = sum(len(d) for d in by_tenant.values())
     done = 0
     wrote = False
-    model = s.embedding_model
     for ten, docs in by_tenant.items():
         ids = list(docs)
         for start in range(0, len(ids), WRITE_BATCH_DOCS):
@@ -103,7 +106,9 @@ def index_documents(
             for doc_id in part:
                 doc = docs[doc_id]
                 if isinstance(doc, FileIn):
-                    records = file_records(res, blobs, chunker, ten, positions[(ten, doc_id)], doc, result)
+                    records = file_records(
+                        res, blobs, chunker, ten, positions[(ten, doc_id)], doc, result, model
+                    )
                     if records is None:
                         if doc.blob_id is not None and blobs.exists(doc.blob_id):
                             blobs.mark_failed(doc.blob_id)
@@ -148,7 +153,7 @@ def index_documents(
                     continue
                 pending[doc_id] = records
             if pending:
-                _fill_vectors(res, pending, target, vector_source, result)
+                _fill_vectors(res, pending, target, vector_source, result, model)
                 result.chunks_written += target.replace_documents(ten, pending)
                 result.documents_indexed += len(pending)
                 wrote = True
@@ -174,8 +179,8 @@ def _fill_vectors(
     target: VectorStore,
     vector_source: VectorStore | None,
     result: IndexResult,
+    model: str,
 ) -> None:
-    model = res.settings.embedding_model
     records = [r for rows in pending.values() for r in rows]
     hashes = [r.content_hash for r in records]
     known = target.vectors_by_hash(hashes, model)
@@ -192,7 +197,7 @@ def _fill_vectors(
             to_embed.setdefault(r.content_hash, r.text)
     if to_embed:
         keys = list(to_embed)
-        vecs = res.embedder.encode([to_embed[k] for k in keys])
+        vecs = res.embedder_for(model).encode([to_embed[k] for k in keys])
         fresh = {k: v.tolist() for k, v in zip(keys, vecs, strict=True)}
         result.chunks_embedded += len(fresh)
         for r in records:
@@ -234,7 +239,7 @@ def copy_chunked_documents(
         for doc_id, chunks in docs.items()
     }
     if pending:
-        _fill_vectors(res, pending, store, vector_source, result)
+        _fill_vectors(res, pending, store, vector_source, result, model)
         result.chunks_written = store.replace_documents(tenant, pending)
         result.documents_indexed = len(pending)
     return result

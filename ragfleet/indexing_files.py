@@ -165,9 +165,10 @@ def file_records(
     index: int,
     f: FileIn,
     result: IndexResult,
+    model: str,
 ) -> list[ChunkRecord] | None:
-    """Parse one file (a bounded child process) and chunk it along its structure with `chunker`; on
-    failure record the error (with its parse code) and return None."""
+    """Parse one file (a bounded child process) and chunk it along its structure with `chunker`, its
+    rows to be embedded by `model`; on failure record the error (with its parse code) and return None."""
     s = res.settings
     try:
         with _local_file(s, blobs, f) as local:
@@ -206,7 +207,7 @@ def file_records(
                 start=c.start,
                 end=c.end,
                 metadata=metadata,
-                model=s.embedding_model,
+                model=model,
             )
         )
     r = parsed.report

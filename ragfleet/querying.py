@@ -98,6 +98,7 @@ class Prefetch:
     wants_vector: bool
     vector: np.ndarray[Any, np.dtype[np.float32]] | None = None
     job_id: str = ""
+    model: str = ""  # whose cached vector was read: the model this process last saw live
     guess: int | None = None  # the index version the lookup and join were sent under
     guess_key: str = ""
     local_answer: tuple[dict[str, Any], Layer] | None = None
@@ -108,10 +109,14 @@ class Prefetch:
     @classmethod
     def for_query(cls, res: Resources, p: QueryPayload, job_id: str = "") -> Prefetch:
         pre = cls(
-            res, p.question, (p.mode or res.settings.search_mode) in ("vector", "hybrid"), job_id=job_id
+            res,
+            p.question,
+            (p.mode or res.settings.search_mode) in ("vector", "hybrid"),
+            job_id=job_id,
+            model=res.query_model,
         )
         if pre.wants_vector:
-            local = res.embedding_cache.get_local(p.question)
+            local = res.vector_cache_for(pre.model).get_local(p.question)
             pre.vector = None if local is None else local[0]
         if job_id and p.use_cache and res.last_version is not None:
             pre.guess = res.last_version
@@ -122,7 +127,7 @@ class Prefetch:
     def queue(self, pipe: redis.client.Pipeline) -> None:
         pipe.mget(*self.res.index_state.keys())
         if self.wants_vector and self.vector is None:
-            pipe.get(self.res.embedding_cache.redis_key(self.question))
+            pipe.get(self.res.vector_cache_for(self.model).redis_key(self.question))
             self._queued_vector = True
         if self.guess is not None and self.local_answer is None:
             self._join_at = 1 + int(self._queued_vector)
@@ -133,7 +138,7 @@ class Prefetch:
     def accept(self, replies: list[Any]) -> IndexPointer:
         """The pointer; the vector, if Redis had it (`search` then skips the cache)."""
         if self._queued_vector:
-            hit = self.res.embedding_cache.accept_remote(self.question, replies[1])
+            hit = self.res.vector_cache_for(self.model).accept_remote(self.question, replies[1])
             self.vector = None if hit is None else hit[0]
         if self._join_at >= 0:
             self._join_reply = replies[self._join_at]
@@ -165,16 +170,22 @@ def embed_question(
     question: str,
     pipe: redis.client.Pipeline | None = None,
     prefetched: Prefetch | None = None,
+    model: str | None = None,
 ) -> tuple[list[float], Layer | None]:
-    """The query vector: from the cache (looked up here, or by `prefetched`), else encoded and
-    cached."""
+    """The query vector by `model` (the live index's: ragfleet/index_model.py; default the
+    configured one): from the cache (looked up here, or by `prefetched` when it read the same
+    model's), else encoded and cached."""
+    model = model or res.settings.embedding_model
+    if prefetched is not None and prefetched.model != model:
+        prefetched = None  # it read another model's cache (the live index changed model meanwhile)
     if prefetched is not None and prefetched.vector is not None:
         return prefetched.vector.tolist(), "l2"
-    hit = res.embedding_cache.get(question) if prefetched is None else None
+    cache = res.vector_cache_for(model)
+    hit = cache.get(question) if prefetched is None else None
     if hit is not None:
         return hit[0].tolist(), hit[1]
-    vec = res.embedder.encode_one(question)
-    res.embedding_cache.put(question, vec, pipe)
+    vec = res.embedder_for(model).encode_one(question)
+    cache.put(question, vec, pipe)
     return vec.tolist(), None
 
 
@@ -196,7 +207,9 @@ def search(
     vector: list[float] | None = None
     if mode in ("vector", "hybrid"):
         t1 = time.perf_counter()
-        vector, _ = embed_question(res, p.question, pipe, prefetched)
+        # the model of the index `live_store` returned (the caller's `store`)
+        model = res.model_of(res.last_pointer) if res.last_pointer is not None else s.embedding_model
+        vector, _ = embed_question(res, p.question, pipe, prefetched, model)
         timings["embed_ms"] = (time.perf_counter() - t1) * 1000
     t2 = time.perf_counter()
     # the snapshot answers only when built at exactly the pointer this query read (else: the store)

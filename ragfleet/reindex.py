@@ -3,8 +3,10 @@
 Queries keep reading the active collection during the build; the switch is one MULTI in Redis that
 also bumps the index version, so no cached answer of the old version is served afterwards. Vectors
 are copied by content hash when the embedding model is unchanged (nothing is re-embedded); with a
-new model every chunk is embedded again. Only one reindex runs at a time: a Redis lock with a TTL,
-renewed while the build progresses, so a crashed reindex frees the lock by itself.
+new model every chunk is embedded again, and the switch records it as the new collection's model
+(ragfleet/index_model.py): questions are embedded by it from the switch on, on every node. Only one
+reindex runs at a time: a Redis lock with a TTL, renewed while the build progresses, so a crashed
+reindex frees the lock by itself.
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ class ReindexReport:
     dropped: list[str]
     chunker: str = ""  # the new collection's chunker (`ChunkerSpec.label`)
     previous_chunker: str = ""  # the old one's; "" when it had none recorded
+    model: str = ""  # the new collection's embedding model (the configured one)
+    previous_model: str = ""  # the old one's (ragfleet/index_model.py)
 
     def as_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__slots__}
@@ -115,6 +119,8 @@ def run_reindex(
         chunker = configured_chunker(s)  # the rollout of a chunker change: built with, recorded at the switch
         previous_chunker = res.index_state.chunker_of(old)
         source = res.store(old)
+        # the rollout of a model change, likewise: every chunk embedded again, recorded at the switch
+        previous_model = res.model_of(pointer)
         chunks_before = source.count()
         files: dict[str, dict[str, list[ChunkRecord]]] = {}
         docs = _documents_of(res, old, files)
@@ -161,7 +167,7 @@ def run_reindex(
             target.read_after(position)  # the verify searches must not read a replica without them
         chunks_after = target.count()
         _verify(res, source, target, docs, verify_sample)
-        ptr = res.index_state.switch(new, position, chunker=chunker.spec)
+        ptr = res.index_state.switch(new, position, chunker=chunker.spec, model=s.embedding_model)
         dropped = _drop_older(res, keep={new, old})
         return ReindexReport(
             status="switched",
@@ -177,6 +183,8 @@ def run_reindex(
             dropped=dropped,
             chunker=chunker.spec.label,
             previous_chunker=_label(previous_chunker),
+            model=s.embedding_model,
+            previous_model=previous_model,
         )
     finally:
         try:

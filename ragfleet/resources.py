@@ -43,6 +43,11 @@ class Resources:
         # the encoder's threads, when this process's pool sets its own (the indexing pool: workers/hooks)
         self.embedding_threads: int | None = None
         self._lock = threading.Lock()
+        # encoders and query-vector caches of models other than the configured one (a live index
+        # pinned to another model: ragfleet/index_model.py), and each collection's model, by epoch
+        self._embedders: dict[str, Embedder] = {}
+        self._vector_caches: dict[str, EmbeddingCache] = {}
+        self._models: dict[tuple[str, str], str] = {}
 
     @cached_property
     def redis(self) -> Redis:
@@ -74,6 +79,7 @@ class Resources:
 
     @cached_property
     def embedder(self) -> Embedder:
+        """The configured model's encoder: what a reindex embeds with (`embedder_for` the live one)."""
         from ragfleet.embedding import Embedder
 
         return Embedder(self.settings, threads=self.embedding_threads)
@@ -81,6 +87,57 @@ class Resources:
     @cached_property
     def embedding_cache(self) -> EmbeddingCache:
         return EmbeddingCache(self.redis, self.settings, self.settings.embedding_model)
+
+    def embedder_for(self, model: str) -> Embedder:
+        """The encoder of `model`, built once per process. Another model than the configured one is
+        loaded only while the live index is pinned to it; it stays until the process restarts (one
+        encoder more: ~50-110 MB)."""
+        if model == self.settings.embedding_model:
+            return self.embedder
+        with self._lock:
+            enc = self._embedders.get(model)
+            if enc is None:
+                from ragfleet.embedding import Embedder
+
+                enc = self._embedders[model] = Embedder(
+                    self.settings, threads=self.embedding_threads, model=model
+                )
+            return enc
+
+    def vector_cache_for(self, model: str) -> EmbeddingCache:
+        """The query-vector cache of `model` (its keys name the model: no vector crosses over)."""
+        if model == self.settings.embedding_model:
+            return self.embedding_cache
+        with self._lock:
+            cache = self._vector_caches.get(model)
+            if cache is None:
+                cache = self._vector_caches[model] = EmbeddingCache(self.redis, self.settings, model)
+            return cache
+
+    def model_of(self, pointer: IndexPointer) -> str:
+        """The model that embeds for `pointer`'s live collection (ragfleet/index_model.py): one GET the
+        first time this process meets the collection, none after (a collection's model never changes;
+        keyed by the pointer's epoch too, since collection names restart when the pointer's keys are
+        lost)."""
+        key = (pointer.epoch, pointer.active)
+        model = self._models.get(key)
+        if model is None:
+            from ragfleet.index_model import live_model
+
+            model = live_model(
+                self.index_state, pointer.active, self.store(pointer.active), self.settings.embedding_model
+            )
+            self._models[key] = model
+        return model
+
+    @property
+    def query_model(self) -> str:
+        """The model this process last saw live (the configured one before it has looked): what a
+        query's first round trip reads the cached vector of, before the pointer is back."""
+        pointer = self.last_pointer
+        if pointer is None:
+            return self.settings.embedding_model
+        return self._models.get((pointer.epoch, pointer.active), self.settings.embedding_model)
 
     @cached_property
     def gateway(self) -> LLMGateway:
@@ -153,14 +210,17 @@ class Resources:
         """Load the model and open the live collection. A store that does not answer does not
         stop the worker: it starts, reports the store down (ragfleet/store_health.py), and the
         first task after the store is back opens it (nothing is cached from a failed attempt)."""
-        if model:
-            self.embedder.warm_up()
-            self.embedder.encode_one("warm up")
-        _ = self.gateway  # its modules imported now: a retrieval node may answer inline (answering)
+        live = self.settings.embedding_model
         try:
-            self.live_store()
+            _, pointer = self.live_store()
+            live = self.model_of(pointer)  # the live index's model is the one to load
         except StoreUnavailableError as exc:
             log.error("warm-up: the store is unreachable, starting without it: %s", exc)
+        if model:
+            enc = self.embedder_for(live)
+            enc.warm_up()
+            enc.encode_one("warm up")
+        _ = self.gateway  # its modules imported now: a retrieval node may answer inline (answering)
 
 
 _resources: Resources | None = None

@@ -90,6 +90,26 @@ def index(settings: Settings, docs: list[dict[str, Any]], tenant: str = "default
     return wait_job(settings, job_id)
 
 
+def index_status(settings: Settings) -> dict[str, Any]:
+    """`ragfleet index status` in a process of its own, as an operator runs it."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import settings_env
+
+    out = subprocess.run(
+        [sys.executable, "-m", "ragfleet.cli", "index", "status"],
+        env=settings_env(settings),
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    status: dict[str, Any] = json.loads(out.stdout)
+    return status
+
+
 def ask(settings: Settings, question: str, **kw: Any) -> dict[str, Any]:
     """Send a query job like any producer and wait for its record."""
     from ragfleet.names import TaskName

@@ -10,9 +10,6 @@ into the old index, a reindex, writes into the new one, a rollback.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +21,7 @@ from ragfleet.reindex import run_reindex
 from ragfleet.resources import Resources
 from ragfleet.settings import Settings
 from ragfleet.tokens import token_counter
-from tests.conftest import settings_env
-from tests.helpers import HashingEmbedder, isolated
+from tests.helpers import HashingEmbedder, index_status, isolated
 
 pytestmark = pytest.mark.redis
 
@@ -46,19 +42,6 @@ def token_counts(res: Resources, collection: str, doc_id: str | None = None) -> 
     texts = [c.text for batch in store.iter_chunks() for c in batch if doc_id in (None, c.doc_id)]
     assert texts
     return token_counter(res.settings.embedding_model).counts(texts)
-
-
-def index_status(s: Settings) -> dict[str, Any]:
-    out = subprocess.run(
-        [sys.executable, "-m", "ragfleet.cli", "index", "status"],
-        env=settings_env(s),
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
-    status: dict[str, Any] = json.loads(out.stdout)
-    return status
 
 
 @pytest.fixture

@@ -53,7 +53,7 @@ import time
 import ragfleet.indexing as ix
 t0 = time.perf_counter()
 try:
-    ix._fill_vectors(None, {"a": [1, 2], "b": [3]}, None, None, None)
+    ix._fill_vectors(None, {"a": [1, 2], "b": [3]}, None, None, None, "model")
 except Exception as exc:
     print(hasattr(ix._fill_vectors, "__wrapped__"), type(exc).__name__, round(time.perf_counter() - t0, 1))
 """
