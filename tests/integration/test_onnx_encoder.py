@@ -59,7 +59,8 @@ SENTENCES = [
 
 @pytest.fixture(scope="module")
 def onnx_settings(base_settings: Settings) -> Settings:
-    return base_settings.model_copy(update={"embedding_runtime": "onnx"})
+    # fp32: what torch is checked against (the fleet's default, int8pc, is tested against fp32 below)
+    return base_settings.model_copy(update={"embedding_runtime": "onnx", "embedding_model": BUNDLED_MODEL})
 
 
 def test_onnx_and_torch_encoders_agree(onnx_settings: Settings) -> None:
